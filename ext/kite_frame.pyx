@@ -1,0 +1,458 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Kite Connect binary WebSocket frames, parsed without a Python object per tick.
+
+Frame layout (all integers big-endian):  u16 packet count, then per packet u16 length + bytes.
+Packet kinds by length: 8 ltp, 28 index quote, 32 index full, 44 quote, 184 full.
+A 1-byte frame is a heartbeat and holds no ticks.
+
+Two outputs:
+  * rows of TICK_DTYPE (fixed-point integers, prices signed as the exchange means them);
+  * ``parse_ticks``: the list of dicts kiteconnect's KiteTicker gives ``on_ticks``, value for
+    value, including the SDK's unsigned reading of prices.
+
+Pure bytes in, arrays out: no sockets, no files, no asyncio here. The plain-Python twin used
+by the property tests is ``shrivenq.kite.reference``.
+"""
+
+from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t
+from libc.string cimport memset
+from cpython.datetime cimport import_datetime
+
+cimport numpy as cnp
+import numpy as np
+
+from datetime import datetime
+
+from shrivenq.errors import KiteFrameError
+
+cnp.import_array()
+import_datetime()
+
+cdef enum:
+    # Packet kinds (the ``kind`` column).
+    K_LTP = 1
+    K_INDEX_QUOTE = 2
+    K_INDEX_FULL = 3
+    K_QUOTE = 4
+    K_FULL = 5
+    # Bits of the ``fields`` column: which groups of columns the packet carried.
+    F_LTP = 1          # last_price
+    F_OHLC = 2         # open, high, low, close (index packets also: change)
+    F_QUOTE = 4        # last_quantity, average_price, volume, total_buy/sell_quantity
+    F_EXCH_TS = 8      # exchange_timestamp
+    F_FULL = 16        # last_trade_time, oi, oi_day_high, oi_day_low
+    F_DEPTH = 32       # bid_* / ask_* (5 levels each)
+    # Modes (the ``mode`` column).
+    M_LTP = 0
+    M_QUOTE = 1
+    M_FULL = 2
+    # Segments with their own price divisor.
+    SEG_CDS = 3
+    SEG_BCD = 6
+    SEG_INDICES = 9
+    SEG_NCO = 12
+
+KIND_LTP = K_LTP
+KIND_INDEX_QUOTE = K_INDEX_QUOTE
+KIND_INDEX_FULL = K_INDEX_FULL
+KIND_QUOTE = K_QUOTE
+KIND_FULL = K_FULL
+FIELD_LTP = F_LTP
+FIELD_OHLC = F_OHLC
+FIELD_QUOTE = F_QUOTE
+FIELD_EXCHANGE_TIMESTAMP = F_EXCH_TS
+FIELD_FULL = F_FULL
+FIELD_DEPTH = F_DEPTH
+
+cdef packed struct TickRow:
+    uint32_t token
+    int32_t last_price
+    uint32_t last_quantity
+    int32_t average_price
+    uint32_t volume
+    uint32_t total_buy_quantity
+    uint32_t total_sell_quantity
+    int32_t open
+    int32_t high
+    int32_t low
+    int32_t close
+    uint32_t last_trade_time
+    uint32_t oi
+    uint32_t oi_day_high
+    uint32_t oi_day_low
+    uint32_t exchange_timestamp
+    int32_t change
+    uint32_t bid_quantity[5]
+    int32_t bid_price[5]
+    uint32_t ask_quantity[5]
+    int32_t ask_price[5]
+    uint16_t bid_orders[5]
+    uint16_t ask_orders[5]
+    uint32_t divisor
+    uint16_t fields
+    uint16_t packet_length
+    uint8_t segment
+    uint8_t kind
+    uint8_t mode
+    uint8_t tradable
+
+# Field order and types here must match TickRow exactly; checked below at import.
+TICK_DTYPE = np.dtype([
+    ("token", "<u4"),
+    ("last_price", "<i4"),
+    ("last_quantity", "<u4"),
+    ("average_price", "<i4"),
+    ("volume", "<u4"),
+    ("total_buy_quantity", "<u4"),
+    ("total_sell_quantity", "<u4"),
+    ("open", "<i4"),
+    ("high", "<i4"),
+    ("low", "<i4"),
+    ("close", "<i4"),
+    ("last_trade_time", "<u4"),
+    ("oi", "<u4"),
+    ("oi_day_high", "<u4"),
+    ("oi_day_low", "<u4"),
+    ("exchange_timestamp", "<u4"),
+    ("change", "<i4"),
+    ("bid_quantity", "<u4", (5,)),
+    ("bid_price", "<i4", (5,)),
+    ("ask_quantity", "<u4", (5,)),
+    ("ask_price", "<i4", (5,)),
+    ("bid_orders", "<u2", (5,)),
+    ("ask_orders", "<u2", (5,)),
+    ("divisor", "<u4"),
+    ("fields", "<u2"),
+    ("packet_length", "<u2"),
+    ("segment", "u1"),
+    ("kind", "u1"),
+    ("mode", "u1"),
+    ("tradable", "u1"),
+])
+if TICK_DTYPE.itemsize != sizeof(TickRow) or not np.little_endian:
+    raise ImportError("TICK_DTYPE does not match the compiled TickRow layout")
+
+MODE_LTP = M_LTP
+MODE_QUOTE = M_QUOTE
+MODE_FULL = M_FULL
+
+
+cdef inline uint32_t be32(const uint8_t* p) noexcept nogil:
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | <uint32_t>p[3]
+
+
+cdef inline uint16_t be16(const uint8_t* p) noexcept nogil:
+    return <uint16_t>((<uint16_t>p[0] << 8) | <uint16_t>p[1])
+
+
+cdef inline uint32_t divisor_for(uint32_t segment) noexcept nogil:
+    if segment == SEG_CDS:
+        return 10000000
+    if segment == SEG_BCD or segment == SEG_NCO:
+        return 10000
+    return 100
+
+
+cdef inline int kind_for_length(uint16_t plen) noexcept nogil:
+    if plen == 184:
+        return K_FULL
+    if plen == 44:
+        return K_QUOTE
+    if plen == 8:
+        return K_LTP
+    if plen == 28:
+        return K_INDEX_QUOTE
+    if plen == 32:
+        return K_INDEX_FULL
+    return 0
+
+
+cdef void fill_row(TickRow* r, const uint8_t* p, int kind, uint16_t plen) noexcept nogil:
+    cdef int i
+    cdef const uint8_t* d
+    memset(r, 0, sizeof(TickRow))
+    r.token = be32(p)
+    r.segment = r.token & 0xFF
+    r.divisor = divisor_for(r.segment)
+    r.tradable = r.segment != SEG_INDICES
+    r.kind = kind
+    r.packet_length = plen
+    r.last_price = <int32_t>be32(p + 4)
+    if kind == K_LTP:
+        r.mode = M_LTP
+        r.fields = F_LTP
+    elif kind == K_INDEX_QUOTE or kind == K_INDEX_FULL:
+        # Index packets order the range high, low, open, close.
+        r.high = <int32_t>be32(p + 8)
+        r.low = <int32_t>be32(p + 12)
+        r.open = <int32_t>be32(p + 16)
+        r.close = <int32_t>be32(p + 20)
+        # Bytes 24..28 carry the price change; kiteconnect ignores them and recomputes it.
+        r.change = <int32_t>be32(p + 24)
+        if kind == K_INDEX_FULL:
+            r.exchange_timestamp = be32(p + 28)
+            r.mode = M_FULL
+            r.fields = F_LTP | F_OHLC | F_EXCH_TS
+        else:
+            r.mode = M_QUOTE
+            r.fields = F_LTP | F_OHLC
+    else:
+        r.last_quantity = be32(p + 8)
+        r.average_price = <int32_t>be32(p + 12)
+        r.volume = be32(p + 16)
+        r.total_buy_quantity = be32(p + 20)
+        r.total_sell_quantity = be32(p + 24)
+        r.open = <int32_t>be32(p + 28)
+        r.high = <int32_t>be32(p + 32)
+        r.low = <int32_t>be32(p + 36)
+        r.close = <int32_t>be32(p + 40)
+        if kind == K_QUOTE:
+            r.mode = M_QUOTE
+            r.fields = F_LTP | F_OHLC | F_QUOTE
+        else:
+            r.mode = M_FULL
+            r.fields = F_LTP | F_OHLC | F_QUOTE | F_EXCH_TS | F_FULL | F_DEPTH
+            r.last_trade_time = be32(p + 44)
+            r.oi = be32(p + 48)
+            r.oi_day_high = be32(p + 52)
+            r.oi_day_low = be32(p + 56)
+            r.exchange_timestamp = be32(p + 60)
+            d = p + 64
+            for i in range(5):
+                r.bid_quantity[i] = be32(d)
+                r.bid_price[i] = <int32_t>be32(d + 4)
+                r.bid_orders[i] = be16(d + 8)
+                d += 12
+            for i in range(5):
+                r.ask_quantity[i] = be32(d)
+                r.ask_price[i] = <int32_t>be32(d + 4)
+                r.ask_orders[i] = be16(d + 8)
+                d += 12
+
+
+cdef class _Issues:
+    """Collects what a lenient parse skipped; in strict mode the first issue raises."""
+    cdef bint lenient
+    cdef public list found
+
+    def __cinit__(self, bint lenient):
+        self.lenient = lenient
+        self.found = []
+
+    cdef int report(self, Py_ssize_t offset, str reason) except -1:
+        err = KiteFrameError(offset, reason)
+        if not self.lenient:
+            raise err
+        self.found.append(err)
+        return 0
+
+
+cdef Py_ssize_t _parse(const uint8_t[::1] buf, TickRow* out, Py_ssize_t capacity,
+                       _Issues issues) except -1:
+    """Parse one frame into ``out``; returns the number of rows written.
+
+    With ``out == NULL`` the frame is only checked (the rows are counted, not written).
+    """
+    cdef Py_ssize_t n = buf.shape[0]
+    cdef Py_ssize_t pos = 2, rows = 0, i
+    cdef uint16_t count, plen
+    cdef int kind
+    cdef const uint8_t* base
+    if n == 0:
+        issues.report(0, "empty frame")
+        return 0
+    if n == 1:
+        return 0  # heartbeat
+    base = &buf[0]
+    count = be16(base)
+    for i in range(count):
+        if pos + 2 > n:
+            issues.report(pos, f"packet {i + 1} of {count} declared is missing: "
+                               f"{n - pos} byte(s) left, a packet header needs 2")
+            return rows
+        plen = be16(base + pos)
+        if pos + 2 + plen > n:
+            issues.report(pos, f"packet {i + 1} of {count} declares {plen} bytes but only "
+                               f"{n - pos - 2} remain in the frame")
+            return rows
+        kind = kind_for_length(plen)
+        if kind == 0:
+            issues.report(pos, f"packet {i + 1} of {count} has unknown length {plen} "
+                               f"(known: 8, 28, 32, 44, 184)")
+        elif out == NULL:
+            rows += 1
+        else:
+            if rows >= capacity:
+                raise ValueError(f"output array too small: it holds {capacity} rows")
+            fill_row(out + rows, base + pos + 2, kind, plen)
+            rows += 1
+        pos += 2 + plen
+    if pos != n:
+        issues.report(pos, f"{n - pos} trailing byte(s) after the {count} declared packets")
+    return rows
+
+
+cdef inline Py_ssize_t _row_bound(const uint8_t[::1] buf):
+    """Most rows a frame can hold: its count, and no more than its bytes allow (8+2 each)."""
+    cdef Py_ssize_t n = buf.shape[0]
+    if n < 2:
+        return 0
+    return min(<Py_ssize_t>be16(&buf[0]), (n - 2) // 10)
+
+
+cdef cnp.ndarray _parse_new(const uint8_t[::1] buf, _Issues issues):
+    cdef Py_ssize_t bound = _row_bound(buf)
+    cdef cnp.ndarray out = np.empty(bound, dtype=TICK_DTYPE)
+    cdef Py_ssize_t rows = _parse(buf, <TickRow*>cnp.PyArray_DATA(out), bound, issues)
+    return out if rows == bound else out[:rows]
+
+
+def parse_frame(const uint8_t[::1] frame not None):
+    """Parse one binary frame into a new array of ``TICK_DTYPE`` rows, one per packet.
+
+    A heartbeat (1 byte) gives an empty array. Any malformation raises ``KiteFrameError``
+    naming the byte offset and the reason.
+    """
+    return _parse_new(frame, _Issues(False))
+
+
+def parse_frame_lenient(const uint8_t[::1] frame not None):
+    """Parse what can be parsed: ``(rows, issues)``.
+
+    Packets of unknown length are skipped and each reported; a truncated tail stops the
+    parse and keeps every packet before it. ``issues`` is a list of ``KiteFrameError``
+    (not raised), each naming its offset and reason.
+    """
+    cdef _Issues issues = _Issues(True)
+    rows = _parse_new(frame, issues)
+    return rows, issues.found
+
+
+def parse_frame_into(const uint8_t[::1] frame not None, cnp.ndarray out not None,
+                     Py_ssize_t start=0):
+    """Strictly parse ``frame`` into ``out[start:]`` (a C-contiguous TICK_DTYPE array).
+
+    Returns the number of rows written. Raises ``ValueError`` if ``out`` has too few rows
+    left; rows already written stay written.
+    """
+    if out.dtype != TICK_DTYPE or not out.flags.c_contiguous or out.ndim != 1:
+        raise TypeError("out must be a 1-d C-contiguous array of TICK_DTYPE")
+    if start < 0 or start > out.shape[0]:
+        raise ValueError(f"start {start} outside the output array of {out.shape[0]} rows")
+    return _parse(frame, (<TickRow*>cnp.PyArray_DATA(out)) + start, out.shape[0] - start,
+                  _Issues(False))
+
+
+def frame_row_bound(const uint8_t[::1] frame not None):
+    """Upper bound of rows ``frame`` can produce (for sizing a ``parse_frame_into`` buffer)."""
+    return _row_bound(frame)
+
+
+# ---------------------------------------------------------------------------------------
+# kiteconnect-compatible dicts
+# ---------------------------------------------------------------------------------------
+
+cdef str S_LTP = "ltp"
+cdef str S_QUOTE = "quote"
+cdef str S_FULL = "full"
+
+
+cdef object _timestamp(dict cache, uint32_t value):
+    """``datetime.fromtimestamp`` as kiteconnect calls it (local time, None on failure),
+    memoised per call because one frame's packets mostly share the same second."""
+    cdef object key = value
+    cdef object hit = cache.get(key, cache)
+    if hit is not cache:
+        return hit
+    try:
+        stamp = datetime.fromtimestamp(value)
+    except Exception:
+        stamp = None
+    cache[key] = stamp
+    return stamp
+
+
+cdef list _depth_side(const uint8_t* d, double divisor):
+    cdef list side = []
+    cdef int i
+    for i in range(5):
+        side.append({
+            "quantity": be32(d),
+            "price": be32(d + 4) / divisor,
+            "orders": be16(d + 8),
+        })
+        d += 12
+    return side
+
+
+cdef dict _tick_dict(const uint8_t* p, uint16_t plen, dict stamps):
+    cdef uint32_t token = be32(p)
+    cdef uint32_t segment = token & 0xFF
+    cdef double divisor = divisor_for(segment)
+    cdef bint tradable = segment != SEG_INDICES
+    cdef double last_price, close
+    cdef dict d, ohlc
+    last_price = be32(p + 4) / divisor
+    if plen == 8:
+        return {"tradable": tradable, "mode": S_LTP, "instrument_token": token,
+                "last_price": last_price}
+    if plen == 28 or plen == 32:
+        close = be32(p + 20) / divisor
+        ohlc = {"high": be32(p + 8) / divisor, "low": be32(p + 12) / divisor,
+                "open": be32(p + 16) / divisor, "close": close}
+        d = {"tradable": tradable, "mode": S_QUOTE if plen == 28 else S_FULL,
+             "instrument_token": token, "last_price": last_price, "ohlc": ohlc}
+        d["change"] = (last_price - close) * 100 / close if close != 0 else 0
+        if plen == 32:
+            d["exchange_timestamp"] = _timestamp(stamps, be32(p + 28))
+        return d
+    close = be32(p + 40) / divisor
+    d = {
+        "tradable": tradable,
+        "mode": S_QUOTE if plen == 44 else S_FULL,
+        "instrument_token": token,
+        "last_price": last_price,
+        "last_traded_quantity": be32(p + 8),
+        "average_traded_price": be32(p + 12) / divisor,
+        "volume_traded": be32(p + 16),
+        "total_buy_quantity": be32(p + 20),
+        "total_sell_quantity": be32(p + 24),
+        "ohlc": {"open": be32(p + 28) / divisor, "high": be32(p + 32) / divisor,
+                 "low": be32(p + 36) / divisor, "close": close},
+    }
+    d["change"] = (last_price - close) * 100 / close if close != 0 else 0
+    if plen == 184:
+        d["last_trade_time"] = _timestamp(stamps, be32(p + 44))
+        d["oi"] = be32(p + 48)
+        d["oi_day_high"] = be32(p + 52)
+        d["oi_day_low"] = be32(p + 56)
+        d["exchange_timestamp"] = _timestamp(stamps, be32(p + 60))
+        d["depth"] = {"buy": _depth_side(p + 64, divisor),
+                      "sell": _depth_side(p + 124, divisor)}
+    return d
+
+
+def parse_ticks(const uint8_t[::1] frame not None):
+    """The list of tick dicts kiteconnect's ``KiteTicker`` passes to ``on_ticks``.
+
+    Same keys, values and types for every well-formed frame, including the SDK's unsigned
+    reading of prices. A heartbeat gives ``[]``. Malformed frames raise ``KiteFrameError``
+    where the SDK would raise ``struct.error`` or silently drop packets.
+    """
+    cdef Py_ssize_t n = frame.shape[0], pos = 2, i
+    cdef uint16_t count, plen
+    cdef const uint8_t* base
+    cdef list ticks = []
+    cdef dict stamps = {}
+    # Check the whole frame first, so that a bad frame gives no partial list.
+    _parse(frame, NULL, 0, _Issues(False))
+    if n < 2:
+        return ticks
+    base = &frame[0]
+    count = be16(base)
+    for i in range(count):
+        plen = be16(base + pos)
+        ticks.append(_tick_dict(base + pos + 2, plen, stamps))
+        pos += 2 + plen
+    return ticks
+

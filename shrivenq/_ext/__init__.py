@@ -1,0 +1,1 @@
+"""Compiled hot path, built by setup.py from the Cython sources in ext/."""

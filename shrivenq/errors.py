@@ -1,0 +1,81 @@
+"""Every error shrivenq raises on purpose derives from one root, ``ShrivenqError``.
+
+Catch ``ShrivenqError`` to handle anything the library reports; catch a leaf to handle one
+failure. Each error says what failed and where (a byte offset, a path, a segment, an argument).
+
+    ShrivenqError
+    ├── ConfigError                 a bad CLI argument, config value or environment variable
+    ├── ProtocolError               bytes from an exchange that do not follow its protocol
+    │   └── KiteFrameError          a Kite binary frame; carries .offset and .reason
+    └── WalError                    the write-ahead log
+        ├── WalIOError              the disk said no (full, permission, vanished dir); carries .path
+        ├── WalFormatError          not a WAL file, or a version this reader does not know
+        └── WalCorruptError         a block failed its length, checksum or decode; carries
+                                    .segment, .offset, .block
+
+Secrets (API keys, access tokens) never appear in an error message.
+"""
+
+from __future__ import annotations
+
+
+class ShrivenqError(Exception):
+    """Root of every error shrivenq raises on purpose."""
+
+
+class ConfigError(ShrivenqError):
+    """A CLI argument, config value or environment variable is missing or malformed."""
+
+
+class ProtocolError(ShrivenqError):
+    """Bytes received from an exchange do not follow its documented protocol."""
+
+
+class KiteFrameError(ProtocolError):
+    """A Kite binary WebSocket frame is malformed.
+
+    ``offset`` is the byte offset inside the frame where parsing stopped, ``reason`` a short
+    description (for example ``"packet length 120 runs past the end of the frame"``).
+    """
+
+    def __init__(self, offset: int, reason: str):
+        self.offset = offset
+        self.reason = reason
+        super().__init__(f"bad Kite frame at byte {offset}: {reason}")
+
+    def __reduce__(self):
+        return (type(self), (self.offset, self.reason))
+
+
+class WalError(ShrivenqError):
+    """Something went wrong reading or writing the write-ahead log."""
+
+
+class WalIOError(WalError):
+    """The operating system refused a WAL operation; ``path`` names the file or directory."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.reason))
+
+
+class WalFormatError(WalError):
+    """A file is not a shrivenq WAL segment, or was written by a newer format version."""
+
+
+class WalCorruptError(WalError):
+    """A block failed verification: bad length, checksum mismatch, or undecodable contents."""
+
+    def __init__(self, segment, offset: int, block: int, reason: str):
+        self.segment = str(segment)
+        self.offset = offset
+        self.block = block
+        self.reason = reason
+        super().__init__(f"{self.segment}: block {block} at byte {offset}: {reason}")
+
+    def __reduce__(self):
+        return (type(self), (self.segment, self.offset, self.block, self.reason))
