@@ -17,6 +17,9 @@ by the property tests is ``shrivenq.kite.reference``.
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t
 from libc.string cimport memset
 from cpython.datetime cimport import_datetime
+from cpython.dict cimport PyDict_Copy, PyDict_SetItem
+from cpython.list cimport PyList_New, PyList_SET_ITEM
+from cpython.ref cimport Py_INCREF
 
 cimport numpy as cnp
 import numpy as np
@@ -356,6 +359,52 @@ cdef str S_LTP = "ltp"
 cdef str S_QUOTE = "quote"
 cdef str S_FULL = "full"
 
+# Dicts are made by copying a template that already holds every key in kiteconnect's order,
+# then replacing the values: CPython clones a small dict's key table faster than it inserts
+# keys one by one, and the key order (visible in repr and iteration) stays the SDK's.
+cdef dict T_LTP = {"tradable": None, "mode": S_LTP, "instrument_token": None,
+                   "last_price": None}
+cdef dict T_INDEX_QUOTE = {"tradable": None, "mode": S_QUOTE, "instrument_token": None,
+                           "last_price": None, "ohlc": None, "change": None}
+cdef dict T_INDEX_FULL = dict(T_INDEX_QUOTE, mode=S_FULL, exchange_timestamp=None)
+cdef dict T_QUOTE = {"tradable": None, "mode": S_QUOTE, "instrument_token": None,
+                     "last_price": None, "last_traded_quantity": None,
+                     "average_traded_price": None, "volume_traded": None,
+                     "total_buy_quantity": None, "total_sell_quantity": None, "ohlc": None,
+                     "change": None}
+cdef dict T_FULL = dict(T_QUOTE, mode=S_FULL, last_trade_time=None, oi=None, oi_day_high=None,
+                        oi_day_low=None, exchange_timestamp=None, depth=None)
+cdef dict T_INDEX_OHLC = {"high": None, "low": None, "open": None, "close": None}
+cdef dict T_OHLC = {"open": None, "high": None, "low": None, "close": None}
+cdef dict T_DEPTH = {"buy": None, "sell": None}
+cdef dict T_LEVEL = {"quantity": None, "price": None, "orders": None}
+
+cdef str K_TRADABLE = "tradable"
+cdef str K_TOKEN = "instrument_token"
+cdef str K_LAST_PRICE = "last_price"
+cdef str K_OHLC = "ohlc"
+cdef str K_CHANGE = "change"
+cdef str K_OPEN = "open"
+cdef str K_HIGH = "high"
+cdef str K_LOW = "low"
+cdef str K_CLOSE = "close"
+cdef str K_EXCH_TS = "exchange_timestamp"
+cdef str K_LTQ = "last_traded_quantity"
+cdef str K_ATP = "average_traded_price"
+cdef str K_VOLUME = "volume_traded"
+cdef str K_TBQ = "total_buy_quantity"
+cdef str K_TSQ = "total_sell_quantity"
+cdef str K_LTT = "last_trade_time"
+cdef str K_OI = "oi"
+cdef str K_OI_HIGH = "oi_day_high"
+cdef str K_OI_LOW = "oi_day_low"
+cdef str K_DEPTH = "depth"
+cdef str K_BUY = "buy"
+cdef str K_SELL = "sell"
+cdef str K_QUANTITY = "quantity"
+cdef str K_PRICE = "price"
+cdef str K_ORDERS = "orders"
+
 
 cdef object _timestamp(dict cache, uint32_t value):
     """``datetime.fromtimestamp`` as kiteconnect calls it (local time, None on failure),
@@ -373,62 +422,76 @@ cdef object _timestamp(dict cache, uint32_t value):
 
 
 cdef list _depth_side(const uint8_t* d, double divisor):
-    cdef list side = []
+    cdef list side = PyList_New(5)
+    cdef dict level
     cdef int i
     for i in range(5):
-        side.append({
-            "quantity": be32(d),
-            "price": be32(d + 4) / divisor,
-            "orders": be16(d + 8),
-        })
+        level = PyDict_Copy(T_LEVEL)
+        PyDict_SetItem(level, K_QUANTITY, be32(d))
+        PyDict_SetItem(level, K_PRICE, be32(d + 4) / divisor)
+        PyDict_SetItem(level, K_ORDERS, be16(d + 8))
+        Py_INCREF(level)
+        PyList_SET_ITEM(side, i, level)
         d += 12
     return side
+
+
+cdef inline object _change(double last_price, double close):
+    # kiteconnect: change = 0 (an int) when close is 0, else the percentage as a float.
+    if close != 0:
+        return (last_price - close) * 100 / close
+    return 0
 
 
 cdef dict _tick_dict(const uint8_t* p, uint16_t plen, dict stamps):
     cdef uint32_t token = be32(p)
     cdef uint32_t segment = token & 0xFF
     cdef double divisor = divisor_for(segment)
-    cdef bint tradable = segment != SEG_INDICES
-    cdef double last_price, close
-    cdef dict d, ohlc
-    last_price = be32(p + 4) / divisor
+    cdef double last_price = be32(p + 4) / divisor
+    cdef double close
+    cdef dict d, ohlc, depth
     if plen == 8:
-        return {"tradable": tradable, "mode": S_LTP, "instrument_token": token,
-                "last_price": last_price}
-    if plen == 28 or plen == 32:
+        d = PyDict_Copy(T_LTP)
+    elif plen == 28 or plen == 32:
+        d = PyDict_Copy(T_INDEX_QUOTE if plen == 28 else T_INDEX_FULL)
         close = be32(p + 20) / divisor
-        ohlc = {"high": be32(p + 8) / divisor, "low": be32(p + 12) / divisor,
-                "open": be32(p + 16) / divisor, "close": close}
-        d = {"tradable": tradable, "mode": S_QUOTE if plen == 28 else S_FULL,
-             "instrument_token": token, "last_price": last_price, "ohlc": ohlc}
-        d["change"] = (last_price - close) * 100 / close if close != 0 else 0
+        ohlc = PyDict_Copy(T_INDEX_OHLC)
+        PyDict_SetItem(ohlc, K_HIGH, be32(p + 8) / divisor)
+        PyDict_SetItem(ohlc, K_LOW, be32(p + 12) / divisor)
+        PyDict_SetItem(ohlc, K_OPEN, be32(p + 16) / divisor)
+        PyDict_SetItem(ohlc, K_CLOSE, close)
+        PyDict_SetItem(d, K_OHLC, ohlc)
+        PyDict_SetItem(d, K_CHANGE, _change(last_price, close))
         if plen == 32:
-            d["exchange_timestamp"] = _timestamp(stamps, be32(p + 28))
-        return d
-    close = be32(p + 40) / divisor
-    d = {
-        "tradable": tradable,
-        "mode": S_QUOTE if plen == 44 else S_FULL,
-        "instrument_token": token,
-        "last_price": last_price,
-        "last_traded_quantity": be32(p + 8),
-        "average_traded_price": be32(p + 12) / divisor,
-        "volume_traded": be32(p + 16),
-        "total_buy_quantity": be32(p + 20),
-        "total_sell_quantity": be32(p + 24),
-        "ohlc": {"open": be32(p + 28) / divisor, "high": be32(p + 32) / divisor,
-                 "low": be32(p + 36) / divisor, "close": close},
-    }
-    d["change"] = (last_price - close) * 100 / close if close != 0 else 0
-    if plen == 184:
-        d["last_trade_time"] = _timestamp(stamps, be32(p + 44))
-        d["oi"] = be32(p + 48)
-        d["oi_day_high"] = be32(p + 52)
-        d["oi_day_low"] = be32(p + 56)
-        d["exchange_timestamp"] = _timestamp(stamps, be32(p + 60))
-        d["depth"] = {"buy": _depth_side(p + 64, divisor),
-                      "sell": _depth_side(p + 124, divisor)}
+            PyDict_SetItem(d, K_EXCH_TS, _timestamp(stamps, be32(p + 28)))
+    else:
+        d = PyDict_Copy(T_QUOTE if plen == 44 else T_FULL)
+        close = be32(p + 40) / divisor
+        PyDict_SetItem(d, K_LTQ, be32(p + 8))
+        PyDict_SetItem(d, K_ATP, be32(p + 12) / divisor)
+        PyDict_SetItem(d, K_VOLUME, be32(p + 16))
+        PyDict_SetItem(d, K_TBQ, be32(p + 20))
+        PyDict_SetItem(d, K_TSQ, be32(p + 24))
+        ohlc = PyDict_Copy(T_OHLC)
+        PyDict_SetItem(ohlc, K_OPEN, be32(p + 28) / divisor)
+        PyDict_SetItem(ohlc, K_HIGH, be32(p + 32) / divisor)
+        PyDict_SetItem(ohlc, K_LOW, be32(p + 36) / divisor)
+        PyDict_SetItem(ohlc, K_CLOSE, close)
+        PyDict_SetItem(d, K_OHLC, ohlc)
+        PyDict_SetItem(d, K_CHANGE, _change(last_price, close))
+        if plen == 184:
+            PyDict_SetItem(d, K_LTT, _timestamp(stamps, be32(p + 44)))
+            PyDict_SetItem(d, K_OI, be32(p + 48))
+            PyDict_SetItem(d, K_OI_HIGH, be32(p + 52))
+            PyDict_SetItem(d, K_OI_LOW, be32(p + 56))
+            PyDict_SetItem(d, K_EXCH_TS, _timestamp(stamps, be32(p + 60)))
+            depth = PyDict_Copy(T_DEPTH)
+            PyDict_SetItem(depth, K_BUY, _depth_side(p + 64, divisor))
+            PyDict_SetItem(depth, K_SELL, _depth_side(p + 124, divisor))
+            PyDict_SetItem(d, K_DEPTH, depth)
+    PyDict_SetItem(d, K_TRADABLE, segment != SEG_INDICES)
+    PyDict_SetItem(d, K_TOKEN, token)
+    PyDict_SetItem(d, K_LAST_PRICE, last_price)
     return d
 
 

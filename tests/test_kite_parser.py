@@ -327,3 +327,26 @@ def test_mutated_frames_never_crash(frame, data):
         else:
             mutated[pos:pos] = data.draw(st.binary(min_size=1, max_size=8))
     _check_hostile(bytes(mutated))
+
+
+def _key_paths(value, prefix=()):
+    """Every key path of nested dicts and lists, in iteration order."""
+    if isinstance(value, dict):
+        return [path for key, item in value.items()
+                for path in [prefix + (key,)] + _key_paths(item, prefix + (key,))]
+    if isinstance(value, list):
+        return [path for i, item in enumerate(value) for path in _key_paths(item, prefix + (i,))]
+    return []
+
+
+def test_parse_ticks_keeps_kiteconnects_key_order_for_every_packet_kind():
+    frame = frame_of(LTP, INDEX_QUOTE, INDEX_FULL, QUOTE, FULL)
+    assert _key_paths(parse_ticks(frame)) == _key_paths(SDK._parse_binary(frame))
+
+
+def test_parse_ticks_dicts_are_independent_objects():
+    first, second = parse_ticks(frame_of(FULL, FULL))
+    first["depth"]["buy"][0]["price"] = -1.0
+    first["ohlc"]["open"] = -1.0
+    assert second["depth"]["buy"][0]["price"] == 10.0 and second["ohlc"]["open"] == 0.1
+    assert parse_ticks(frame_of(FULL))[0]["ohlc"]["open"] == 0.1
