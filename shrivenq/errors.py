@@ -5,6 +5,8 @@ failure. Each error says what failed and where (a byte offset, a path, a segment
 
     ShrivenqError
     ├── ConfigError                 a bad CLI argument, config value or environment variable
+    ├── AuthError                   Kite credentials missing or refused, or an expired token
+    ├── ExchangeError               an exchange's REST API failed a request (network, HTTP, reply)
     ├── ProtocolError               bytes from an exchange that do not follow its protocol
     │   └── KiteFrameError          a Kite binary frame; carries .offset and .reason
     └── WalError                    the write-ahead log
@@ -25,6 +27,17 @@ class ShrivenqError(Exception):
 
 class ConfigError(ShrivenqError):
     """A CLI argument, config value or environment variable is missing or malformed."""
+
+
+class AuthError(ShrivenqError):
+    """Credentials are missing, the exchange refused them, or the access token expired.
+
+    The message names the variable or file to fix; it never contains a secret.
+    """
+
+
+class ExchangeError(ShrivenqError):
+    """An exchange's REST API could not be reached or answered with an error."""
 
 
 class ProtocolError(ShrivenqError):
