@@ -12,8 +12,9 @@ failure. Each error says what failed and where (a byte offset, a path, a segment
     └── WalError                    the write-ahead log
         ├── WalIOError              the disk said no (full, permission, vanished dir); carries .path
         ├── WalFormatError          not a WAL file, or a version this reader does not know
-        └── WalCorruptError         a block failed its length, checksum or decode; carries
-                                    .segment, .offset, .block
+        ├── WalCorruptError         a block failed its length, checksum or decode; carries
+        │                           .segment, .offset, .block
+        └── WalLockedError          another writer holds the venue/stream; carries .path
 
 Secrets (API keys, access tokens) never appear in an error message.
 """
@@ -92,3 +93,14 @@ class WalCorruptError(WalError):
 
     def __reduce__(self):
         return (type(self), (self.segment, self.offset, self.block, self.reason))
+
+
+class WalLockedError(WalError):
+    """Another live writer holds this venue and stream; ``path`` names its lock file."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        super().__init__(f"{self.path}: another WAL writer holds this venue and stream")
+
+    def __reduce__(self):
+        return (type(self), (self.path,))

@@ -1,0 +1,391 @@
+"""The on-disk format of a WAL segment: header, block frames, block bodies, footer, trailer.
+
+Pure functions of bytes, no I/O. docs/WAL_FORMAT.md is the prose version of this module;
+keep the two in step. All integers are little-endian.
+
+    segment  = header block* [footer trailer]
+    header   = 96 bytes, see HEADER
+    block    = frame header (64 bytes, see FRAME) + body (stored_len bytes, zstd frame)
+    footer   = frame header with magic b"WFTR" + msgpack map (uncompressed)
+    trailer  = footer offset (u64) + b"SHRVEND\\0" + xxh3_64 of those 16 bytes
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+import xxhash
+import zstandard
+
+from shrivenq.errors import WalFormatError
+
+MAGIC = b"SHRVQWAL"
+FORMAT_VERSION = 1
+
+# magic, format version, header size, segment number, created (wall ns), day (YYYYMMDD),
+# tz offset (seconds east of UTC), venue, stream, reserved, xxh3_64 of bytes 0..88
+HEADER = struct.Struct("<8sHHIqIi32s16s8sQ")
+HEADER_SIZE = HEADER.size
+assert HEADER_SIZE == 96
+
+BLOCK_MAGIC = b"WBLK"
+FOOTER_MAGIC = b"WFTR"
+# magic, codec, flags, reserved, block number, stored length, raw length, records,
+# min wall ns, max wall ns, first record (index in segment), xxh3_64 of the body,
+# xxh3_64 of bytes 0..56 of this frame header
+FRAME = struct.Struct("<4sBBHIIIIqqQQQ")
+FRAME_SIZE = FRAME.size
+assert FRAME_SIZE == 64
+
+TRAILER_MAGIC = b"SHRVEND\0"
+TRAILER = struct.Struct("<Q8sQ")
+TRAILER_SIZE = TRAILER.size
+
+FLAG_INSTRUMENTS = 1        # the caller gave instrument keys for this block's records
+
+CODEC_PLAIN = 0             # payloads concatenated as received, then the body is zstd'd
+CODEC_TICK_DELTA = 1        # payloads through shrivenq._ext.tick_delta.pack, then zstd
+CODEC_NAMES = {CODEC_PLAIN: "plain", CODEC_TICK_DELTA: "tick_delta"}
+
+BODY_PREAMBLE = struct.Struct("<IIQ")   # records, instrument keys, payload bytes (original)
+
+#: One row of the footer's block index.
+INDEX_DTYPE = np.dtype([("offset", "<u8"), ("size", "<u4"), ("records", "<u4"),
+                        ("first_record", "<u8"), ("min_wall_ns", "<i8"),
+                        ("max_wall_ns", "<i8")])
+
+MAX_BLOCK_RAW = 1 << 31     # a block body never exceeds this (u32 lengths, sanity bound)
+
+try:  # the other half of issue 3: the tick-aware transform (Cython)
+    from shrivenq._ext import tick_delta as _tick_delta
+except ImportError:  # not built yet: codec 1 is neither written nor readable
+    _tick_delta = None
+
+
+def tick_delta_available() -> bool:
+    return _tick_delta is not None
+
+
+def default_codec() -> int:
+    return CODEC_TICK_DELTA if _tick_delta is not None else CODEC_PLAIN
+
+
+def xxh3(data) -> int:
+    return xxhash.xxh3_64_intdigest(data)
+
+
+# ---------------------------------------------------------------------------- header
+
+@dataclass(frozen=True)
+class SegmentHeader:
+    segment: int
+    created_ns: int
+    day: int                # YYYYMMDD
+    tz_offset_s: int
+    venue: str
+    stream: str
+    version: int = FORMAT_VERSION
+
+    def pack(self) -> bytes:
+        venue, stream = self.venue.encode(), self.stream.encode()
+        if len(venue) > 32 or len(stream) > 16:
+            raise ValueError("venue is at most 32 bytes, stream at most 16")
+        head = HEADER.pack(MAGIC, FORMAT_VERSION, HEADER_SIZE, self.segment, self.created_ns,
+                           self.day, self.tz_offset_s, venue, stream, b"\0" * 8, 0)
+        return head[:-8] + struct.pack("<Q", xxh3(head[:-8]))
+
+
+class HeaderError(Exception):
+    """Internal: the header is damaged (checksum); the caller knows the path."""
+
+
+def unpack_header(data: bytes, where: str) -> SegmentHeader:
+    """Raises WalFormatError for a file that is not a segment or is too new, HeaderError for
+    a header whose checksum fails."""
+    if len(data) < 12 or data[:8] != MAGIC:
+        raise WalFormatError(f"{where}: not a shrivenq WAL segment (bad magic)")
+    version, size = struct.unpack_from("<HH", data, 8)
+    if version > FORMAT_VERSION:
+        raise WalFormatError(f"{where}: WAL format version {version} is newer than this "
+                             f"reader (knows up to {FORMAT_VERSION}); upgrade shrivenq")
+    if version == 0 or size != HEADER_SIZE:
+        raise HeaderError(f"header claims version {version}, size {size}")
+    if len(data) < HEADER_SIZE:
+        raise WalFormatError(f"{where}: truncated segment header ({len(data)} of "
+                             f"{HEADER_SIZE} bytes)")
+    (_, version, _, segment, created, day, tz, venue, stream, _,
+     check) = HEADER.unpack_from(data, 0)
+    if xxh3(data[:HEADER_SIZE - 8]) != check:
+        raise HeaderError("header checksum mismatch")
+    return SegmentHeader(segment, created, day, tz, venue.rstrip(b"\0").decode(errors="replace"),
+                         stream.rstrip(b"\0").decode(errors="replace"), version)
+
+
+# ---------------------------------------------------------------------------- frames
+
+@dataclass(frozen=True)
+class Frame:
+    magic: bytes
+    codec: int
+    flags: int
+    block: int
+    stored_len: int
+    raw_len: int
+    records: int
+    min_wall_ns: int
+    max_wall_ns: int
+    first_record: int
+    body_check: int
+
+    @property
+    def size(self) -> int:
+        return FRAME_SIZE + self.stored_len
+
+
+def pack_frame(magic: bytes, codec: int, flags: int, block: int, body: bytes, raw_len: int,
+               records: int, min_wall: int, max_wall: int, first_record: int) -> bytes:
+    head = FRAME.pack(magic, codec, flags, 0, block, len(body), raw_len, records, min_wall,
+                      max_wall, first_record, xxh3(body), 0)
+    return head[:-8] + struct.pack("<Q", xxh3(head[:-8]))
+
+
+def unpack_frame(data) -> Frame | None:
+    """The frame header at the start of ``data``, or None if it is not one (short, bad magic,
+    bad checksum, or impossible lengths)."""
+    if len(data) < FRAME_SIZE:
+        return None
+    (magic, codec, flags, reserved, block, stored, raw, records, lo, hi, first, body_check,
+     check) = FRAME.unpack_from(data, 0)
+    if magic not in (BLOCK_MAGIC, FOOTER_MAGIC) or xxh3(bytes(data[:FRAME_SIZE - 8])) != check:
+        return None
+    if reserved != 0 or raw > MAX_BLOCK_RAW or stored > MAX_BLOCK_RAW:
+        return None
+    return Frame(magic, codec, flags, block, stored, raw, records, lo, hi, first, body_check)
+
+
+def pack_trailer(footer_offset: int) -> bytes:
+    head = struct.pack("<Q8s", footer_offset, TRAILER_MAGIC)
+    return head + struct.pack("<Q", xxh3(head))
+
+
+def unpack_trailer(data: bytes) -> int | None:
+    """The footer offset a trailer names, or None if these bytes are not a valid trailer."""
+    if len(data) != TRAILER_SIZE:
+        return None
+    offset, magic, check = TRAILER.unpack(data)
+    if magic != TRAILER_MAGIC or xxh3(data[:16]) != check:
+        return None
+    return offset
+
+
+# ---------------------------------------------------------------------------- block bodies
+
+@dataclass
+class Columns:
+    """A block's records, column-wise; what the writer encodes and the reader decodes."""
+
+    kind: np.ndarray         # u8[n]
+    version: np.ndarray      # u8[n]
+    conn: np.ndarray         # u32[n]
+    wall_ns: np.ndarray      # i64[n]
+    mono_ns: np.ndarray      # i64[n]
+    length: np.ndarray       # u32[n]
+    payloads: bytes          # sum(length) bytes, the records' payloads back to back
+    inst_count: np.ndarray   # u32[n]: instrument keys per record
+    inst_keys: np.ndarray    # u64[sum(inst_count)]
+    has_instruments: bool = False
+
+    def __len__(self) -> int:
+        return len(self.kind)
+
+
+def encode_body(cols: Columns, codec: int) -> bytes:
+    """The raw (pre-zstd) body: preamble, then wall deltas i64, (mono - wall) deltas i64,
+    instrument keys u64, conn u32, length u32, instrument count u32, kind u8, version u8,
+    then the payloads through the codec."""
+    n = len(cols.kind)
+    wall = np.ascontiguousarray(cols.wall_ns, dtype="<i8")
+    skew = np.ascontiguousarray(cols.mono_ns, dtype="<i8") - wall
+    lengths = np.ascontiguousarray(cols.length, dtype="<u4")
+    if codec == CODEC_TICK_DELTA:
+        if _tick_delta is None:
+            raise WalFormatError("codec 1 (tick_delta) needs shrivenq._ext.tick_delta; "
+                                 "run `make build`")
+        packed = _tick_delta.pack(cols.payloads, lengths)
+    elif codec == CODEC_PLAIN:
+        packed = cols.payloads
+    else:
+        raise ValueError(f"unknown codec {codec}")
+    keys = np.ascontiguousarray(cols.inst_keys, dtype="<u8")
+    parts = [
+        BODY_PREAMBLE.pack(n, len(keys), len(cols.payloads)),
+        np.diff(wall, prepend=np.int64(0)).tobytes(),
+        np.diff(skew, prepend=np.int64(0)).tobytes(),
+        keys.tobytes(),
+        np.ascontiguousarray(cols.conn, dtype="<u4").tobytes(),
+        lengths.tobytes(),
+        np.ascontiguousarray(cols.inst_count, dtype="<u4").tobytes(),
+        np.ascontiguousarray(cols.kind, dtype="u1").tobytes(),
+        np.ascontiguousarray(cols.version, dtype="u1").tobytes(),
+        packed,
+    ]
+    return b"".join(parts)
+
+
+def decode_body(raw: bytes, records: int, codec: int, flags: int) -> Columns:
+    """Inverse of encode_body. Raises ValueError when the body is inconsistent and
+    WalFormatError for a codec this reader does not know."""
+    if len(raw) < BODY_PREAMBLE.size:
+        raise ValueError("body shorter than its preamble")
+    n, m, payload_len = BODY_PREAMBLE.unpack_from(raw, 0)
+    if n != records:
+        raise ValueError(f"body holds {n} records, frame says {records}")
+    pos = BODY_PREAMBLE.size
+    fixed = pos + n * (8 + 8 + 4 + 4 + 4 + 1 + 1) + m * 8
+    if fixed > len(raw):
+        raise ValueError("body shorter than its columns")
+    buf = np.frombuffer(raw, dtype=np.uint8)
+
+    def take(dtype: str, count: int) -> np.ndarray:
+        nonlocal pos
+        dt = np.dtype(dtype)
+        out = buf[pos:pos + count * dt.itemsize].view(dt)
+        pos += count * dt.itemsize
+        return out
+
+    wall = np.cumsum(take("<i8", n), dtype=np.int64)
+    mono = np.cumsum(take("<i8", n), dtype=np.int64) + wall
+    keys = take("<u8", m)
+    conn = take("<u4", n)
+    length = take("<u4", n)
+    inst_count = take("<u4", n)
+    kind = take("u1", n)
+    version = take("u1", n)
+    if int(length.sum(dtype=np.uint64)) != payload_len:
+        raise ValueError("record lengths do not add up to the payload size")
+    if int(inst_count.sum(dtype=np.uint64)) != m:
+        raise ValueError("instrument counts do not add up to the instrument keys")
+    packed = raw[pos:] if pos else raw
+    if codec == CODEC_PLAIN:
+        payloads = packed
+    elif codec == CODEC_TICK_DELTA:
+        if _tick_delta is None:
+            raise WalFormatError("block uses codec 1 (tick_delta) but shrivenq._ext.tick_delta "
+                                 "is not built; run `make build`")
+        payloads = _tick_delta.unpack(packed, np.ascontiguousarray(length))
+    else:
+        raise WalFormatError(f"block codec {codec} is newer than this reader "
+                             f"(knows {sorted(CODEC_NAMES)}); upgrade shrivenq")
+    if len(payloads) != payload_len:
+        raise ValueError(f"payloads decode to {len(payloads)} bytes, expected {payload_len}")
+    return Columns(kind, version, conn, wall, mono, length, bytes(payloads), inst_count, keys,
+                   bool(flags & FLAG_INSTRUMENTS))
+
+
+# ---------------------------------------------------------------------------- footer
+
+@dataclass
+class Footer:
+    """What a cleanly closed (or repaired) segment says about itself."""
+
+    blocks: int
+    records: int
+    first_wall_ns: int | None
+    last_wall_ns: int | None
+    first_mono_ns: int | None
+    last_mono_ns: int | None
+    payload_bytes: int
+    stored_bytes: int
+    kinds: dict[int, int]
+    instruments: dict[int, int]
+    index: np.ndarray                   # INDEX_DTYPE
+    closed_ns: int = 0
+    recovered: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def pack(self) -> bytes:
+        keys = np.array(sorted(self.instruments), dtype="<u8")
+        counts = np.array([self.instruments[int(k)] for k in keys], dtype="<u8")
+        return msgpack.packb({
+            "format": FORMAT_VERSION,
+            "blocks": self.blocks,
+            "records": self.records,
+            "first_wall_ns": self.first_wall_ns,
+            "last_wall_ns": self.last_wall_ns,
+            "first_mono_ns": self.first_mono_ns,
+            "last_mono_ns": self.last_mono_ns,
+            "payload_bytes": self.payload_bytes,
+            "stored_bytes": self.stored_bytes,
+            "kinds": {int(k): int(v) for k, v in self.kinds.items()},
+            "instrument_keys": keys.tobytes(),
+            "instrument_counts": counts.tobytes(),
+            "index": np.ascontiguousarray(self.index, dtype=INDEX_DTYPE).tobytes(),
+            "closed_ns": self.closed_ns,
+            "recovered": self.recovered,
+        }, use_bin_type=True)
+
+
+def unpack_footer(body: bytes) -> Footer:
+    """Raises ValueError if the map is not a footer; WalFormatError if it is too new."""
+    m = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    if not isinstance(m, dict):
+        raise ValueError("footer is not a msgpack map")
+    if m.get("format", 0) > FORMAT_VERSION:
+        raise WalFormatError(f"footer format {m['format']} is newer than this reader")
+    keys = np.frombuffer(m["instrument_keys"], dtype="<u8")
+    counts = np.frombuffer(m["instrument_counts"], dtype="<u8")
+    if len(keys) != len(counts):
+        raise ValueError("footer instrument keys and counts differ in length")
+    index = np.frombuffer(m["index"], dtype=INDEX_DTYPE)
+    if len(index) != m["blocks"]:
+        raise ValueError("footer index length differs from its block count")
+    return Footer(m["blocks"], m["records"], m["first_wall_ns"], m["last_wall_ns"],
+                  m["first_mono_ns"], m["last_mono_ns"], m["payload_bytes"], m["stored_bytes"],
+                  {int(k): int(v) for k, v in m["kinds"].items()},
+                  dict(zip(keys.tolist(), counts.tolist())), index, m.get("closed_ns", 0),
+                  m.get("recovered"))
+
+
+# ---------------------------------------------------------------------------- blocks
+
+def compress_block(cols: Columns, codec: int, cctx: zstandard.ZstdCompressor) -> tuple[bytes, int]:
+    """The stored (zstd) body of a block and its raw length."""
+    raw = encode_body(cols, codec)
+    return cctx.compress(raw), len(raw)
+
+
+def block_frame(cols: Columns, codec: int, block: int, first_record: int, body: bytes,
+                raw_len: int) -> bytes:
+    """The 64-byte frame header that goes before ``body``."""
+    n = len(cols.kind)
+    lo = int(cols.wall_ns.min()) if n else 0
+    hi = int(cols.wall_ns.max()) if n else 0
+    flags = FLAG_INSTRUMENTS if cols.has_instruments else 0
+    return pack_frame(BLOCK_MAGIC, codec, flags, block, body, raw_len, n, lo, hi, first_record)
+
+
+def decompress_body(frame: Frame, body, dctx: zstandard.ZstdDecompressor) -> Columns:
+    """Verify and decode one block body. Raises ValueError describing what is wrong (the
+    caller names the segment, offset and block), WalFormatError for an unknown codec."""
+    if len(body) != frame.stored_len:
+        raise ValueError(f"body is {len(body)} bytes, frame says {frame.stored_len}")
+    if xxh3(body) != frame.body_check:
+        raise ValueError("body checksum mismatch")
+    if frame.codec not in CODEC_NAMES:
+        raise WalFormatError(f"block codec {frame.codec} is newer than this reader "
+                             f"(knows {sorted(CODEC_NAMES)}); upgrade shrivenq")
+    try:
+        raw = dctx.decompress(body, max_output_size=frame.raw_len)
+    except zstandard.ZstdError as exc:
+        raise ValueError(f"zstd: {exc}") from None
+    if len(raw) != frame.raw_len:
+        raise ValueError(f"body decompresses to {len(raw)} bytes, frame says {frame.raw_len}")
+    cols = decode_body(raw, frame.records, frame.codec, frame.flags)
+    if frame.records and (int(cols.wall_ns.min()) != frame.min_wall_ns
+                          or int(cols.wall_ns.max()) != frame.max_wall_ns):
+        raise ValueError("record times disagree with the frame's time range")
+    return cols

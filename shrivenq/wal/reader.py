@@ -1,0 +1,291 @@
+"""Reading the WAL: whole blocks decoded into numpy columns, in append order.
+
+    from shrivenq.wal import WalReader
+    for batch in WalReader("data/kite", start_ns=t0, end_ns=t1, instruments=[256265]):
+        batch.wall_ns, batch.kind, batch.conn       # numpy arrays, one row per record
+        batch.payload(i)                            # record i's bytes, exactly as received
+
+A segment without a footer (still being written, or left by a crash) is read up to its last
+good block. A block that fails its checksum or does not decode raises WalCorruptError (segment,
+offset, block) with ``on_corrupt="raise"``; with ``"skip"`` it is left out and listed in
+``reader.skipped``. Nothing is ever returned that did not verify.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import numpy as np
+import zstandard
+
+from shrivenq.errors import ConfigError, WalCorruptError, WalIOError
+from shrivenq.wal import format as fmt
+from shrivenq.wal import layout
+from shrivenq.wal.records import Kind
+from shrivenq.wal.segment import BlockRef, Problem, Segment, open_segment, read_block
+
+#: One row per record, as ``RecordBatch.records`` returns them.
+RECORD_DTYPE = np.dtype([("kind", "u1"), ("version", "u1"), ("conn", "<u4"),
+                         ("wall_ns", "<i8"), ("mono_ns", "<i8"), ("offset", "<u8"),
+                         ("length", "<u4")])
+
+_CONTROL = np.zeros(256, dtype=bool)
+_CONTROL[[int(k) for k in Kind if 16 <= int(k) < 32]] = True
+
+
+class Record(NamedTuple):
+    kind: int
+    version: int
+    conn: int
+    wall_ns: int
+    mono_ns: int
+    payload: bytes
+    instruments: tuple[int, ...]
+
+
+class RecordBatch:
+    """Records of one block (after filtering), column-wise.
+
+    ``kind``, ``version``, ``conn``, ``wall_ns``, ``mono_ns``, ``length``: one entry per
+    record. ``data`` holds the block's payloads back to back; record i's bytes are
+    ``data[offset[i]:offset[i] + length[i]]``. Instrument keys of record i are
+    ``inst_keys[inst_offset[i]:inst_offset[i] + inst_count[i]]``."""
+
+    __slots__ = ("kind", "version", "conn", "wall_ns", "mono_ns", "length", "offset", "data",
+                 "inst_keys", "inst_offset", "inst_count", "segment", "block", "first_record")
+
+    def __init__(self, cols: fmt.Columns, segment: Path | None = None, block: int = -1,
+                 first_record: int = 0):
+        self.kind, self.version, self.conn = cols.kind, cols.version, cols.conn
+        self.wall_ns, self.mono_ns, self.length = cols.wall_ns, cols.mono_ns, cols.length
+        n = len(cols.kind)
+        self.offset = np.zeros(n, dtype=np.uint64)
+        if n:
+            np.cumsum(cols.length[:-1], out=self.offset[1:])
+        self.data = cols.payloads
+        self.inst_keys = cols.inst_keys
+        self.inst_count = cols.inst_count
+        self.inst_offset = np.zeros(n, dtype=np.uint64)
+        if n:
+            np.cumsum(cols.inst_count[:-1], out=self.inst_offset[1:])
+        self.segment, self.block, self.first_record = segment, block, first_record
+
+    def __len__(self) -> int:
+        return len(self.kind)
+
+    def payload(self, i: int) -> bytes:
+        o = int(self.offset[i])
+        return self.data[o:o + int(self.length[i])]
+
+    def payloads(self) -> list[bytes]:
+        """Every payload as its own bytes object (convenience; one object per record)."""
+        data = self.data
+        return [data[o:o + n] for o, n in zip(self.offset.tolist(), self.length.tolist())]
+
+    def instruments(self, i: int) -> np.ndarray:
+        o = int(self.inst_offset[i])
+        return self.inst_keys[o:o + int(self.inst_count[i])]
+
+    @property
+    def records(self) -> np.ndarray:
+        """The columns as one structured array (RECORD_DTYPE)."""
+        out = np.empty(len(self), dtype=RECORD_DTYPE)
+        for name in RECORD_DTYPE.names:
+            out[name] = getattr(self, name)
+        return out
+
+    def __iter__(self) -> Iterator[Record]:
+        for i in range(len(self)):
+            yield Record(int(self.kind[i]), int(self.version[i]), int(self.conn[i]),
+                         int(self.wall_ns[i]), int(self.mono_ns[i]), self.payload(i),
+                         tuple(self.instruments(i).tolist()))
+
+    def select(self, mask: np.ndarray) -> "RecordBatch":
+        """The records where ``mask`` is true (payload bytes are shared, not copied)."""
+        out = RecordBatch.__new__(RecordBatch)
+        for name in ("kind", "version", "conn", "wall_ns", "mono_ns", "length", "offset",
+                     "inst_offset", "inst_count"):
+            setattr(out, name, getattr(self, name)[mask])
+        out.data, out.inst_keys = self.data, self.inst_keys
+        out.segment, out.block, out.first_record = self.segment, self.block, self.first_record
+        return out
+
+
+def _gather_index(offsets: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Indices of the spans [offsets[i], offsets[i] + counts[i]) back to back."""
+    counts = counts.astype(np.int64)
+    total = int(counts.sum())
+    ends = np.cumsum(counts)
+    return (np.repeat(offsets.astype(np.int64) - (ends - counts), counts)
+            + np.arange(total, dtype=np.int64))
+
+
+def concat(batches: list[RecordBatch]) -> RecordBatch:
+    """One batch holding all of ``batches`` (payloads copied into one buffer)."""
+    payloads, keys = [], []
+    for b in batches:
+        total = int(b.length.sum(dtype=np.uint64))
+        if total == len(b.data) and (len(b) == 0 or int(b.offset[0]) == 0) and np.array_equal(
+                b.offset[1:], np.cumsum(b.length[:-1], dtype=np.uint64)):
+            payloads.append(b.data)
+        else:
+            buf = np.frombuffer(b.data, dtype=np.uint8)
+            payloads.append(buf[_gather_index(b.offset, b.length)].tobytes())
+        keys.append(b.inst_keys[_gather_index(b.inst_offset, b.inst_count)])
+
+    def cat(name, dtype):
+        arrs = [getattr(b, name) for b in batches]
+        return np.concatenate(arrs).astype(dtype, copy=False) if arrs else np.zeros(0, dtype)
+
+    cols = fmt.Columns(cat("kind", np.uint8), cat("version", np.uint8), cat("conn", np.uint32),
+                       cat("wall_ns", np.int64), cat("mono_ns", np.int64),
+                       cat("length", np.uint32), b"".join(payloads),
+                       cat("inst_count", np.uint32),
+                       np.concatenate(keys) if keys else np.zeros(0, np.uint64))
+    return RecordBatch(cols)
+
+
+@dataclass
+class TornTail:
+    segment: Path
+    offset: int
+    bytes: int
+
+    def __str__(self) -> str:
+        return (f"{self.segment}: {self.bytes} bytes after the last good block (byte "
+                f"{self.offset}) are a torn write; not read")
+
+
+class WalReader:
+    """Iterate the records of one venue/stream in append order, across segments and days.
+
+    ``path``: a venue directory (ROOT/VENUE), a day or stream directory, or one segment file.
+    ``stream``: "ticks" (default when ``path`` holds several streams) or "snapshots".
+    ``start_ns``/``end_ns``: keep records with start_ns <= wall_ns < end_ns; blocks entirely
+    outside are skipped using the footer index (or frame headers) without being read.
+    ``instruments``: keep records whose instrument keys include any of these; control records
+    are kept too unless ``control=False``. ``kinds``: keep only these record kinds.
+    ``on_corrupt``: "raise" (default) or "skip"."""
+
+    def __init__(self, path, stream: str | None = None, *, start_ns: int | None = None,
+                 end_ns: int | None = None, instruments=None, kinds=None,
+                 on_corrupt: str = "raise", control: bool = True):
+        if on_corrupt not in ("raise", "skip"):
+            raise ConfigError(f"on_corrupt={on_corrupt!r}: use 'raise' or 'skip'")
+        self.path = Path(path)
+        paths = layout.find_segments(self.path, stream)
+        groups = sorted({layout.stream_key(p) for p in paths})
+        if len(groups) > 1 and stream is None:
+            paths = [p for p in paths if layout.stream_key(p)[1] == "ticks"]
+            groups = sorted({layout.stream_key(p) for p in paths})
+        if len(groups) > 1:
+            raise ConfigError(f"{self.path} holds several venues or streams "
+                              f"({', '.join('/'.join(g) for g in groups)}); open one venue "
+                              f"directory and name the stream")
+        self.segment_paths = paths
+        self.start_ns, self.end_ns = start_ns, end_ns
+        self.instruments = (None if instruments is None
+                            else np.unique(np.asarray(instruments, dtype=np.uint64)))
+        self.kinds = None if kinds is None else np.asarray(list(kinds), dtype=np.uint8)
+        self.control = control
+        self.on_corrupt = on_corrupt
+        self.skipped: list[Problem] = []
+        self.torn: list[TornTail] = []
+        self.blocks_read = 0
+        self.blocks_skipped_by_time = 0
+
+    def _block_in_range(self, ref: BlockRef) -> bool:
+        f = ref.frame
+        if self.start_ns is not None and f.max_wall_ns < self.start_ns:
+            return False
+        if self.end_ns is not None and f.min_wall_ns >= self.end_ns:
+            return False
+        return True
+
+    def _filter(self, batch: RecordBatch) -> RecordBatch:
+        mask = None
+        if self.start_ns is not None:
+            mask = batch.wall_ns >= self.start_ns
+        if self.end_ns is not None:
+            m = batch.wall_ns < self.end_ns
+            mask = m if mask is None else mask & m
+        if self.kinds is not None:
+            m = np.isin(batch.kind, self.kinds)
+            mask = m if mask is None else mask & m
+        if self.instruments is not None:
+            hit = np.isin(batch.inst_keys, self.instruments)
+            m = np.zeros(len(batch), dtype=bool)
+            rows = np.repeat(np.arange(len(batch)), batch.inst_count.astype(np.int64))
+            m[rows[hit]] = True
+            if self.control:
+                m |= _CONTROL[batch.kind]
+            mask = m if mask is None else mask & m
+        if mask is None or mask.all():
+            return batch
+        return batch.select(mask)
+
+    def _problem(self, p: Problem) -> None:
+        if self.on_corrupt == "raise":
+            raise p.error()
+        self.skipped.append(p)
+
+    def segments(self) -> Iterator[Segment]:
+        for path in self.segment_paths:
+            yield open_segment(path)
+
+    def __iter__(self) -> Iterator[RecordBatch]:
+        return self.batches()
+
+    def batches(self) -> Iterator[RecordBatch]:
+        """One RecordBatch per block that has records passing the filters."""
+        dctx = zstandard.ZstdDecompressor()
+        for seg in self.segments():
+            if seg.state == "torn":
+                self.torn.append(TornTail(seg.path, seg.good_end, seg.size - seg.good_end))
+            items: list = [(p.offset, 1, p) for p in seg.problems]
+            items += [(b.offset, 0, b) for b in seg.blocks]
+            items.sort(key=lambda t: (t[0], t[1]))
+            if not items:
+                continue
+            try:
+                fd = os.open(seg.path, os.O_RDONLY)
+            except OSError as exc:
+                raise WalIOError(seg.path, exc.strerror or str(exc)) from None
+            try:
+                for _, is_problem, item in items:
+                    if is_problem:
+                        self._problem(item)
+                        continue
+                    if not self._block_in_range(item):
+                        self.blocks_skipped_by_time += 1
+                        continue
+                    try:
+                        cols = read_block(fd, item, dctx)
+                    except WalCorruptError as err:
+                        self._problem(Problem(item.segment, item.offset, item.block,
+                                              err.reason))
+                        continue
+                    self.blocks_read += 1
+                    batch = self._filter(RecordBatch(cols, seg.path, item.block,
+                                                     item.frame.first_record))
+                    if len(batch):
+                        yield batch
+            finally:
+                os.close(fd)
+
+    def read(self) -> RecordBatch:
+        """Everything that passes the filters as one batch."""
+        return concat(list(self.batches()))
+
+    def records(self) -> Iterator[Record]:
+        """One Record per record (convenient, slower: a Python object each)."""
+        for batch in self.batches():
+            yield from batch
+
+
+def read_wal(path, stream: str | None = None, **kw) -> RecordBatch:
+    """Shorthand for ``WalReader(path, stream, **kw).read()``."""
+    return WalReader(path, stream, **kw).read()

@@ -1,0 +1,174 @@
+"""``wal inspect`` and ``wal verify``: what is in a log, and whether every byte checks out."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zstandard
+
+from shrivenq.errors import WalCorruptError, WalError, WalFormatError
+from shrivenq.wal import layout
+from shrivenq.wal.segment import (
+    FooterAccumulator, RepairReport, Segment, open_segment, read_block, repair_segment)
+
+
+@dataclass
+class SegmentSummary:
+    path: Path
+    venue: str
+    stream: str
+    state: str                  # closed | open | torn | corrupt | unreadable
+    size: int = 0
+    blocks: int = 0
+    records: int = 0
+    first_wall_ns: int | None = None
+    last_wall_ns: int | None = None
+    payload_bytes: int = 0      # the records' payloads as received
+    stored_bytes: int = 0       # block frames on disk
+    kinds: dict[int, int] = field(default_factory=dict)
+    instruments: dict[int, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    live: bool = False          # a writer holds the stream right now
+
+    @property
+    def ratio(self) -> float:
+        return self.payload_bytes / self.stored_bytes if self.stored_bytes else 0.0
+
+
+def _live(seg_path: Path) -> bool:
+    """Does a writer hold this segment's venue/stream lock right now?"""
+    venue_dir = seg_path.parent.parent.parent
+    lock = venue_dir / f".{seg_path.parent.name}.lock"
+    if not lock.exists():
+        return False
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def _summarise(seg: Segment, decode: bool) -> SegmentSummary:
+    venue, stream = layout.stream_key(seg.path)
+    s = SegmentSummary(seg.path, venue, stream, seg.state, seg.size, len(seg.blocks),
+                       seg.records, problems=[str(p) for p in seg.problems])
+    if seg.state == "torn":
+        s.problems.append(f"{seg.path}: torn tail of {seg.size - seg.good_end} bytes after "
+                          f"byte {seg.good_end}")
+    f = seg.footer
+    if f is not None and not decode:
+        s.first_wall_ns, s.last_wall_ns = f.first_wall_ns, f.last_wall_ns
+        s.payload_bytes, s.stored_bytes = f.payload_bytes, f.stored_bytes
+        s.kinds, s.instruments = f.kinds, f.instruments
+        return s
+    acc = FooterAccumulator()
+    dctx = zstandard.ZstdDecompressor()
+    fd = os.open(seg.path, os.O_RDONLY)
+    try:
+        for ref in seg.blocks:
+            try:
+                cols = read_block(fd, ref, dctx)
+            except WalCorruptError as err:
+                s.problems.append(str(err))
+                continue
+            except WalFormatError as err:
+                s.problems.append(f"{seg.path}: block {ref.block}: {err}")
+                continue
+            acc.add(ref.offset, ref.frame.size, cols)
+    finally:
+        os.close(fd)
+    s.first_wall_ns, s.last_wall_ns = acc.first_wall, acc.last_wall
+    s.payload_bytes, s.stored_bytes = acc.payload_bytes, acc.stored_bytes
+    s.kinds, s.instruments = acc.kinds, acc.instruments
+    if f is not None:
+        # The footer must say exactly what the blocks hold.
+        for name, mine, theirs in (("records", acc.records, f.records),
+                                   ("payload bytes", acc.payload_bytes, f.payload_bytes),
+                                   ("kinds", acc.kinds, f.kinds),
+                                   ("instrument counts", acc.instruments, f.instruments),
+                                   ("first time", acc.first_wall, f.first_wall_ns),
+                                   ("last time", acc.last_wall, f.last_wall_ns)):
+            if mine != theirs and not any("block" in p for p in s.problems):
+                s.problems.append(f"{seg.path}: footer {name} disagree with the blocks")
+    return s
+
+
+def inspect(path) -> list[SegmentSummary]:
+    """A summary per segment under ``path``: from the footer when there is one, otherwise by
+    decoding the blocks. Raises WalIOError if ``path`` does not exist."""
+    out = []
+    for p in layout.find_segments(path):
+        try:
+            seg = open_segment(p)
+        except WalError as err:
+            venue, stream = layout.stream_key(p)
+            out.append(SegmentSummary(p, venue, stream, "unreadable", problems=[str(err)]))
+            continue
+        s = _summarise(seg, decode=False)
+        s.live = seg.state == "open" and _live(p)
+        out.append(s)
+    return out
+
+
+@dataclass
+class VerifyReport:
+    segments: list[SegmentSummary]
+    repairs: list[RepairReport] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        """Every segment closed (or open under a live writer) and without problems."""
+        return all(not s.problems and (s.state == "closed" or (s.state == "open" and s.live))
+                   for s in self.segments)
+
+    @property
+    def problems(self) -> list[str]:
+        out = []
+        for s in self.segments:
+            out.extend(s.problems)
+            if s.state == "open" and not s.live:
+                out.append(f"{s.path}: no footer (a writer crashed); run verify --repair")
+        return out
+
+
+def verify(path, repair: bool = False) -> VerifyReport:
+    """Check every header, frame, checksum and footer under ``path`` and decode every record.
+    ``repair``: first cut torn tails and rebuild missing footers of segments no live writer
+    holds (a segment damaged in any other way is never modified)."""
+    repairs = []
+    if repair:
+        for p in layout.find_segments(path):
+            try:
+                state = open_segment(p).state
+            except WalFormatError:
+                state = "unreadable"
+            if state in ("open", "torn", "unreadable") and not _live(p):
+                try:
+                    r = repair_segment(p)
+                except WalFormatError:
+                    continue
+                if r is not None:
+                    repairs.append(r)
+    out = []
+    for p in layout.find_segments(path):
+        try:
+            seg = open_segment(p)
+        except WalError as err:
+            venue, stream = layout.stream_key(p)
+            out.append(SegmentSummary(p, venue, stream, "unreadable", problems=[str(err)]))
+            continue
+        s = _summarise(seg, decode=True)
+        s.live = seg.state == "open" and _live(p)
+        out.append(s)
+    return VerifyReport(out, repairs)
