@@ -194,7 +194,7 @@ class Columns:
     wall_ns: np.ndarray      # i64[n]
     mono_ns: np.ndarray      # i64[n]
     length: np.ndarray       # u32[n]
-    payloads: bytes          # sum(length) bytes, the records' payloads back to back
+    payloads: bytes          # sum(length) bytes, the payloads back to back (bytes-like)
     inst_count: np.ndarray   # u32[n]: instrument keys per record
     inst_keys: np.ndarray    # u64[sum(inst_count)]
     has_instruments: bool = False
@@ -269,7 +269,7 @@ def decode_body(raw: bytes, records: int, codec: int, flags: int) -> Columns:
         raise ValueError("record lengths do not add up to the payload size")
     if int(inst_count.sum(dtype=np.uint64)) != m:
         raise ValueError("instrument counts do not add up to the instrument keys")
-    packed = raw[pos:] if pos else raw
+    packed = memoryview(raw)[pos:]
     if codec == CODEC_PLAIN:
         payloads = packed
     elif codec == CODEC_TICK_DELTA:
@@ -282,7 +282,7 @@ def decode_body(raw: bytes, records: int, codec: int, flags: int) -> Columns:
                              f"(knows {sorted(CODEC_NAMES)}); upgrade shrivenq")
     if len(payloads) != payload_len:
         raise ValueError(f"payloads decode to {len(payloads)} bytes, expected {payload_len}")
-    return Columns(kind, version, conn, wall, mono, length, bytes(payloads), inst_count, keys,
+    return Columns(kind, version, conn, wall, mono, length, payloads, inst_count, keys,
                    bool(flags & FLAG_INSTRUMENTS))
 
 

@@ -52,7 +52,8 @@ class RecordBatch:
     ``kind``, ``version``, ``conn``, ``wall_ns``, ``mono_ns``, ``length``: one entry per
     record. ``data`` holds the block's payloads back to back; record i's bytes are
     ``data[offset[i]:offset[i] + length[i]]``. Instrument keys of record i are
-    ``inst_keys[inst_offset[i]:inst_offset[i] + inst_count[i]]``."""
+    ``inst_keys[inst_offset[i]:inst_offset[i] + inst_count[i]]``. ``data`` is bytes-like
+    (bytes or a memoryview of the decoded block); ``payload(i)`` returns bytes."""
 
     __slots__ = ("kind", "version", "conn", "wall_ns", "mono_ns", "length", "offset", "data",
                  "inst_keys", "inst_offset", "inst_count", "segment", "block", "first_record")
@@ -78,12 +79,13 @@ class RecordBatch:
 
     def payload(self, i: int) -> bytes:
         o = int(self.offset[i])
-        return self.data[o:o + int(self.length[i])]
+        return bytes(self.data[o:o + int(self.length[i])])
 
     def payloads(self) -> list[bytes]:
         """Every payload as its own bytes object (convenience; one object per record)."""
         data = self.data
-        return [data[o:o + n] for o, n in zip(self.offset.tolist(), self.length.tolist())]
+        return [bytes(data[o:o + n]) for o, n in zip(self.offset.tolist(),
+                                                     self.length.tolist())]
 
     def instruments(self, i: int) -> np.ndarray:
         o = int(self.inst_offset[i])

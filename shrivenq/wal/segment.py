@@ -326,7 +326,8 @@ def build_footer(path: Path, blocks: list[BlockRef], fd: int | None = None,
 
 
 class FooterAccumulator:
-    """Collects what a footer says, one block at a time."""
+    """Collects what a footer says, one block at a time (cheap per block: the per-instrument
+    counting happens once, when the footer is built)."""
 
     def __init__(self) -> None:
         self.rows: list[tuple] = []
@@ -334,8 +335,8 @@ class FooterAccumulator:
         self.first_wall = self.last_wall = self.first_mono = self.last_mono = None
         self.payload_bytes = 0
         self.stored_bytes = 0
-        self.kinds: dict[int, int] = {}
-        self.instruments: dict[int, int] = {}
+        self._kinds = np.zeros(256, dtype=np.int64)
+        self._keys: list[np.ndarray] = []
 
     def add(self, offset: int, size: int, cols: fmt.Columns) -> None:
         n = len(cols.kind)
@@ -351,20 +352,28 @@ class FooterAccumulator:
             self.last_wall = hi if self.last_wall is None else max(self.last_wall, hi)
             self.first_mono = mlo if self.first_mono is None else min(self.first_mono, mlo)
             self.last_mono = mhi if self.last_mono is None else max(self.last_mono, mhi)
-            kinds, counts = np.unique(cols.kind, return_counts=True)
-            for k, c in zip(kinds.tolist(), counts.tolist()):
-                self.kinds[k] = self.kinds.get(k, 0) + c
+            self._kinds += np.bincount(cols.kind, minlength=256)
         if len(cols.inst_keys):
-            keys, counts = np.unique(cols.inst_keys, return_counts=True)
-            inst = self.instruments
-            for k, c in zip(keys.tolist(), counts.tolist()):
-                inst[k] = inst.get(k, 0) + c
+            self._keys.append(np.array(cols.inst_keys, dtype=np.uint64))
+
+    @property
+    def kinds(self) -> dict[int, int]:
+        nz = np.flatnonzero(self._kinds)
+        return dict(zip(nz.tolist(), self._kinds[nz].tolist()))
+
+    @property
+    def instruments(self) -> dict[int, int]:
+        if not self._keys:
+            return {}
+        keys, counts = np.unique(np.concatenate(self._keys), return_counts=True)
+        self._keys = [np.repeat(keys, counts)] if len(self._keys) > 1 else self._keys
+        return dict(zip(keys.tolist(), counts.tolist()))
 
     def footer(self, recovered: dict | None = None) -> fmt.Footer:
         index = np.array(self.rows, dtype=fmt.INDEX_DTYPE)
         return fmt.Footer(len(self.rows), self.records, self.first_wall, self.last_wall,
                           self.first_mono, self.last_mono, self.payload_bytes,
-                          self.stored_bytes, dict(self.kinds), dict(self.instruments), index,
+                          self.stored_bytes, self.kinds, self.instruments, index,
                           time.time_ns(), recovered)
 
 

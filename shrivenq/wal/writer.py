@@ -305,7 +305,8 @@ class WalWriter:
             versions_a = _DEFAULT_VERSIONS[kinds_a]
         else:
             versions_a = np.array(np.broadcast_to(np.asarray(versions, dtype=np.uint8), (n,)))
-        data = bytes(payloads)
+        data = payloads if isinstance(payloads, bytes) else bytes(payloads)
+        view = memoryview(data)   # slices of it share the (immutable) bytes
         offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         if len(wall) != n or len(mono) != n or int(offsets[-1]) != len(data):
@@ -352,7 +353,7 @@ class WalWriter:
                 else:
                     ck, cc = keys, counts[i:j]
                 chunk = fmt.Columns(kinds_a[i:j], versions_a[i:j], conns_a[i:j], wall[i:j],
-                                    mono[i:j], lengths[i:j], data[lo:hi], cc, ck)
+                                    mono[i:j], lengths[i:j], view[lo:hi], cc, ck)
                 if self._rows:
                     self._parts.append(self._rows)
                     self._rows = []

@@ -1,0 +1,345 @@
+"""WAL round trips: what goes in comes out, byte-exact, in order, filtered as asked."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shrivenq.errors import ConfigError, WalError, WalFormatError, WalIOError, WalLockedError
+from shrivenq.wal import (
+    IST, UTC, FsyncPolicy, Kind, WalReader, WalWriter, inspect, read_wal, verify)
+from shrivenq.wal import format as fmt
+from shrivenq.wal import records as R
+
+T0 = 1_763_610_300_000_000_000          # 2025-11-20 09:15 IST
+
+
+def write_records(root, n=500, venue="kite", **kw):
+    kw.setdefault("block_bytes", 2000)
+    expected = []
+    with WalWriter(root, venue, "ticks", tz=IST, **kw) as w:
+        for i in range(n):
+            payload = (b"%d|" % i) + bytes([i % 256]) * (i % 97)
+            inst = [1000 + i % 5, 7] if i % 3 else None
+            w.append(Kind.BINARY if i % 10 else Kind.TEXT, payload, T0 + i * 1_000_000,
+                     10 + i, conn=i % 4, instruments=inst)
+            expected.append((int(Kind.BINARY if i % 10 else Kind.TEXT), i % 4,
+                             T0 + i * 1_000_000, 10 + i, payload,
+                             tuple(inst) if inst else ()))
+    return expected
+
+
+def as_tuples(batch):
+    return [(r.kind, r.conn, r.wall_ns, r.mono_ns, r.payload, r.instruments) for r in batch]
+
+
+def test_single_appends_round_trip_exactly(tmp_path):
+    expected = write_records(tmp_path)
+    batch = read_wal(tmp_path / "kite")
+    assert as_tuples(batch) == expected
+    assert batch.kind.dtype == np.uint8 and batch.wall_ns.dtype == np.int64
+    assert (batch.version == 1).all()
+    rec = batch.records
+    assert rec.dtype.names[:5] == ("kind", "version", "conn", "wall_ns", "mono_ns")
+    assert rec["wall_ns"].tolist() == [e[2] for e in expected]
+
+
+def test_batch_and_single_appends_interleave_in_order(tmp_path):
+    payloads = b"".join(b"p%05d" % i for i in range(1000))
+    lengths = np.full(1000, 6, dtype=np.uint32)
+    wall = T0 + np.arange(1000, dtype=np.int64)
+    with WalWriter(tmp_path, "v", block_bytes=700) as w:
+        w.append(Kind.CONNECT, R.connect(3, "wss://x")[1], T0 - 5, 0, conn=3)
+        first = w.append_batch(Kind.BINARY, payloads, lengths, wall, wall - T0, conns=3,
+                               instruments=np.arange(2000) % 9,
+                               instrument_counts=np.full(1000, 2))
+        assert first == 1
+        w.append(*R.gap(3, T0 + 5, T0 + 9, "reconnect"), T0 + 2000, 2000, conn=3)
+    b = read_wal(tmp_path / "v")
+    assert len(b) == 1002
+    assert b.payloads()[1:1001] == [b"p%05d" % i for i in range(1000)]
+    assert R.decode_control(b.kind[0], b.version[0], b.payload(0)) == {"conn": 3,
+                                                                        "url": "wss://x"}
+    g = R.decode_control(b.kind[-1], b.version[-1], b.payload(1001))
+    assert g == {"conn": 3, "from_ns": T0 + 5, "to_ns": T0 + 9, "reason": "reconnect"}
+    assert b.instruments(1).tolist() == [0, 1] and b.instruments(0).tolist() == []
+
+
+def test_empty_payloads_and_large_payloads(tmp_path):
+    big = os.urandom(3_000_000)
+    with WalWriter(tmp_path, "v", block_bytes=1 << 16) as w:
+        w.append(Kind.BINARY, b"", T0, 0)
+        w.append(Kind.BINARY, big, T0 + 1, 1)
+        w.append(Kind.REST, b"", T0 + 2, 2)
+    b = read_wal(tmp_path / "v")
+    assert b.payloads() == [b"", big, b""]
+
+
+def test_time_filter_seeks_with_the_footer_index(tmp_path):
+    expected = write_records(tmp_path, n=2000)
+    lo, hi = T0 + 700 * 1_000_000, T0 + 900 * 1_000_000
+    r = WalReader(tmp_path / "kite", start_ns=lo, end_ns=hi)
+    got = as_tuples(r.read())
+    assert got == [e for e in expected if lo <= e[2] < hi]
+    assert r.blocks_skipped_by_time > r.blocks_read   # most blocks never decompressed
+
+
+def test_instrument_and_kind_filters(tmp_path):
+    expected = write_records(tmp_path, n=300)
+    with WalWriter(tmp_path, "kite", tz=IST) as w:
+        w.append(*R.gap(0, 1, 2, "test"), T0 + 10**9, 1)
+    got = as_tuples(WalReader(tmp_path / "kite", instruments=[1002]).read())
+    want = [e for e in expected if 1002 in e[5]]
+    assert got[:-1] == want and got[-1][0] == Kind.GAP    # control records stay by default
+    got = as_tuples(WalReader(tmp_path / "kite", instruments=[1002], control=False).read())
+    assert got == want
+    got = as_tuples(WalReader(tmp_path / "kite", kinds=[Kind.TEXT]).read())
+    assert got == [e for e in expected if e[0] == Kind.TEXT]
+
+
+def test_rotation_by_size_keeps_order_and_closes_every_segment(tmp_path):
+    expected = write_records(tmp_path, n=3000, segment_bytes=8_000)
+    segs = sorted((tmp_path / "kite").rglob("*.wal"))
+    assert len(segs) > 3
+    summaries = inspect(tmp_path)
+    assert all(s.state == "closed" for s in summaries)
+    # segment_bytes bounds header + blocks; the footer comes on top
+    assert all(s.stored_bytes + fmt.HEADER_SIZE <= 8_000 for s in summaries)
+    assert sum(s.records for s in summaries) == 3000
+    assert as_tuples(read_wal(tmp_path / "kite")) == expected
+
+
+@pytest.mark.parametrize("tz, boundary, days", [
+    (IST, dt.datetime(2025, 11, 20, 18, 30, tzinfo=UTC), ["2025-11-20", "2025-11-21"]),
+    (UTC, dt.datetime(2025, 11, 21, 0, 0, tzinfo=UTC), ["2025-11-20", "2025-11-21"]),
+])
+def test_rotation_at_the_trading_day_boundary(tmp_path, tz, boundary, days):
+    edge = int(boundary.timestamp()) * 10**9
+    walls = [edge - 2, edge - 1, edge, edge + 1]
+    with WalWriter(tmp_path, "x", tz=tz) as w:
+        w.append(Kind.BINARY, b"a", walls[0], 0)
+        w.append(Kind.BINARY, b"b", walls[1], 1)
+        w.append_batch(Kind.BINARY, b"cd", [1, 1], walls[2:], [2, 3])
+    found = sorted(p.relative_to(tmp_path / "x").parts[0] for p in tmp_path.rglob("*.wal"))
+    assert found == days
+    assert read_wal(tmp_path / "x").payloads() == [b"a", b"b", b"c", b"d"]
+    first = WalReader(tmp_path / "x" / days[0]).read()
+    assert first.payloads() == [b"a", b"b"]
+
+
+def test_footer_counts_and_inspect(tmp_path):
+    write_records(tmp_path, n=600)
+    (s,) = inspect(tmp_path)
+    assert s.state == "closed" and s.records == 600
+    assert s.instruments[7] == 400 and s.instruments[1001] == sum(
+        1 for i in range(600) if i % 3 and i % 5 == 1)
+    assert s.kinds == {int(Kind.TEXT): 60, int(Kind.BINARY): 540}
+    assert s.first_wall_ns == T0 and s.last_wall_ns == T0 + 599 * 1_000_000
+    assert s.ratio > 1
+
+
+def test_footerless_segment_is_readable_while_being_written(tmp_path):
+    w = WalWriter(tmp_path, "v", block_bytes=100, fsync="every-block")
+    for i in range(50):
+        w.append(Kind.BINARY, b"%d" % i * 20, T0 + i, i)
+    assert w.flush() == 50
+    got = read_wal(tmp_path / "v").payloads()
+    assert got == [b"%d" % i * 20 for i in range(50)]
+    rep = verify(tmp_path)
+    assert rep.clean and rep.segments[0].state == "open" and rep.segments[0].live
+    w.close()
+    assert verify(tmp_path).segments[0].state == "closed"
+
+
+def test_second_writer_on_the_same_stream_is_refused(tmp_path):
+    with WalWriter(tmp_path, "v"):
+        with pytest.raises(WalLockedError, match="another WAL writer"):
+            WalWriter(tmp_path, "v")
+        WalWriter(tmp_path, "v", "snapshots").close()   # another stream is fine
+
+
+def test_durability_is_reported(tmp_path):
+    seen = []
+    with WalWriter(tmp_path, "v", fsync="every-block", block_bytes=50,
+                   on_durable=seen.append) as w:
+        for i in range(20):
+            w.append(Kind.BINARY, b"x" * 30, T0 + i, i)
+        deadline = time.monotonic() + 5
+        while w.durable_records < 20 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert w.durable_records == 20
+    assert seen == sorted(seen) and seen[-1] == 20
+
+
+def test_partial_block_is_flushed_after_the_interval(tmp_path):
+    with WalWriter(tmp_path, "v", fsync="interval:10", flush_interval=0.05) as w:
+        w.append(Kind.BINARY, b"lonely", T0, 0)
+        deadline = time.monotonic() + 5
+        while w.durable_records < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert w.durable_records == 1
+
+
+def test_fsync_policy_parsing():
+    assert FsyncPolicy.parse("every-block").mode == "every-block"
+    assert FsyncPolicy.parse("interval:250").interval == 0.25
+    assert str(FsyncPolicy.parse("interval:1000")) == "interval:1000"
+    for bad in ("sometimes", "interval:", "interval:-5", "interval:x"):
+        with pytest.raises(ConfigError, match="--fsync"):
+            FsyncPolicy.parse(bad)
+
+
+def test_full_queue_blocks_the_appender_and_loses_nothing(tmp_path, monkeypatch, caplog):
+    real = fmt.compress_block
+
+    def slow(*a, **k):
+        time.sleep(0.02)
+        return real(*a, **k)
+
+    monkeypatch.setattr(fmt, "compress_block", slow)
+    with WalWriter(tmp_path, "v", block_bytes=64, queue_blocks=1, fsync="never") as w:
+        for i in range(60):
+            w.append(Kind.BINARY, b"%03d" % i * 30, T0 + i, i)
+        stats = w.stats
+    assert stats.queue_full_waits > 0
+    assert "write queue full" in caplog.text
+    assert read_wal(tmp_path / "v").payloads() == [b"%03d" % i * 30 for i in range(60)]
+
+
+def test_disk_error_surfaces_as_walioerror_and_keeps_what_was_written(tmp_path, monkeypatch):
+    from shrivenq.wal import writer as wmod
+    real = wmod._SegmentFile.write
+    calls = {"n": 0}
+
+    def failing(self, data):
+        calls["n"] += 1
+        if calls["n"] > 4:          # header, then three good blocks, then "disk full"
+            os.pwrite(self.fd, data[: len(data) // 2], self.end)   # a partial write
+            raise OSError(28, "No space left on device", str(self.path))
+        return real(self, data)
+
+    monkeypatch.setattr(wmod._SegmentFile, "write", failing)
+    w = WalWriter(tmp_path, "v", block_bytes=100, fsync="every-block")
+    with pytest.raises(WalIOError) as info:
+        for i in range(1000):
+            w.append(Kind.BINARY, b"%04d" % i * 30, T0 + i, i)
+            time.sleep(0.001)
+        w.flush()
+    assert "No space left" in str(info.value) and "000001.wal" in info.value.path
+    with pytest.raises(WalIOError):
+        w.close()
+    monkeypatch.setattr(wmod._SegmentFile, "write", real)
+    # Nothing already written was damaged: the three good blocks are intact, in order.
+    got = read_wal(tmp_path / "v").payloads()
+    assert got == [b"%04d" % i * 30 for i in range(len(got))] and len(got) >= 3
+    w2 = WalWriter(tmp_path, "v")     # recovery closes the segment at its last good block
+    w2.close()
+    assert verify(tmp_path).clean
+
+
+def test_vanished_directory_is_a_clear_error(tmp_path):
+    import shutil
+    w = WalWriter(tmp_path, "v", block_bytes=100, fsync="every-block")
+    w.append(Kind.BINARY, b"x" * 200, T0, 0)
+    w.flush()
+    shutil.rmtree(tmp_path / "v")
+    with pytest.raises(WalIOError) as info:
+        for i in range(50):
+            w.append(Kind.BINARY, b"y" * 200, T0 + i, i)
+        w.flush()
+    assert str(tmp_path / "v") in info.value.path
+    with pytest.raises(WalIOError):
+        w.close()
+
+
+def test_bad_inputs_name_the_path(tmp_path):
+    with pytest.raises(WalIOError, match="no such file"):
+        WalReader(tmp_path / "missing")
+    bogus = tmp_path / "x.wal"
+    bogus.write_bytes(b"hello, not a log" * 10)
+    with pytest.raises(WalFormatError, match=r"x\.wal: not a shrivenq WAL"):
+        list(WalReader(bogus))
+    write_records(tmp_path / "r", n=50)
+    seg = next((tmp_path / "r").rglob("*.wal"))
+    short = tmp_path / "short.wal"
+    short.write_bytes(seg.read_bytes()[:40])
+    with pytest.raises(WalFormatError, match="short.wal: truncated segment header"):
+        list(WalReader(short))
+    with pytest.raises(ConfigError):
+        WalWriter(tmp_path, "a/b")
+
+
+def test_newer_format_versions_are_refused(tmp_path):
+    write_records(tmp_path, n=50)
+    seg = next(tmp_path.rglob("*.wal"))
+    data = bytearray(seg.read_bytes())
+    newer = bytearray(data)
+    struct.pack_into("<H", newer, 8, fmt.FORMAT_VERSION + 1)
+    seg.write_bytes(newer)
+    with pytest.raises(WalFormatError, match="version 2 is newer than this reader"):
+        list(WalReader(seg))
+    # A block written with a codec this reader does not know: refused, not misread.
+    frame = fmt.unpack_frame(bytes(data[fmt.HEADER_SIZE:]))
+    body = bytes(data[fmt.HEADER_SIZE + 64: fmt.HEADER_SIZE + 64 + frame.stored_len])
+    head = fmt.pack_frame(fmt.BLOCK_MAGIC, 9, frame.flags, 0, body, frame.raw_len,
+                          frame.records, frame.min_wall_ns, frame.max_wall_ns, 0)
+    data[fmt.HEADER_SIZE:fmt.HEADER_SIZE + 64] = head
+    seg.write_bytes(data)
+    with pytest.raises(WalFormatError, match="codec 9 is newer"):
+        list(WalReader(seg))
+    # A control record of a newer version is refused by its decoder.
+    with pytest.raises(WalFormatError, match="GAP record version 2 is newer"):
+        R.decode_control(Kind.GAP, 2, R.gap(0, 1, 2, "x")[1])
+
+
+def test_cli_inspect_and_verify(tmp_path):
+    write_records(tmp_path, n=200)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "shrivenq.cli", "wal", *a],
+                                    capture_output=True, text=True, timeout=60)
+    out = run("inspect", str(tmp_path))
+    assert out.returncode == 0 and "closed" in out.stdout and "200 records" in out.stdout
+    assert "kite/ticks" in out.stdout and "ratio" in out.stdout
+    ok = run("verify", str(tmp_path))
+    assert ok.returncode == 0 and ok.stdout.startswith("OK: 1 segments, 200 records")
+    missing = run("verify", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert missing.stderr.strip().count("\n") == 0 and "nope" in missing.stderr
+    seg = next(tmp_path.rglob("*.wal"))
+    data = bytearray(seg.read_bytes())
+    data[200] ^= 0x40
+    seg.write_bytes(data)
+    bad = run("verify", str(tmp_path))
+    assert bad.returncode == 1 and "block 0" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_sigterm_closes_the_segment_cleanly(tmp_path):
+    child = f"""
+import sys, time
+from shrivenq.wal import WalWriter, Kind, close_on_signals
+w = WalWriter({str(tmp_path)!r}, "v", fsync="never", block_bytes=1 << 20)
+close_on_signals(w)
+i = 0
+print("ready", flush=True)
+while True:
+    w.append(Kind.BINARY, b"rec%d" % i, {T0} + i, i)
+    i += 1
+    if i % 1000 == 0:
+        time.sleep(0.001)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"ready"
+    time.sleep(0.3)
+    proc.terminate()
+    assert proc.wait(timeout=30) == 128 + 15
+    rep = verify(tmp_path)
+    assert rep.clean and rep.segments[0].state == "closed"
+    got = read_wal(tmp_path / "v").payloads()
+    assert len(got) > 0 and got == [b"rec%d" % i for i in range(len(got))]
