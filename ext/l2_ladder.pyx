@@ -1,0 +1,201 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""An L2 price ladder: absolute quantity per price level, both sides, fixed-point int64.
+
+For exchanges that send incremental depth (Binance): ``set_level(side, price, qty)`` sets a
+level's quantity, and quantity 0 deletes it. Each side is a sorted array with the best
+price at the END, so best bid/ask is O(1) and updates near the top of the book (the common
+case) move few entries. The update path allocates nothing; arrays grow by doubling only
+when a side outgrows its capacity.
+
+Plain-Python twin for the property tests: ``shrivenq.books.reference.ReferenceLadder``.
+"""
+
+from libc.stdint cimport int64_t, uint64_t
+from libc.string cimport memmove, memcpy
+from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
+
+cimport numpy as cnp
+import numpy as np
+
+cnp.import_array()
+
+BID = 0
+ASK = 1
+
+
+cdef struct Side:
+    int64_t* prices     # ascending "goodness": bids ascending, asks descending; best at [n-1]
+    int64_t* qtys
+    Py_ssize_t n
+    Py_ssize_t cap
+    bint is_bid
+
+
+cdef int side_init(Side* s, Py_ssize_t cap, bint is_bid) except -1:
+    s.prices = <int64_t*>PyMem_Malloc(cap * sizeof(int64_t))
+    s.qtys = <int64_t*>PyMem_Malloc(cap * sizeof(int64_t))
+    if s.prices == NULL or s.qtys == NULL:
+        raise MemoryError()
+    s.n = 0
+    s.cap = cap
+    s.is_bid = is_bid
+    return 0
+
+
+cdef int side_grow(Side* s) except -1:
+    cdef Py_ssize_t cap = s.cap * 2
+    cdef int64_t* p = <int64_t*>PyMem_Realloc(s.prices, cap * sizeof(int64_t))
+    if p == NULL:
+        raise MemoryError()
+    s.prices = p
+    p = <int64_t*>PyMem_Realloc(s.qtys, cap * sizeof(int64_t))
+    if p == NULL:
+        raise MemoryError()
+    s.qtys = p
+    s.cap = cap
+    return 0
+
+
+cdef inline bint worse(const Side* s, int64_t a, int64_t b) noexcept nogil:
+    """True when price a is further from the top of the book than price b."""
+    return a < b if s.is_bid else a > b
+
+
+cdef inline Py_ssize_t lower_bound(const Side* s, int64_t price) noexcept nogil:
+    """First index whose price is not worse than ``price``. Searches from the top of the
+    book down first, since most updates land within a few levels of the best."""
+    cdef Py_ssize_t hi = s.n, lo, step = 1, mid
+    # Gallop from the best end: find a window [lo, hi) that holds the answer.
+    while True:
+        lo = s.n - step
+        if lo <= 0:
+            lo = 0
+            break
+        if worse(s, s.prices[lo], price):
+            lo += 1
+            break
+        hi = lo
+        step <<= 1
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if worse(s, s.prices[mid], price):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+cdef int side_set(Side* s, int64_t price, int64_t qty) except -1:
+    cdef Py_ssize_t i = lower_bound(s, price)
+    cdef bint found = i < s.n and s.prices[i] == price
+    if qty == 0:
+        if found:
+            memmove(s.prices + i, s.prices + i + 1, (s.n - i - 1) * sizeof(int64_t))
+            memmove(s.qtys + i, s.qtys + i + 1, (s.n - i - 1) * sizeof(int64_t))
+            s.n -= 1
+        return 0
+    if found:
+        s.qtys[i] = qty
+        return 0
+    if s.n == s.cap:
+        side_grow(s)
+    memmove(s.prices + i + 1, s.prices + i, (s.n - i) * sizeof(int64_t))
+    memmove(s.qtys + i + 1, s.qtys + i, (s.n - i) * sizeof(int64_t))
+    s.prices[i] = price
+    s.qtys[i] = qty
+    s.n += 1
+    return 0
+
+
+cdef class L2Ladder:
+    """Both sides of one instrument's book. Prices and quantities are fixed-point int64."""
+
+    cdef Side sides[2]
+
+    def __cinit__(self, Py_ssize_t capacity=1024):
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.sides[0].prices = NULL
+        self.sides[1].prices = NULL
+        self.sides[0].qtys = NULL
+        self.sides[1].qtys = NULL
+        side_init(&self.sides[0], capacity, True)
+        side_init(&self.sides[1], capacity, False)
+
+    def __dealloc__(self):
+        cdef int k
+        for k in range(2):
+            PyMem_Free(self.sides[k].prices)
+            PyMem_Free(self.sides[k].qtys)
+
+    cdef inline Side* _side(self, int side) except NULL:
+        if side != 0 and side != 1:
+            raise ValueError(f"side must be BID (0) or ASK (1), not {side}")
+        return &self.sides[side]
+
+    def set_level(self, int side, int64_t price, int64_t quantity):
+        """Set the quantity at ``price``; 0 deletes the level. Negative quantities are refused."""
+        if quantity < 0:
+            raise ValueError(f"negative quantity {quantity} at price {price}")
+        side_set(self._side(side), price, quantity)
+
+    def apply(self, int side, const int64_t[::1] prices, const int64_t[::1] quantities):
+        """Apply a batch of absolute level updates to one side, in order (a decoded message).
+
+        Checks the whole batch before changing anything, so a bad batch leaves the book as
+        it was.
+        """
+        cdef Side* s = self._side(side)
+        cdef Py_ssize_t i, n = prices.shape[0]
+        if quantities.shape[0] != n:
+            raise ValueError(f"{n} prices but {quantities.shape[0]} quantities")
+        for i in range(n):
+            if quantities[i] < 0:
+                raise ValueError(f"negative quantity {quantities[i]} at price {prices[i]}")
+        for i in range(n):
+            side_set(s, prices[i], quantities[i])
+
+    def clear(self):
+        self.sides[0].n = 0
+        self.sides[1].n = 0
+
+    def best_bid(self):
+        """(price, quantity) of the best bid, or None when the side is empty."""
+        cdef Side* s = &self.sides[0]
+        return (s.prices[s.n - 1], s.qtys[s.n - 1]) if s.n else None
+
+    def best_ask(self):
+        cdef Side* s = &self.sides[1]
+        return (s.prices[s.n - 1], s.qtys[s.n - 1]) if s.n else None
+
+    def depth(self, int side):
+        """Number of levels on a side."""
+        return self._side(side).n
+
+    def is_crossed(self):
+        """True when best bid >= best ask (a book out of sync with its exchange)."""
+        cdef Side* b = &self.sides[0]
+        cdef Side* a = &self.sides[1]
+        return b.n > 0 and a.n > 0 and b.prices[b.n - 1] >= a.prices[a.n - 1]
+
+    def top(self, int side, Py_ssize_t levels):
+        """Best ``levels`` levels of a side, best first: int64 array of shape (k, 2)."""
+        cdef Side* s = self._side(side)
+        cdef Py_ssize_t k = min(max(levels, 0), s.n), i
+        cdef cnp.ndarray[int64_t, ndim=2] out = np.empty((k, 2), dtype=np.int64)
+        for i in range(k):
+            out[i, 0] = s.prices[s.n - 1 - i]
+            out[i, 1] = s.qtys[s.n - 1 - i]
+        return out
+
+    def levels(self, int side):
+        """Every level of a side, best first (a copy)."""
+        return self.top(side, self._side(side).n)
+
+    def state_bytes(self):
+        """Canonical bytes of the whole book (for hashing): per side a u64 level count, then
+        (price, qty) int64 pairs best first, little-endian. Same state, same bytes."""
+        return b"".join(
+            np.array([self.sides[k].n], dtype="<u8").tobytes()
+            + np.ascontiguousarray(self.top(k, self.sides[k].n), dtype="<i8").tobytes()
+            for k in range(2))

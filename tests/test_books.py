@@ -1,0 +1,145 @@
+"""The compiled books against their plain-Python twins, step by step, and the derived
+measures a trader reads off them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shrivenq.books import (
+    ASK, BID, KiteBooks, L2Ladder, imbalance, microprice, mid, spread, state_hash,
+)
+from shrivenq.books.reference import ReferenceKiteBooks, ReferenceLadder
+from shrivenq.kite import TICK_DTYPE, parse_frame
+from shrivenq.kite.wire import encode_frame
+from shrivenq.sim.market import KiteMarket, default_universe
+
+# --- L2 ladder ------------------------------------------------------------------------------
+
+updates = st.lists(st.tuples(st.sampled_from([BID, ASK]),
+                             st.integers(-50, 50),             # prices collide often
+                             st.sampled_from([0, 0, 1, 7, 10**12, 2**62])), max_size=400)
+
+
+@settings(max_examples=300, deadline=None)
+@given(updates, st.integers(1, 4))
+def test_ladder_equals_sortedcontainers_reference_after_every_update(ops, capacity):
+    ladder, ref = L2Ladder(capacity), ReferenceLadder()
+    for side, price, qty in ops:
+        ladder.set_level(side, price, qty)
+        ref.set_level(side, price, qty)
+        assert ladder.best_bid() == ref.best_bid() and ladder.best_ask() == ref.best_ask()
+        assert ladder.is_crossed() == ref.is_crossed()
+    for side in (BID, ASK):
+        assert [tuple(x) for x in ladder.levels(side).tolist()] == ref.top(side, 10**6)
+        assert [tuple(x) for x in ladder.top(side, 3).tolist()] == ref.top(side, 3)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 30), st.sampled_from([0, 5, 9])), max_size=200))
+def test_batched_apply_equals_one_by_one(ops):
+    batched, single = L2Ladder(), L2Ladder()
+    prices = np.array([p for p, _ in ops], dtype=np.int64)
+    qtys = np.array([q for _, q in ops], dtype=np.int64)
+    batched.apply(ASK, prices, qtys)
+    for p, q in ops:
+        single.set_level(ASK, p, q)
+    assert batched.state_bytes() == single.state_bytes()
+
+
+def test_ladder_refuses_bad_updates_without_changing_the_book():
+    ladder = L2Ladder()
+    ladder.set_level(BID, 100, 5)
+    before = ladder.state_bytes()
+    with pytest.raises(ValueError, match="negative quantity -1 at price 99"):
+        ladder.apply(BID, np.array([101, 99], dtype=np.int64), np.array([3, -1], dtype=np.int64))
+    with pytest.raises(ValueError, match="2 prices but 1 quantities"):
+        ladder.apply(BID, np.array([1, 2], dtype=np.int64), np.array([3], dtype=np.int64))
+    with pytest.raises(ValueError, match="side must be BID"):
+        ladder.set_level(2, 100, 1)
+    assert ladder.state_bytes() == before
+
+
+def test_crossed_book_is_detected():
+    ladder = L2Ladder()
+    ladder.set_level(BID, 100, 1)
+    ladder.set_level(ASK, 101, 1)
+    assert not ladder.is_crossed()
+    ladder.set_level(BID, 101, 2)
+    assert ladder.is_crossed()
+
+
+# --- Kite books -----------------------------------------------------------------------------
+
+@st.composite
+def packet_rows(draw):
+    """Rows of any kind for a few tokens, with random field values (as parse_frame gives)."""
+    n = draw(st.integers(1, 60))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    raw = rng.integers(0, 256, (n, TICK_DTYPE.itemsize), dtype=np.uint8)
+    rows = raw.view(TICK_DTYPE).reshape(n).copy()
+    tokens = np.array([256265, 260105, 408065, (12345 << 8) | 2], dtype=np.uint32)
+    rows["token"] = tokens[rng.integers(0, len(tokens), n)]
+    rows["kind"] = rng.integers(1, 6, n)
+    # Make each row what parse_frame would give for its kind: re-parse its wire encoding.
+    return parse_frame(encode_frame(rows))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(packet_rows(), min_size=1, max_size=5))
+def test_kite_books_equal_the_reference_after_every_batch(batches):
+    books, ref = KiteBooks(capacity=1), ReferenceKiteBooks()
+    for rows in batches:
+        books.apply(rows)
+        ref.apply(rows)
+        assert books.state().tobytes() == ref.state().tobytes()
+        for token, count in ref.ticks.items():
+            assert books.ticks_applied(token) == count
+
+
+def test_an_ltp_packet_moves_the_price_and_keeps_the_depth():
+    market = KiteMarket(default_universe(3), seed=2)
+    full = market.ticks(1, instruments=np.array([2]))
+    books = KiteBooks()
+    books.apply(full)
+    ltp = full.copy()
+    ltp = parse_frame(encode_frame(_as_kind(ltp, 1)))
+    ltp["last_price"] += 5
+    books.apply(ltp)
+    book = books.book(int(full["token"][0]))
+    assert book["last_price"] == full["last_price"][0] + 5
+    assert (book["bid_price"] == full["bid_price"][0]).all() and book["fields"] == 63
+    assert book["kind"] == 1 and books.book(1) is None
+
+
+def _as_kind(rows, kind):
+    rows["kind"] = kind
+    return rows
+
+
+def test_state_hash_is_order_free_and_sensitive_to_any_change():
+    rows = KiteMarket(default_universe(20), seed=4).ticks(500)
+    books = KiteBooks()
+    books.apply(rows)
+    state = books.state()
+    assert state_hash(state) == state_hash(state[::-1].copy())
+    changed = state.copy()
+    changed["bid_quantity"][7, 4] += 1
+    assert state_hash(changed) != state_hash(state)
+
+
+def test_derived_measures_on_a_known_book():
+    row = np.zeros(2, dtype=TICK_DTYPE)
+    row["divisor"] = 100
+    row["bid_price"][0, 0], row["ask_price"][0, 0] = 10000, 10010
+    row["bid_quantity"][0] = [300, 100, 0, 0, 0]
+    row["ask_quantity"][0] = [100, 100, 0, 0, 0]
+    assert spread(row).tolist() == [10, -1]
+    assert mid(row)[0] == 100.05 and np.isnan(mid(row)[1])
+    assert microprice(row)[0] == pytest.approx((10000 * 100 + 10010 * 300) / 400 / 100)
+    assert imbalance(row)[0] == pytest.approx((400 - 200) / 600)
+    assert imbalance(row, levels=1)[0] == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        imbalance(row, levels=6)
