@@ -1,0 +1,825 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Tick-aware, reversible block transform for the write-ahead log (format version 1).
+
+``pack(payloads, lengths)`` rearranges a block of WebSocket payloads so that zstd compresses
+Kite tick data far better; ``unpack(packed, lengths)`` gives back the exact original bytes.
+It does not compress. Any bytes round-trip: payloads that are not well-formed Kite frames are
+kept verbatim. State resets per call, so each block decodes on its own. The plain-Python twin
+(byte-identical output) is ``shrivenq.wal.tick_delta_reference``; docs/TICK_DELTA.md has the
+same specification with worked rationale.
+
+Layout (all multi-byte header integers little-endian, u32)
+---------------------------------------------------------
+header, 36 bytes: ``b"TD"``, version u8 (1), flags u8 (0), n_payloads, raw_bytes, n_keys,
+    n[0..4] (packets of each kind in the block).
+tags: n_payloads bytes, one per payload in order: 0 = verbatim, 1 = well-formed Kite frame
+    (u16 BE count, then count x (u16 BE length, packet), length one of 8/28/32/44/184, no
+    trailing bytes; a 2-byte ``00 00`` is a frame of no packets).
+raw: the verbatim payloads concatenated (raw_bytes bytes; each one's size comes from lengths).
+ids: one key id per packet of every frame, in order, as ``idw`` byte planes (most significant
+    plane first; each plane n_packets bytes), idw = bytes needed for n_keys - 1 (min 1).
+    A key is (token, kind); ids are numbered by first appearance, so a packet is its key's
+    first in the block iff its id equals the number of keys seen so far.
+key kinds: n_keys bytes, the kind code (0..4) of each key in id order.
+key tokens: n_keys u32 as 4 byte planes (MSB plane first).
+firsts: for kind 0..4, for word w = 1..W-1: the residuals of the kind's first packets (one
+    per key, in id order) as 4 byte planes of f_k bytes each (f_k = keys of kind k).
+masks: for kind 0..4, for mask byte b = 0..MB-1: one byte per non-first packet of the kind
+    (m_k = n_k - f_k bytes). Bit s % 8 of mask byte s // 8 says whether the residual of the
+    word in slot s is non-zero; padding slots must be 0.
+values: for kind 0..4, for word w = 1..W-1: the non-zero residuals of the word, in packet
+    order, as 4 byte planes (count = how many masks have the word's bit set).
+
+Kinds: code 0..4 = packet length 8, 28, 32, 44, 184; W = length / 4 big-endian u32 words,
+word 0 the token (coded by the key, never as a residual).
+
+Residual of word w = zigzag(cur[w] - pred) mod 2^32, zigzag(d) = (d << 1) ^ (d >> 31) on the
+signed 32-bit d. ``prev`` = previous packet of the same key in the block, ``glob`` = previous
+packet of the same kind (any key; pred 0 if none). Predictors, as (non-first ; first):
+
+  P: prev[w]      Z: 0       G: glob[w]      REF(a): cur[a]
+  LEVEL(a): prev[w] + cur[a] - prev[a]
+  TQ(v): cur[v] - prev[v] if cur[v] != prev[v] else prev[w]
+  TT(v, e): cur[e] if cur[v] != prev[v] else prev[w]
+
+  ltp (8):    1 last price P;Z
+  index (28/32): 1 P;Z  2-5 high, low, open, close P;REF(1)  6 change LEVEL(1);Z
+              7 (32 only) exchange time G;G
+  quote (44): 1 last price P;Z  2 last qty TQ(4);Z  3 avg price P;REF(1)  4 volume P;Z
+              5-6 buy/sell qty P;Z  7-10 ohlc P;REF(1)
+  full (184): 1-10 as quote  11 last trade time TT(4,15);REF(15)  12 oi P;Z
+              13-14 oi high/low P;REF(12)  15 exchange time G;G
+              depth level k = 0..9 (bids 0-4, asks 5-9) at q = 16 + 3k:
+              q quantity P;Z  q+1 price LEVEL(r);REF(r)  q+2 orders|pad P;Z
+              with r = 1 (last price) for k = 0 and 5, else the previous level's price.
+
+Decode order (dependencies first): quote 1,4,2,3,5..10; full 1,4,15,2,3,5..14,16..45;
+others ascending.
+Mask slots (word per bit, 0 = padding): ltp [1]; index [1..6] / [1..7]; quote [1..8],[9,10];
+full [1..8], [9..15,0], [q0,n0,q1,n1,q2,n2,q3,n3], [q4,n4,..,q7,n7], [q8,n8,q9,n9,0,0,0,0],
+[p0..p7], [p8,p9,0 x 6] where qk, pk, nk = 16+3k, 17+3k, 18+3k.
+"""
+
+from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t, int64_t
+from libc.stdlib cimport malloc, calloc, free
+from libc.string cimport memcpy, memset
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+
+FORMAT_VERSION = 1
+
+cdef enum:
+    NKIND = 5
+    MAXW = 46
+    MAXSLOT = 56
+    HEADER_SIZE = 36
+
+cdef enum:
+    R_Z = 0
+    R_P = 1
+    R_G = 2
+    R_REF = 3
+    R_LEVEL = 4
+    R_TQ = 5
+    R_TT = 6
+
+cdef int KLEN[NKIND]
+cdef int KW[NKIND]
+cdef int MB[NKIND]
+cdef int NT[NKIND][MAXW]       # non-first rule type, args
+cdef int NA[NKIND][MAXW]
+cdef int NB[NKIND][MAXW]
+cdef int FT[NKIND][MAXW]       # first rule type, arg
+cdef int FA[NKIND][MAXW]
+cdef int ORD[NKIND][MAXW]
+cdef int NORD[NKIND]
+cdef int SLOT[NKIND][MAXSLOT]
+
+
+def _tables():
+    P, Z, G = (R_P, 0, 0), (R_Z, 0, 0), (R_G, 0, 0)
+    REF = lambda a: (R_REF, a, 0)
+    LEVEL = lambda a: (R_LEVEL, a, 0)
+    full = {1: (P, Z), 2: ((R_TQ, 4, 0), Z), 3: (P, REF(1)), 4: (P, Z), 5: (P, Z), 6: (P, Z),
+            7: (P, REF(1)), 8: (P, REF(1)), 9: (P, REF(1)), 10: (P, REF(1)),
+            11: ((R_TT, 4, 15), REF(15)), 12: (P, Z), 13: (P, REF(12)), 14: (P, REF(12)),
+            15: (G, G)}
+    qs = [16 + 3 * k for k in range(10)]
+    for k, q in enumerate(qs):
+        ref = 1 if k in (0, 5) else q - 2
+        full[q] = (P, Z)
+        full[q + 1] = (LEVEL(ref), REF(ref))
+        full[q + 2] = (P, Z)
+    index = {1: (P, Z), 2: (P, REF(1)), 3: (P, REF(1)), 4: (P, REF(1)), 5: (P, REF(1)),
+             6: (LEVEL(1), Z)}
+    rules = (
+        {1: (P, Z)},
+        index,
+        {**index, 7: (G, G)},
+        {1: (P, Z), 2: ((R_TQ, 4, 0), Z), 3: (P, REF(1)), 4: (P, Z), 5: (P, Z), 6: (P, Z),
+         7: (P, REF(1)), 8: (P, REF(1)), 9: (P, REF(1)), 10: (P, REF(1))},
+        full,
+    )
+    orders = (
+        (1,), (1, 2, 3, 4, 5, 6), (1, 2, 3, 4, 5, 6, 7), (1, 4, 2, 3, 5, 6, 7, 8, 9, 10),
+        (1, 4, 15, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14) + tuple(range(16, 46)),
+    )
+    slots = (
+        (1, 0, 0, 0, 0, 0, 0, 0),
+        (1, 2, 3, 4, 5, 6, 0, 0),
+        (1, 2, 3, 4, 5, 6, 7, 0),
+        (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0, 0, 0, 0, 0, 0),
+        (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 0,
+         *[w for q in qs[0:4] for w in (q, q + 2)],
+         *[w for q in qs[4:8] for w in (q, q + 2)],
+         *[w for q in qs[8:10] for w in (q, q + 2)], 0, 0, 0, 0,
+         *[q + 1 for q in qs[0:8]],
+         *[q + 1 for q in qs[8:10]], 0, 0, 0, 0, 0, 0),
+    )
+    return (8, 28, 32, 44, 184), rules, orders, slots
+
+
+cdef void _init_tables():
+    lens, rules, orders, slots = _tables()
+    cdef int k, w, j
+    for k in range(NKIND):
+        KLEN[k] = lens[k]
+        KW[k] = lens[k] // 4
+        MB[k] = len(slots[k]) // 8
+        assert sorted(rules[k]) == list(range(1, KW[k]))
+        assert sorted(orders[k]) == list(range(1, KW[k]))
+        assert sorted(x for x in slots[k] if x) == list(range(1, KW[k]))
+        for w in range(MAXW):
+            NT[k][w] = NA[k][w] = NB[k][w] = FT[k][w] = FA[k][w] = 0
+            ORD[k][w] = 0
+        for w, (nr, fr) in rules[k].items():
+            NT[k][w], NA[k][w], NB[k][w] = nr
+            FT[k][w], FA[k][w] = fr[0], fr[1]
+        NORD[k] = len(orders[k])
+        for j in range(NORD[k]):
+            ORD[k][j] = orders[k][j]
+        for j in range(MAXSLOT):
+            SLOT[k][j] = slots[k][j] if j < len(slots[k]) else 0
+
+_init_tables()
+
+
+cdef inline uint32_t be32(const uint8_t* p) noexcept nogil:
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | <uint32_t>p[3]
+
+
+cdef inline void put32(uint8_t* p, uint32_t v) noexcept nogil:
+    p[0] = <uint8_t>(v >> 24)
+    p[1] = <uint8_t>(v >> 16)
+    p[2] = <uint8_t>(v >> 8)
+    p[3] = <uint8_t>v
+
+
+cdef inline uint32_t zz(uint32_t d) noexcept nogil:
+    return (d << 1) ^ <uint32_t>(<int32_t>d >> 31)
+
+
+cdef inline uint32_t unzz(uint32_t z) noexcept nogil:
+    return (z >> 1) ^ (<uint32_t>0 - (z & 1))
+
+
+cdef inline int kind_of(uint32_t plen) noexcept nogil:
+    if plen == 184:
+        return 4
+    if plen == 44:
+        return 3
+    if plen == 8:
+        return 0
+    if plen == 28:
+        return 1
+    if plen == 32:
+        return 2
+    return -1
+
+
+cdef inline int id_width(uint64_t n_keys) noexcept nogil:
+    cdef int w = 1
+    while w < 4 and n_keys - 1 >= (<uint64_t>1 << (8 * w)) and n_keys > 0:
+        w += 1
+    return w
+
+
+cdef Py_ssize_t frame_packets(const uint8_t* p, Py_ssize_t n, uint64_t* per_kind) noexcept nogil:
+    """Packets in ``p`` if it is a well-formed Kite frame (adding them to per_kind), else -1."""
+    cdef Py_ssize_t pos = 2, i, count
+    cdef uint32_t plen
+    cdef int k
+    cdef uint64_t local[NKIND]
+    if n < 2:
+        return -1
+    count = (<Py_ssize_t>p[0] << 8) | p[1]
+    memset(local, 0, sizeof(local))
+    for i in range(count):
+        if pos + 2 > n:
+            return -1
+        plen = (<uint32_t>p[pos] << 8) | p[pos + 1]
+        k = kind_of(plen)
+        if k < 0 or pos + 2 + <Py_ssize_t>plen > n:
+            return -1
+        local[k] += 1
+        pos += 2 + plen
+    if pos != n:
+        return -1
+    for k in range(NKIND):
+        per_kind[k] += local[k]
+    return count
+
+
+cdef inline uint32_t predict(int t, int a, int b, int w, const uint32_t* cur,
+                             const uint32_t* prev, const uint32_t* glob) noexcept nogil:
+    if t == R_P:
+        return prev[w]
+    if t == R_Z:
+        return 0
+    if t == R_LEVEL:
+        return prev[w] + cur[a] - prev[a]
+    if t == R_REF:
+        return cur[a]
+    if t == R_G:
+        return glob[w] if glob != NULL else 0
+    if t == R_TQ:
+        return cur[a] - prev[a] if cur[a] != prev[a] else prev[w]
+    # R_TT
+    return cur[b] if cur[a] != prev[a] else prev[w]
+
+
+cdef inline void load_words(uint32_t* dst, const uint8_t* p, int nw) noexcept nogil:
+    cdef int w
+    for w in range(nw):
+        dst[w] = be32(p + 4 * w)
+
+
+# ---------------------------------------------------------------------------------------
+# pack
+# ---------------------------------------------------------------------------------------
+
+cdef struct KindBuf:
+    uint8_t* first      # (W-1)*4 planes of cap bytes
+    uint8_t* vals       # (W-1)*4 planes of cap bytes
+    uint8_t* masks      # MB planes of cap bytes
+    Py_ssize_t cap
+    Py_ssize_t nfirst
+    Py_ssize_t nnext
+    Py_ssize_t cnt[MAXW]
+
+
+cdef inline uint64_t hash_key(uint64_t key) noexcept nogil:
+    key *= <uint64_t>0x9E3779B97F4A7C15
+    return key ^ (key >> 29)
+
+
+def pack(payloads, lengths):
+    """Transform a block: ``payloads`` (bytes-like) holds the records concatenated,
+    ``lengths`` (C-contiguous uint32 array) each record's size. Returns the packed bytes."""
+    cdef const uint8_t[::1] data = _as_bytes_view(payloads)
+    cdef const uint32_t[::1] lens = _as_lengths(lengths)
+    cdef Py_ssize_t n_payloads = lens.shape[0]
+    cdef Py_ssize_t total = data.shape[0]
+    cdef uint64_t s = 0
+    cdef Py_ssize_t i
+    for i in range(n_payloads):
+        s += lens[i]
+    if s != <uint64_t>total:
+        raise ValueError(f"lengths sum to {s} but the payloads hold {total} bytes")
+    cdef const uint8_t* base = &data[0] if total > 0 else <const uint8_t*>b""
+    cdef uint8_t* tags = <uint8_t*>malloc(n_payloads + 1)
+    if tags == NULL:
+        raise MemoryError()
+    cdef uint64_t n[NKIND]
+    cdef uint64_t raw_bytes = 0, n_packets = 0
+    cdef Py_ssize_t pos = 0, L
+    memset(n, 0, sizeof(n))
+    with nogil:
+        for i in range(n_payloads):
+            L = lens[i]
+            if frame_packets(base + pos, L, n) >= 0:
+                tags[i] = 1
+            else:
+                tags[i] = 0
+                raw_bytes += L
+            pos += L
+    cdef int k
+    for k in range(NKIND):
+        n_packets += n[k]
+    try:
+        return _pack_body(base, &lens[0] if n_payloads else NULL, n_payloads, tags, n,
+                          n_packets, raw_bytes)
+    finally:
+        free(tags)
+
+
+cdef object _pack_body(const uint8_t* base, const uint32_t* lens, Py_ssize_t n_payloads,
+                       const uint8_t* tags, uint64_t* n, uint64_t n_packets,
+                       uint64_t raw_bytes):
+    cdef KindBuf kb[NKIND]
+    cdef int k, w, j, s, nw, pb, t
+    cdef Py_ssize_t cap_hash = 16
+    while cap_hash < 2 * <Py_ssize_t>n_packets + 2:
+        cap_hash *= 2
+    cdef uint64_t* hkeys = <uint64_t*>calloc(cap_hash, sizeof(uint64_t))
+    cdef uint32_t* hids = <uint32_t*>malloc(cap_hash * sizeof(uint32_t))
+    cdef uint32_t* ids = <uint32_t*>malloc((n_packets + 1) * sizeof(uint32_t))
+    cdef const uint8_t** last = <const uint8_t**>malloc((n_packets + 1) * sizeof(uint8_t*))
+    cdef uint8_t* key_kind = <uint8_t*>malloc(n_packets + 1)
+    cdef uint32_t* key_token = <uint32_t*>malloc((n_packets + 1) * sizeof(uint32_t))
+    memset(kb, 0, sizeof(kb))
+    cdef bint ok = hkeys != NULL and hids != NULL and ids != NULL and last != NULL \
+        and key_kind != NULL and key_token != NULL
+    for k in range(NKIND):
+        kb[k].cap = n[k]
+        if n[k]:
+            kb[k].first = <uint8_t*>malloc(n[k] * (KW[k] - 1) * 4)
+            kb[k].vals = <uint8_t*>malloc(n[k] * (KW[k] - 1) * 4)
+            kb[k].masks = <uint8_t*>malloc(n[k] * MB[k])
+            ok = ok and kb[k].first != NULL and kb[k].vals != NULL and kb[k].masks != NULL
+    cdef const uint8_t* glob[NKIND]
+    cdef uint32_t cur[MAXW]
+    cdef uint32_t prv[MAXW]
+    cdef uint32_t gw[MAXW]
+    cdef uint32_t res[MAXW]
+    cdef const uint32_t* gp
+    cdef uint8_t mk[8]
+    cdef Py_ssize_t i, pos = 0, L, cnt, pi, q, n_keys = 0, npk = 0, idx, cap, c
+    cdef uint64_t key, h
+    cdef uint32_t token, r, kid, plen
+    cdef const uint8_t* p
+    cdef const uint8_t* pk
+    cdef uint8_t* dst
+    cdef KindBuf* b
+    cdef object out = None
+    cdef uint8_t* o
+    cdef Py_ssize_t size
+    cdef int idw
+    try:
+        if not ok:
+            raise MemoryError()
+        for k in range(NKIND):
+            glob[k] = NULL
+        with nogil:
+            for i in range(n_payloads):
+                L = lens[i]
+                p = base + pos
+                pos += L
+                if not tags[i]:
+                    continue
+                cnt = (<Py_ssize_t>p[0] << 8) | p[1]
+                q = 2
+                for pi in range(cnt):
+                    plen = (<uint32_t>p[q] << 8) | p[q + 1]
+                    pk = p + q + 2
+                    q += 2 + plen
+                    k = kind_of(plen)
+                    nw = KW[k]
+                    b = &kb[k]
+                    token = be32(pk)
+                    key = (<uint64_t>token << 3) | <uint64_t>(k + 1)
+                    h = hash_key(key) & (cap_hash - 1)
+                    while hkeys[h] != 0 and hkeys[h] != key:
+                        h = (h + 1) & (cap_hash - 1)
+                    load_words(cur, pk, nw)
+                    if glob[k] != NULL:
+                        load_words(gw, glob[k], nw)
+                        gp = gw
+                    else:
+                        gp = NULL
+                    if hkeys[h] == 0:
+                        hkeys[h] = key
+                        hids[h] = <uint32_t>n_keys
+                        kid = <uint32_t>n_keys
+                        key_kind[n_keys] = <uint8_t>k
+                        key_token[n_keys] = token
+                        last[n_keys] = pk
+                        n_keys += 1
+                        idx = b.nfirst
+                        cap = b.cap
+                        b.nfirst += 1
+                        for w in range(1, nw):
+                            r = zz(cur[w] - predict(FT[k][w], FA[k][w], 0, w, cur, prv, gp))
+                            dst = b.first + (w - 1) * 4 * cap + idx
+                            dst[0] = <uint8_t>(r >> 24)
+                            dst[cap] = <uint8_t>(r >> 16)
+                            dst[2 * cap] = <uint8_t>(r >> 8)
+                            dst[3 * cap] = <uint8_t>r
+                    else:
+                        kid = hids[h]
+                        load_words(prv, last[kid], nw)
+                        last[kid] = pk
+                        idx = b.nnext
+                        cap = b.cap
+                        b.nnext += 1
+                        for w in range(1, nw):
+                            res[w] = zz(cur[w] - predict(NT[k][w], NA[k][w], NB[k][w], w,
+                                                         cur, prv, gp))
+                        for j in range(MB[k]):
+                            mk[j] = 0
+                        for s in range(MB[k] * 8):
+                            w = SLOT[k][s]
+                            if w == 0:
+                                continue
+                            r = res[w]
+                            c = b.cnt[w]
+                            dst = b.vals + (w - 1) * 4 * cap + c
+                            dst[0] = <uint8_t>(r >> 24)
+                            dst[cap] = <uint8_t>(r >> 16)
+                            dst[2 * cap] = <uint8_t>(r >> 8)
+                            dst[3 * cap] = <uint8_t>r
+                            t = r != 0
+                            b.cnt[w] = c + t
+                            mk[s >> 3] |= <uint8_t>(t << (s & 7))
+                        for j in range(MB[k]):
+                            b.masks[j * cap + idx] = mk[j]
+                    glob[k] = pk
+                    ids[npk] = kid
+                    npk += 1
+        # Assemble.
+        idw = id_width(n_keys)
+        size = HEADER_SIZE + n_payloads + raw_bytes + npk * idw + n_keys * 5
+        for k in range(NKIND):
+            size += kb[k].nfirst * (KW[k] - 1) * 4 + kb[k].nnext * MB[k]
+            for w in range(1, KW[k]):
+                size += kb[k].cnt[w] * 4
+        out = PyBytes_FromStringAndSize(NULL, size)
+        o = <uint8_t*>PyBytes_AS_STRING(out)
+        o[0] = 84  # 'T'
+        o[1] = 68  # 'D'
+        o[2] = 1
+        o[3] = 0
+        _put_le32(o + 4, n_payloads)
+        _put_le32(o + 8, raw_bytes)
+        _put_le32(o + 12, n_keys)
+        for k in range(NKIND):
+            _put_le32(o + 16 + 4 * k, n[k])
+        o += HEADER_SIZE
+        memcpy(o, tags, n_payloads)
+        o += n_payloads
+        pos = 0
+        for i in range(n_payloads):
+            L = lens[i]
+            if not tags[i]:
+                memcpy(o, base + pos, L)
+                o += L
+            pos += L
+        for pb in range(idw):
+            s = 8 * (idw - 1 - pb)
+            for i in range(npk):
+                o[i] = <uint8_t>(ids[i] >> s)
+            o += npk
+        memcpy(o, key_kind, n_keys)
+        o += n_keys
+        for pb in range(4):
+            s = 8 * (3 - pb)
+            for i in range(n_keys):
+                o[i] = <uint8_t>(key_token[i] >> s)
+            o += n_keys
+        for k in range(NKIND):
+            b = &kb[k]
+            for j in range(4 * (KW[k] - 1)):
+                memcpy(o, b.first + j * b.cap, b.nfirst)
+                o += b.nfirst
+        for k in range(NKIND):
+            b = &kb[k]
+            for j in range(MB[k]):
+                memcpy(o, b.masks + j * b.cap, b.nnext)
+                o += b.nnext
+        for k in range(NKIND):
+            b = &kb[k]
+            for w in range(1, KW[k]):
+                for pb in range(4):
+                    memcpy(o, b.vals + ((w - 1) * 4 + pb) * b.cap, b.cnt[w])
+                    o += b.cnt[w]
+        assert o == <uint8_t*>PyBytes_AS_STRING(out) + size
+        return out
+    finally:
+        free(hkeys)
+        free(hids)
+        free(ids)
+        free(last)
+        free(key_kind)
+        free(key_token)
+        for k in range(NKIND):
+            free(kb[k].first)
+            free(kb[k].vals)
+            free(kb[k].masks)
+
+
+cdef inline void _put_le32(uint8_t* p, uint64_t v) noexcept nogil:
+    p[0] = <uint8_t>v
+    p[1] = <uint8_t>(v >> 8)
+    p[2] = <uint8_t>(v >> 16)
+    p[3] = <uint8_t>(v >> 24)
+
+
+cdef inline uint32_t _le32(const uint8_t* p) noexcept nogil:
+    return <uint32_t>p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
+
+
+cdef const uint8_t[::1] _as_bytes_view(obj) except *:
+    cdef const uint8_t[::1] v
+    if isinstance(obj, (bytes, bytearray)):
+        return obj
+    m = memoryview(obj)
+    if not m.c_contiguous:
+        raise ValueError("payloads must be C-contiguous")
+    if m.itemsize != 1 or m.format not in ("B", "b", "c"):
+        m = m.cast("B")
+    elif m.format != "B":
+        m = m.cast("B")
+    if m.ndim != 1:
+        m = m.cast("B")
+    v = m
+    return v
+
+
+cdef const uint32_t[::1] _as_lengths(obj) except *:
+    import numpy as np
+    if not isinstance(obj, np.ndarray) or obj.dtype != np.uint32 or obj.ndim != 1:
+        raise ValueError("lengths must be a 1-d numpy uint32 array")
+    if not obj.flags.c_contiguous:
+        raise ValueError("lengths must be C-contiguous")
+    cdef const uint32_t[::1] v = obj
+    return v
+
+
+# ---------------------------------------------------------------------------------------
+# unpack
+# ---------------------------------------------------------------------------------------
+
+def unpack(packed, lengths):
+    """Inverse of ``pack``: the original payloads concatenated. Raises ``ValueError`` (with
+    the reason) on anything that is not a well-formed block for these lengths."""
+    cdef const uint8_t[::1] buf = _as_bytes_view(packed)
+    cdef const uint32_t[::1] lens = _as_lengths(lengths)
+    cdef Py_ssize_t size = buf.shape[0]
+    cdef Py_ssize_t n_payloads = lens.shape[0]
+    if size < HEADER_SIZE:
+        raise ValueError(f"truncated: {size} bytes, the header needs {HEADER_SIZE}")
+    cdef const uint8_t* b0 = &buf[0]
+    if b0[0] != 84 or b0[1] != 68:
+        raise ValueError("not a tick-delta block (bad magic)")
+    if b0[2] != 1:
+        raise ValueError(f"unsupported tick-delta version {b0[2]}")
+    if b0[3] != 0:
+        raise ValueError(f"unknown flags {b0[3]:#x}")
+    cdef uint64_t hp = _le32(b0 + 4), raw_bytes = _le32(b0 + 8), n_keys = _le32(b0 + 12)
+    cdef uint64_t n[NKIND]
+    cdef uint64_t f[NKIND]
+    cdef uint64_t n_packets = 0, expect = 0, total = 0
+    cdef int k, w, s, j
+    cdef Py_ssize_t i
+    for k in range(NKIND):
+        n[k] = _le32(b0 + 16 + 4 * k)
+        n_packets += n[k]
+    if hp != <uint64_t>n_payloads:
+        raise ValueError(f"block holds {hp} payloads, {n_payloads} lengths given")
+    if n_packets > <uint64_t>size or n_keys > n_packets or raw_bytes > <uint64_t>size:
+        raise ValueError("header counts exceed what the block can hold")
+    cdef Py_ssize_t off = HEADER_SIZE
+    if off + n_payloads > size:
+        raise ValueError(f"truncated: tags need {n_payloads} bytes at offset {off}")
+    cdef const uint8_t* tags = b0 + off
+    off += n_payloads
+    cdef uint64_t n_frames = 0
+    for i in range(n_payloads):
+        if tags[i] > 1:
+            raise ValueError("payload tag other than 0 (verbatim) or 1 (frame)")
+        n_frames += tags[i]
+        total += lens[i]
+    expect = raw_bytes + 2 * n_frames
+    for k in range(NKIND):
+        expect += n[k] * (2 + KLEN[k])
+    if total != expect:
+        raise ValueError(f"lengths sum to {total}, the block decodes to {expect} bytes")
+    if <uint64_t>(size - off) < raw_bytes:
+        raise ValueError("truncated: verbatim payloads")
+    cdef const uint8_t* raw = b0 + off
+    off += raw_bytes
+    cdef int idw = id_width(n_keys)
+    if <uint64_t>(size - off) < n_packets * idw:
+        raise ValueError("truncated: packet keys")
+    cdef const uint8_t* idp = b0 + off
+    off += n_packets * idw
+    if <uint64_t>(size - off) < n_keys * 5:
+        raise ValueError("truncated: keys")
+    cdef const uint8_t* kkind = b0 + off
+    cdef const uint8_t* ktok = b0 + off + n_keys
+    off += n_keys * 5
+    memset(f, 0, sizeof(f))
+    for i in range(<Py_ssize_t>n_keys):
+        if kkind[i] >= NKIND:
+            raise ValueError("key kind code above 4")
+        f[kkind[i]] += 1
+    cdef const uint8_t* firsts[NKIND]
+    cdef const uint8_t* masks[NKIND]
+    cdef const uint8_t* vals[NKIND * MAXW]
+    cdef uint64_t counts[NKIND * MAXW]
+    cdef uint64_t m, need
+    cdef uint64_t hist[256]
+    for k in range(NKIND):
+        if f[k] > n[k]:
+            raise ValueError("more keys of a kind than packets of that kind")
+        need = f[k] * (KW[k] - 1) * 4
+        if <uint64_t>(size - off) < need:
+            raise ValueError("truncated: first packets")
+        firsts[k] = b0 + off
+        off += need
+    for k in range(NKIND):
+        m = n[k] - f[k]
+        if <uint64_t>(size - off) < m * MB[k]:
+            raise ValueError("truncated: masks")
+        masks[k] = b0 + off
+        off += m * MB[k]
+    for k in range(NKIND):
+        m = n[k] - f[k]
+        for w in range(MAXW):
+            counts[k * MAXW + w] = 0
+        for j in range(MB[k]):
+            memset(hist, 0, sizeof(hist))
+            for i in range(<Py_ssize_t>m):
+                hist[masks[k][j * m + i]] += 1
+            for i in range(256):
+                if hist[i] == 0:
+                    continue
+                for s in range(8):
+                    if i & (1 << s):
+                        w = SLOT[k][j * 8 + s]
+                        if w == 0:
+                            raise ValueError("a padding bit of a mask is set")
+                        counts[k * MAXW + w] += hist[i]
+        for w in range(1, KW[k]):
+            need = counts[k * MAXW + w] * 4
+            if <uint64_t>(size - off) < need:
+                raise ValueError("truncated: values")
+            vals[k * MAXW + w] = b0 + off
+            off += need
+    if off != size:
+        raise ValueError(f"{size - off} trailing bytes after the block")
+    cdef object out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>total)
+    cdef uint8_t* o = <uint8_t*>PyBytes_AS_STRING(out)
+    cdef int err = _unpack_body(o, &lens[0] if n_payloads else NULL, n_payloads, tags, raw,
+                                raw_bytes, idp, idw, n_packets, kkind, ktok, n_keys, n, f,
+                                firsts, masks, vals, counts)
+    if err:
+        raise ValueError(_ERRORS[err])
+    return out
+
+
+_ERRORS = {
+    1: "verbatim payloads overrun their section",
+    2: "frame payload shorter than 2 bytes",
+    3: "frames need more packets than the block holds",
+    4: "packet key out of order",
+    5: "more first packets than keys of a kind",
+    6: "more packets of a kind than the header says",
+    7: "packets overrun their frame",
+    8: "frame of more than 65535 packets",
+    9: "block holds packets or bytes that no payload uses",
+    10: "per-kind packet counts do not match the header",
+    11: "out of memory",
+}
+
+
+cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
+                      const uint8_t* tags, const uint8_t* raw, uint64_t raw_bytes,
+                      const uint8_t* idp, int idw, uint64_t n_packets, const uint8_t* kkind,
+                      const uint8_t* ktok, uint64_t n_keys, uint64_t* n, uint64_t* f,
+                      const uint8_t** firsts, const uint8_t** masks,
+                      const uint8_t** vals, const uint64_t* counts) noexcept nogil:
+    cdef uint8_t** last = <uint8_t**>malloc((n_keys + 1) * sizeof(uint8_t*))
+    if last == NULL:
+        return 11
+    cdef uint8_t* glob[NKIND]
+    cdef uint64_t fi[NKIND]
+    cdef uint64_t ni[NKIND]
+    cdef uint64_t vi[NKIND][MAXW]
+    cdef uint32_t cur[MAXW]
+    cdef uint32_t prv[MAXW]
+    cdef uint32_t gw[MAXW]
+    cdef uint32_t res[MAXW]
+    cdef const uint32_t* gp
+    cdef uint8_t mk[8]
+    cdef int k, w, j, s, nw, pb, err = 0
+    cdef uint64_t raw_pos = 0, pkt = 0, seen = 0, kid, idx, m, cap, c
+    cdef Py_ssize_t i, L, fpos, count
+    cdef uint8_t* start
+    cdef uint8_t* pk
+    cdef const uint8_t* src
+    cdef uint32_t plen
+    for k in range(NKIND):
+        glob[k] = NULL
+        fi[k] = 0
+        ni[k] = 0
+        for w in range(MAXW):
+            vi[k][w] = 0
+    for i in range(n_payloads):
+        L = lens[i]
+        if tags[i] == 0:
+            if raw_pos + L > raw_bytes:
+                err = 1
+                break
+            memcpy(o, raw + raw_pos, L)
+            raw_pos += L
+            o += L
+            continue
+        if L < 2:
+            err = 2
+            break
+        start = o
+        o += 2
+        fpos = 2
+        count = 0
+        while fpos < L:
+            if pkt >= n_packets:
+                err = 3
+                break
+            kid = 0
+            for pb in range(idw):
+                kid = (kid << 8) | idp[pb * n_packets + pkt]
+            pkt += 1
+            if kid > seen or kid >= n_keys:
+                err = 4
+                break
+            k = kkind[kid]
+            nw = KW[k]
+            plen = KLEN[k]
+            if fpos + 2 + <Py_ssize_t>plen > L:
+                err = 7
+                break
+            count += 1
+            if count > 0xFFFF:
+                err = 8
+                break
+            if glob[k] != NULL:
+                load_words(gw, glob[k], nw)
+                gp = gw
+            else:
+                gp = NULL
+            o[0] = <uint8_t>(plen >> 8)
+            o[1] = <uint8_t>plen
+            pk = o + 2
+            if kid == seen:
+                seen += 1
+                if fi[k] >= f[k]:
+                    err = 5
+                    break
+                idx = fi[k]
+                fi[k] += 1
+                cap = f[k]
+                cur[0] = (<uint32_t>ktok[kid] << 24) | (<uint32_t>ktok[n_keys + kid] << 16) \
+                    | (<uint32_t>ktok[2 * n_keys + kid] << 8) | ktok[3 * n_keys + kid]
+                for j in range(nw - 1):
+                    w = ORD[k][j]
+                    src = firsts[k] + (w - 1) * 4 * cap + idx
+                    cur[w] = unzz((<uint32_t>src[0] << 24) | (<uint32_t>src[cap] << 16)
+                                  | (<uint32_t>src[2 * cap] << 8) | src[3 * cap]) \
+                        + predict(FT[k][w], FA[k][w], 0, w, cur, prv, gp)
+            else:
+                m = n[k] - f[k]
+                if ni[k] >= m:
+                    err = 6
+                    break
+                idx = ni[k]
+                ni[k] += 1
+                load_words(prv, last[kid], nw)
+                for j in range(MB[k]):
+                    mk[j] = masks[k][j * m + idx]
+                for s in range(MB[k] * 8):
+                    w = SLOT[k][s]
+                    if w == 0:
+                        continue
+                    if mk[s >> 3] & (1 << (s & 7)):
+                        cap = counts[k * MAXW + w]
+                        c = vi[k][w]
+                        vi[k][w] = c + 1
+                        src = vals[k * MAXW + w] + c
+                        res[w] = (<uint32_t>src[0] << 24) | (<uint32_t>src[cap] << 16) \
+                            | (<uint32_t>src[2 * cap] << 8) | src[3 * cap]
+                    else:
+                        res[w] = 0
+                cur[0] = prv[0]
+                for j in range(nw - 1):
+                    w = ORD[k][j]
+                    cur[w] = unzz(res[w]) + predict(NT[k][w], NA[k][w], NB[k][w], w, cur,
+                                                    prv, gp)
+            for w in range(nw):
+                put32(pk + 4 * w, cur[w])
+            last[kid] = pk
+            glob[k] = pk
+            o += 2 + plen
+            fpos += 2 + plen
+        if err:
+            break
+        start[0] = <uint8_t>(count >> 8)
+        start[1] = <uint8_t>count
+    free(last)
+    if err:
+        return err
+    if pkt != n_packets or seen != n_keys or raw_pos != raw_bytes:
+        return 9
+    for k in range(NKIND):
+        if fi[k] != f[k] or ni[k] != n[k] - f[k]:
+            return 10
+    return 0
