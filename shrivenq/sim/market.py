@@ -198,3 +198,31 @@ class KiteMarket:
             row["ask_price"] = price + (levels + 1) * tick
             row["bid_quantity"], row["ask_quantity"] = self.bid_qty[i], self.ask_qty[i]
             row["bid_orders"], row["ask_orders"] = self.bid_orders[i], self.ask_orders[i]
+
+
+# Tick sizes the simulator uses, in paise, by kind of instrument.
+UNIVERSE_TICKS = {"index": 5, "EQ": 5, "CE": 5, "PE": 5, "FUT": 10}
+
+
+def universe_from_instruments(instruments, n: int | None = None) -> list[SimInstrument]:
+    """SimInstruments for rows of an instrument master (``shrivenq.kite.instruments``
+    ``Instrument`` objects or anything with the same attributes), in the master's order,
+    the first ``n`` if given. Opening price: the row's ``last_price`` snapped to the tick
+    (100.00 if the row has none); tick: ``UNIVERSE_TICKS``; lot: the row's lot size (1 for
+    indices); open interest for futures and options."""
+    out: list[SimInstrument] = []
+    for ins in instruments:
+        if n is not None and len(out) >= n:
+            break
+        token = int(ins.instrument_token)
+        segment = token & 0xFF
+        kind = ins.instrument_type
+        if segment == SEGMENT_INDICES or getattr(ins, "segment", "") == "INDICES":
+            kind = "index"
+        tick = UNIVERSE_TICKS.get(kind, 5)
+        divisor = 10_000_000 if segment == 3 else 10_000 if segment in (6, 12) else 100
+        price = round(float(ins.last_price or 0.0) * divisor) if ins.last_price else 100 * divisor
+        price = max(price // tick * tick, tick)
+        out.append(SimInstrument(token, int(price), tick, max(int(ins.lot_size or 1), 1),
+                                 has_oi=kind in ("FUT", "CE", "PE")))
+    return out
