@@ -14,6 +14,9 @@ offset, block) with ``on_corrupt="raise"``; with ``"skip"`` it is left out and l
 from __future__ import annotations
 
 import os
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, NamedTuple
@@ -170,11 +173,12 @@ class WalReader:
     outside are skipped using the footer index (or frame headers) without being read.
     ``instruments``: keep records whose instrument keys include any of these; control records
     are kept too unless ``control=False``. ``kinds``: keep only these record kinds.
-    ``on_corrupt``: "raise" (default) or "skip"."""
+    ``on_corrupt``: "raise" (default) or "skip". ``workers``: threads decoding blocks ahead
+    of the consumer (zstd and the tick codec release the GIL); order is unchanged."""
 
     def __init__(self, path, stream: str | None = None, *, start_ns: int | None = None,
                  end_ns: int | None = None, instruments=None, kinds=None,
-                 on_corrupt: str = "raise", control: bool = True):
+                 on_corrupt: str = "raise", control: bool = True, workers: int = 1):
         if on_corrupt not in ("raise", "skip"):
             raise ConfigError(f"on_corrupt={on_corrupt!r}: use 'raise' or 'skip'")
         self.path = Path(path)
@@ -194,6 +198,7 @@ class WalReader:
         self.kinds = None if kinds is None else np.asarray(list(kinds), dtype=np.uint8)
         self.control = control
         self.on_corrupt = on_corrupt
+        self.workers = max(1, int(workers))
         self.skipped: list[Problem] = []
         self.torn: list[TornTail] = []
         self.blocks_read = 0
@@ -241,41 +246,83 @@ class WalReader:
     def __iter__(self) -> Iterator[RecordBatch]:
         return self.batches()
 
-    def batches(self) -> Iterator[RecordBatch]:
-        """One RecordBatch per block that has records passing the filters."""
-        dctx = zstandard.ZstdDecompressor()
+    def _plan(self) -> Iterator[tuple]:
+        """(segment, item, is_problem) in read order; blocks outside the time range are
+        dropped here without being read."""
         for seg in self.segments():
             if seg.state == "torn":
                 self.torn.append(TornTail(seg.path, seg.good_end, seg.size - seg.good_end))
             items: list = [(p.offset, 1, p) for p in seg.problems]
             items += [(b.offset, 0, b) for b in seg.blocks]
             items.sort(key=lambda t: (t[0], t[1]))
-            if not items:
-                continue
+            for _, is_problem, item in items:
+                if not is_problem and not self._block_in_range(item):
+                    self.blocks_skipped_by_time += 1
+                    continue
+                yield seg, item, is_problem
+
+    def batches(self) -> Iterator[RecordBatch]:
+        """One RecordBatch per block that has records passing the filters."""
+        local = threading.local()
+        fds: dict[Path, int] = {}
+        lock = threading.Lock()
+
+        def decode(seg: Segment, ref: BlockRef):
+            dctx = getattr(local, "dctx", None)
+            if dctx is None:
+                dctx = local.dctx = zstandard.ZstdDecompressor()
+            with lock:
+                fd = fds.get(seg.path)
+                if fd is None:
+                    try:
+                        fd = fds[seg.path] = os.open(seg.path, os.O_RDONLY)
+                    except OSError as exc:
+                        raise WalIOError(seg.path, exc.strerror or str(exc)) from None
             try:
-                fd = os.open(seg.path, os.O_RDONLY)
-            except OSError as exc:
-                raise WalIOError(seg.path, exc.strerror or str(exc)) from None
-            try:
-                for _, is_problem, item in items:
+                return read_block(fd, ref, dctx)
+            except WalCorruptError as err:
+                return err
+
+        def finish(seg: Segment, ref: BlockRef, cols) -> RecordBatch | None:
+            if isinstance(cols, WalCorruptError):
+                self._problem(Problem(ref.segment, ref.offset, ref.block, cols.reason))
+                return None
+            self.blocks_read += 1
+            batch = self._filter(RecordBatch(cols, seg.path, ref.block, ref.frame.first_record))
+            return batch if len(batch) else None
+
+        try:
+            if self.workers == 1:
+                for seg, item, is_problem in self._plan():
                     if is_problem:
                         self._problem(item)
                         continue
-                    if not self._block_in_range(item):
-                        self.blocks_skipped_by_time += 1
-                        continue
-                    try:
-                        cols = read_block(fd, item, dctx)
-                    except WalCorruptError as err:
-                        self._problem(Problem(item.segment, item.offset, item.block,
-                                              err.reason))
-                        continue
-                    self.blocks_read += 1
-                    batch = self._filter(RecordBatch(cols, seg.path, item.block,
-                                                     item.frame.first_record))
-                    if len(batch):
+                    batch = finish(seg, item, decode(seg, item))
+                    if batch is not None:
                         yield batch
-            finally:
+                return
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="wal-read") as pool:
+                pending: deque = deque()
+                plan = self._plan()
+                while True:
+                    while len(pending) < 2 * self.workers:
+                        nxt = next(plan, None)
+                        if nxt is None:
+                            break
+                        seg, item, is_problem = nxt
+                        fut = None if is_problem else pool.submit(decode, seg, item)
+                        pending.append((seg, item, fut))
+                    if not pending:
+                        break
+                    seg, item, fut = pending.popleft()
+                    if fut is None:
+                        self._problem(item)
+                        continue
+                    batch = finish(seg, item, fut.result())
+                    if batch is not None:
+                        yield batch
+        finally:
+            for fd in fds.values():
                 os.close(fd)
 
     def read(self) -> RecordBatch:
