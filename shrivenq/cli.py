@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import typer
 
 app = typer.Typer(
@@ -23,10 +26,164 @@ def _not_built(group: str, issue: int) -> typer.Typer:
     return sub
 
 
-app.add_typer(_not_built("capture", 4), name="capture")
-app.add_typer(_not_built("instruments", 4), name="instruments")
-app.add_typer(_not_built("auth", 4), name="auth")
-app.add_typer(_not_built("sim", 4), name="sim")
+# --- Kite login, instrument master and simulator (issue #4) ---------------------------------
+
+auth_app = typer.Typer(help="Kite Connect login and the cached access token.",
+                       no_args_is_help=True, add_completion=False)
+instruments_app = typer.Typer(help="The Kite instrument master: daily sync and search.",
+                              no_args_is_help=True, add_completion=False)
+sim_app = typer.Typer(help="Exchange simulators on loopback, for tests and demos.",
+                      no_args_is_help=True, add_completion=False)
+app.add_typer(instruments_app, name="instruments")
+app.add_typer(auth_app, name="auth")
+app.add_typer(sim_app, name="sim")
+
+_CACHE_HELP = "Token and instrument cache directory."
+_ENV_HELP = "The .env file to read credentials from (the environment wins)."
+_ROOT_HELP = "Kite REST root (default https://api.kite.trade); a simulator's for a demo."
+
+
+def _kite_fail(command: str, err: Exception) -> None:
+    typer.echo(f"shrivenq {command}: {err}", err=True)
+    raise typer.Exit(1)
+
+
+@auth_app.command("login")
+def auth_login(
+    request_token: str | None = typer.Option(
+        None, help="The request_token from Kite's redirect (or the whole redirect URL); "
+                   "asked for if omitted."),
+    cache_dir: str = typer.Option("cache", help=_CACHE_HELP),
+    env_file: str = typer.Option(".env", help=_ENV_HELP),
+    api_root: str | None = typer.Option(None, help=_ROOT_HELP),
+) -> None:
+    """Print the login URL, take the request_token, cache the access token (mode 0600)."""
+    from shrivenq.errors import ShrivenqError
+    from shrivenq.kite import auth
+
+    try:
+        creds = auth.load_credentials(env_file=env_file)
+        creds.require_secret()
+        if request_token is None:
+            typer.echo("Log in to Kite in a browser:\n  " + auth.login_url(creds.api_key))
+            typer.echo("Kite then redirects to your app's URL with ?request_token=...")
+            request_token = typer.prompt("request_token (or the whole redirect URL)")
+        token = auth.login(creds, request_token, cache_dir, root=api_root)
+    except ShrivenqError as err:
+        _kite_fail("auth login", err)
+    when = token.expires_at.astimezone(auth.IST).strftime("%Y-%m-%d %H:%M IST")
+    typer.echo(f"Logged in as {token.user_id or '?'}; access token cached in "
+               f"{auth.token_path(cache_dir)} (mode 0600) until {when}")
+
+
+@auth_app.command("status")
+def auth_status(
+    cache_dir: str = typer.Option("cache", help=_CACHE_HELP),
+    env_file: str = typer.Option(".env", help=_ENV_HELP),
+) -> None:
+    """Whether a usable access token exists (exit 0) or not (exit 1). Does not contact Kite."""
+    from shrivenq.errors import AuthError, ShrivenqError
+    from shrivenq.kite import auth
+
+    try:
+        try:
+            creds = auth.load_credentials(env_file=env_file)
+        except AuthError:
+            creds = None     # no API key: still report what the cache holds
+        st = auth.status(cache_dir, creds)
+    except ShrivenqError as err:
+        _kite_fail("auth status", err)
+    typer.echo(("usable: " if st.usable else "not usable: ") + st.message,
+               err=not st.usable)
+    if not st.usable:
+        raise typer.Exit(1)
+
+
+@instruments_app.command("sync")
+def instruments_sync(
+    cache_dir: str = typer.Option("cache", help=_CACHE_HELP),
+    env_file: str = typer.Option(".env", help=_ENV_HELP),
+    api_root: str | None = typer.Option(None, help=_ROOT_HELP),
+    force: bool = typer.Option(False, "--force", help="Download even if today's is cached."),
+) -> None:
+    """Download today's instrument master (once per IST day) into the cache."""
+    from shrivenq.errors import ShrivenqError
+    from shrivenq.kite import auth, instruments
+
+    try:
+        creds = auth.load_credentials(env_file=env_file)
+        token = auth.access_token(creds, cache_dir)
+        path, downloaded = instruments.sync(cache_dir, creds.api_key, token, root=api_root,
+                                            force=force)
+        count = len(instruments.InstrumentMaster.load(path))
+    except ShrivenqError as err:
+        _kite_fail("instruments sync", err)
+    verb = "downloaded" if downloaded else "already cached today:"
+    typer.echo(f"{verb} {count:,} instruments in {path}")
+
+
+@instruments_app.command("search")
+def instruments_search(
+    query: str = typer.Argument(..., help='A symbol, name or token: "NIFTY 50", "infy", '
+                                          '"NIFTY 26000 CE", 256265.'),
+    cache_dir: str = typer.Option("cache", help=_CACHE_HELP),
+    limit: int = typer.Option(20, help="At most this many rows."),
+    sample: bool = typer.Option(False, "--sample",
+                                help="Search the sample master shipped with shrivenq."),
+) -> None:
+    """Find instruments in the cached master (today's, else the newest)."""
+    from shrivenq.errors import ShrivenqError
+    from shrivenq.kite import instruments
+
+    try:
+        master = (instruments.InstrumentMaster.sample() if sample
+                  else instruments.load_master(cache_dir))
+    except ShrivenqError as err:
+        _kite_fail("instruments search", f"{err} (or pass --sample)")
+    hits = master.search(query, limit=limit)
+    if not hits:
+        typer.echo(f"no instrument matches {query!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{'token':>10}  {'exchange':8}  {'tradingsymbol':24}  {'name':24}  "
+               f"{'type':4}  {'expiry':10}  {'strike':>9}  {'lot':>5}")
+    for i in hits:
+        typer.echo(f"{i.instrument_token:>10}  {i.exchange:8}  {i.tradingsymbol:24}  "
+                   f"{i.name[:24]:24}  {i.instrument_type:4}  "
+                   f"{i.expiry.isoformat() if i.expiry else '':10}  "
+                   f"{f'{i.strike:g}' if i.strike else '':>9}  {i.lot_size:>5}")
+
+
+@sim_app.command("kite")
+def sim_kite(
+    port: int = typer.Option(8765, help="Ticker WebSocket port (0: any free port)."),
+    rest_port: int | None = typer.Option(None, help="REST port (default: --port + 1)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; keep it loopback."),
+    rate: float = typer.Option(1.0, help="Ticks per subscribed instrument per second; "
+                                         "0: as fast as it can go."),
+    instruments: int | None = typer.Option(
+        None, help="How many instruments (default: the sample master; more are padded "
+                   "with synthetic stocks)."),
+    seed: int = typer.Option(1, help="Market seed."),
+) -> None:
+    """Run a Kite simulator (ticker WebSocket + REST) until Ctrl-C."""
+    import asyncio
+    import logging
+
+    from shrivenq.sim import kite_server
+
+    if rate < 0 or (instruments is not None and instruments < 1):
+        _kite_fail("sim kite", ValueError("--rate must be >= 0 and --instruments >= 1"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    logging.getLogger("shrivenq.sim.kite.ws").setLevel(logging.WARNING)
+    try:
+        asyncio.run(kite_server.run(host=host, port=port, rest_port=rest_port, rate=rate,
+                                    instruments=instruments, seed=seed,
+                                    on_ready=lambda s: typer.echo(kite_server.banner(s))))
+    except KeyboardInterrupt:
+        typer.echo("simulator stopped")
+    except OSError as err:
+        _kite_fail("sim kite", f"cannot listen on {host}: {err.strerror or err}")
 app.add_typer(_not_built("replay", 5), name="replay")
 
 
@@ -115,6 +272,68 @@ def wal_verify(directory: str = typer.Argument("data", help="a data root, venue,
     typer.echo(f"FAILED: {len(report.problems)} problem(s) in {len(report.segments)} segments",
                err=True)
     raise typer.Exit(1)
+
+
+capture_app = typer.Typer(help="Record a market feed into the WAL.", no_args_is_help=True,
+                          add_completion=False)
+app.add_typer(capture_app, name="capture")
+
+
+@capture_app.command("run")
+def capture_run(
+    symbols: str = typer.Option("", help='Comma-separated names, e.g. "NIFTY 50,NIFTY BANK".'),
+    tokens: str = typer.Option("", help="Comma-separated instrument tokens, e.g. 256265,260105."),
+    mode: str = typer.Option("full", help="full, quote or ltp."),
+    exchange: str = typer.Option("kite", help="kite (binance: issue #6, not built yet)."),
+    data_dir: Path = typer.Option(Path("data"), help="Where the WAL goes."),
+    cache_dir: Path = typer.Option(Path("cache"), help="Instrument master and token cache."),
+    duration: Optional[float] = typer.Option(None, help="Stop after this many seconds."),
+    until: Optional[str] = typer.Option(None, help="Stop at this time: HH:MM (IST) or ISO."),
+    sim: bool = typer.Option(False, "--sim", help="Capture from the built-in simulator."),
+    sim_rate: float = typer.Option(1.0, help="With --sim: ticks per instrument per second."),
+    snapshot_interval: float = typer.Option(60.0, help="Seconds between book snapshots."),
+    segment_size: str = typer.Option("100MB", help="Largest WAL segment, e.g. 100MB."),
+    fsync: str = typer.Option("interval:1000",
+                              help="every-block, interval:MS, on-rotate or never."),
+    metrics_port: Optional[int] = typer.Option(None, help="Serve /metrics and /health here."),
+    watchdog: float = typer.Option(5.0, help="Reconnect after this many silent seconds."),
+    quiet: bool = typer.Option(False, "--quiet", help="No live status line (for services)."),
+) -> None:
+    """Record every tick of the subscribed instruments into the WAL until stopped.
+
+    Exit code 0: clean; 1: an error (message on stderr); 3: the feed had gaps."""
+    from shrivenq.capture.runner import CaptureRequest, run_capture
+    from shrivenq.errors import ShrivenqError
+
+    _logging(quiet)
+    if exchange != "kite":
+        typer.echo(f"shrivenq capture run: --exchange {exchange} is not built yet (issue #6); "
+                   "only kite is", err=True)
+        raise typer.Exit(1)
+    req = CaptureRequest(
+        symbols=_split(symbols), tokens=_split(tokens), mode=mode, data_dir=data_dir,
+        cache_dir=cache_dir, duration=duration, until=until, sim=sim, sim_rate=sim_rate,
+        snapshot_interval=snapshot_interval, segment_size=segment_size, fsync=fsync,
+        metrics_port=metrics_port, watchdog=watchdog, quiet=quiet)
+    try:
+        code = run_capture(req)
+    except ShrivenqError as err:
+        typer.echo(f"shrivenq capture run: {err}", err=True)
+        raise typer.Exit(1)
+    raise typer.Exit(code)
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _logging(quiet: bool) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    logging.getLogger("shrivenq.sim").setLevel(logging.WARNING)
 
 
 def main() -> None:

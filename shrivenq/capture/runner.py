@@ -1,0 +1,283 @@
+"""``shrivenq capture run`` as a library call: check every argument, resolve instruments and
+credentials (or start the built-in simulator), run the capture with a live status line and
+optional metrics, close cleanly on SIGINT/SIGTERM, print a summary, return the exit code.
+
+Exit codes: 0 clean; 1 an error (bad argument, credentials, disk) stopped it, before
+anything was written or part-way (what was received is then kept and the WAL closed
+cleanly); 3 the capture ran to its end but lost something: a gap, a span in which the feed
+was not received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from datetime import time as dt_time
+from pathlib import Path
+from typing import TextIO
+
+from shrivenq.capture.kite import CaptureSummary, KiteCapture, KiteCaptureSettings
+from shrivenq.capture.metrics import MetricsServer, health_of
+from shrivenq.errors import ConfigError, ShrivenqError
+from shrivenq.kite.protocol import MODES
+from shrivenq.wal import IST, FsyncPolicy
+
+log = logging.getLogger("shrivenq.capture")
+
+EXIT_OK, EXIT_ERROR, EXIT_LOSS = 0, 1, 3
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10,
+               "mib": 2**20, "gib": 2**30}
+
+
+def parse_size(text: str) -> int:
+    """'100MB', '64MiB', '1gb', '500000' -> bytes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise ConfigError(f"--segment-size {text!r} is not a size like 100MB or 64MiB")
+    size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    if size < 64 * 1024:
+        raise ConfigError(f"--segment-size {text!r} is too small (at least 64KiB)")
+    return size
+
+
+def seconds_until(text: str, now: datetime | None = None) -> float:
+    """Seconds from now until a wall-clock time: 'HH:MM' (IST), 'HH:MM+05:30', or an ISO
+    datetime. A bare time already past today is an error, not tomorrow."""
+    now = now or datetime.now(IST)
+    text = text.strip()
+    try:
+        if re.fullmatch(r"\d{1,2}:\d{2}(:\d{2})?([+-]\d{2}:\d{2}|Z)?", text):
+            clock = dt_time.fromisoformat(text)
+            tz = clock.tzinfo or IST
+            target = datetime.combine(now.astimezone(tz).date(), clock.replace(tzinfo=None), tz)
+        else:
+            target = datetime.fromisoformat(text)
+            target = target if target.tzinfo else target.replace(tzinfo=IST)
+    except ValueError:
+        raise ConfigError(f"--until {text!r} is not a time like 15:30 (IST) or "
+                          "2026-11-20T15:30+05:30") from None
+    seconds = (target - now).total_seconds()
+    if seconds <= 0:
+        raise ConfigError(f"--until {text} has already passed ({target.isoformat()})")
+    return seconds
+
+
+@dataclass
+class CaptureRequest:
+    symbols: list[str] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)
+    mode: str = "full"
+    data_dir: Path = Path("data")
+    cache_dir: Path = Path("cache")
+    duration: float | None = None
+    until: str | None = None
+    sim: bool = False
+    sim_rate: float = 1.0
+    snapshot_interval: float = 60.0
+    segment_size: str = "100MB"
+    fsync: str = "interval:1000"
+    metrics_port: int | None = None
+    watchdog: float = 5.0
+    quiet: bool = False
+
+
+def _token_modes(req: CaptureRequest, master) -> tuple[dict[int, str], list[str]]:
+    if req.mode not in MODES:
+        raise ConfigError(f"--mode {req.mode!r} is not one of {', '.join(MODES)}")
+    names, unknown = [], []
+    tokens: dict[int, str] = {}
+    for ins in master.resolve(req.symbols) if req.symbols else []:
+        tokens[ins.token] = req.mode
+        names.append(ins.tradingsymbol)
+    for text in req.tokens:
+        try:
+            token = int(text)
+        except ValueError:
+            raise ConfigError(f"--tokens: {text!r} is not an instrument token (an integer)") from None
+        if not 0 < token < 2**32:
+            raise ConfigError(f"--tokens: {token} is outside the range of Kite tokens")
+        ins = master.get(token)
+        if ins is None:
+            unknown.append(token)
+        tokens[token] = req.mode
+        names.append(ins.tradingsymbol if ins else str(token))
+    if not tokens:
+        raise ConfigError("nothing to capture: give --symbols and/or --tokens")
+    if unknown:
+        log.warning("%d token(s) are not in the instrument master, subscribing anyway: %s%s",
+                    len(unknown), ", ".join(map(str, unknown[:5])),
+                    " ..." if len(unknown) > 5 else "")
+    return tokens, names
+
+
+def _check(req: CaptureRequest) -> None:
+    if req.duration is not None and req.duration <= 0:
+        raise ConfigError(f"--duration must be positive seconds, not {req.duration}")
+    if req.duration is not None and req.until:
+        raise ConfigError("give --duration or --until, not both")
+    if req.snapshot_interval <= 0:
+        raise ConfigError(f"--snapshot-interval must be positive, not {req.snapshot_interval}")
+    if req.watchdog <= 0:
+        raise ConfigError(f"--watchdog must be positive, not {req.watchdog}")
+    if req.metrics_port is not None and not 0 <= req.metrics_port <= 65535:
+        raise ConfigError(f"--metrics-port {req.metrics_port} is not a TCP port")
+    FsyncPolicy.parse(req.fsync)
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+class StatusLine:
+    """One live line on stderr: connections, instruments, ticks/s, ticks, gaps, WAL size."""
+
+    def __init__(self, stream: TextIO = sys.stderr):
+        from rich.console import Console
+        from rich.live import Live
+
+        self.console = Console(file=stream)
+        self.live = Live(console=self.console, refresh_per_second=4, transient=False)
+        self._last = (time.monotonic(), 0)
+        self._rate = 0.0
+
+    def __enter__(self) -> "StatusLine":
+        from rich.logging import RichHandler
+
+        # Log lines print above the live line instead of tearing through it.
+        root = logging.getLogger()
+        self._saved = root.handlers[:]
+        root.handlers = [RichHandler(console=self.console, show_path=False)]
+        self.live.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.live.stop()
+        logging.getLogger().handlers = self._saved
+
+    def __call__(self, capture: KiteCapture) -> None:
+        if capture.recorder is None or capture.feed is None:
+            return
+        c = capture.recorder.counters
+        now = time.monotonic()
+        then, ticks_then = self._last
+        if now - then >= 1.0:
+            self._rate = (c.ticks - ticks_then) / (now - then)
+            self._last = (now, c.ticks)
+        h = health_of(capture)
+        st = capture.ticks.stats
+        ratio = st.payload_bytes / st.bytes_written if st.bytes_written else 0
+        colour = "green" if h["connected"] else "red"
+        self.live.update(
+            f"[{colour}]●[/] kite {h['connections_up']}/{h['connections']} conn · "
+            f"{len(capture.settings.token_modes)} instruments · {self._rate:,.0f} ticks/s · "
+            f"{c.ticks:,} ticks · gaps {c.gaps} · WAL {_fmt_bytes(st.bytes_written)}"
+            f" ({ratio:.1f}x) · queue {h['queue_depth']}")
+
+
+def format_summary(s: CaptureSummary, data_dir: Path) -> str:
+    c = s.counters
+    lines = [
+        f"capture {s.session[:8]} {s.stop_reason} after {s.seconds:.1f}s",
+        f"  instruments {s.instruments} over {s.connections} connection(s)",
+        f"  messages {c.messages:,} ({_fmt_bytes(c.bytes)}), ticks {c.ticks:,}, "
+        f"heartbeats {c.heartbeats:,}, text {c.text_messages}",
+        f"  WAL records {s.records:,}, {_fmt_bytes(s.wal_bytes)} on disk for "
+        f"{_fmt_bytes(s.payload_bytes)} of payload ({s.ratio:.1f}x), snapshots {c.snapshots}",
+        f"  data in {data_dir / 'kite'}",
+    ]
+    if c.malformed_frames:
+        lines.append(f"  malformed frames: {c.malformed_frames} (stored raw)")
+    if c.exchange_errors:
+        lines.append(f"  error messages from Kite: {c.exchange_errors}")
+    if s.gaps:
+        lines.append(f"  GAPS: {len(s.gaps)} span(s) in which the feed was not received:")
+        for g in s.gaps[:10]:
+            lines.append(f"    conn {g['conn']}: {(g['to_ns'] - g['from_ns']) / 1e9:.2f}s "
+                         f"({g['reason']})")
+    else:
+        lines.append("  no gaps: every message sent while connected was received")
+    return "\n".join(lines)
+
+
+def run_capture(req: CaptureRequest, out: TextIO = sys.stdout) -> int:
+    """The whole of ``shrivenq capture run``. Returns the exit code; errors the user can fix
+    raise ShrivenqError before anything is connected or written."""
+    _check(req)
+    segment_bytes = parse_size(req.segment_size)
+    duration = req.duration if req.until is None else seconds_until(req.until)
+    sim_ctx = None
+    if req.sim:
+        from shrivenq.kite.instruments import InstrumentMaster
+        from shrivenq.sim.kite_server import DEMO_ACCESS_TOKEN, DEMO_API_KEY, SimThread
+
+        master = InstrumentMaster.sample()
+        token_modes, names = _token_modes(req, master)
+        sim_ctx = SimThread(rate=req.sim_rate)
+        api_key, access_token = DEMO_API_KEY, DEMO_ACCESS_TOKEN
+    else:
+        from shrivenq.kite import auth
+        from shrivenq.kite.instruments import load_master
+
+        creds = auth.load_credentials()
+        access_token = auth.access_token(creds, req.cache_dir)
+        api_key = creds.api_key
+        token_modes, names = _token_modes(req, load_master(req.cache_dir))
+    settings = KiteCaptureSettings(
+        token_modes=token_modes, data_dir=req.data_dir, api_key=api_key,
+        access_token=access_token, duration=duration, snapshot_interval=req.snapshot_interval,
+        segment_bytes=segment_bytes, fsync=req.fsync, watchdog=req.watchdog,
+        session_note=[f"mode={req.mode}", *names[:50]])
+    if sim_ctx is None:
+        return _run(settings, req, out)
+    with sim_ctx as sim:
+        settings.ws_root = sim.ws_url
+        print(f"simulator on {sim.ws_url} (demo credentials)", file=sys.stderr)
+        return _run(settings, req, out)
+
+
+def _run(settings: KiteCaptureSettings, req: CaptureRequest, out: TextIO) -> int:
+    capture = KiteCapture(settings)
+    summary: CaptureSummary | None = None
+
+    async def main() -> CaptureSummary:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        metrics = None
+        if req.metrics_port is not None:
+            metrics = await MetricsServer(capture, port=req.metrics_port).start()
+            print(f"metrics on http://127.0.0.1:{metrics.port}/metrics and /health",
+                  file=sys.stderr)
+        try:
+            if req.quiet or not sys.stderr.isatty():
+                return await capture.run(stop)
+            with StatusLine() as status:
+                return await capture.run(stop, on_status=status)
+        finally:
+            if metrics is not None:
+                await metrics.stop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    try:
+        summary = asyncio.run(main())
+    except ShrivenqError:
+        if capture.recorder is None:
+            raise     # failed before capturing anything: a plain error, exit 1
+        summary = capture.summary("failed")
+        print(format_summary(summary, settings.data_dir), file=out)
+        raise
+    print(format_summary(summary, settings.data_dir), file=out)
+    return EXIT_LOSS if summary.lost_anything else EXIT_OK

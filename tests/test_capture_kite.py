@@ -1,0 +1,208 @@
+"""Kite capture end to end over real loopback sockets: the simulator's every message is in
+the WAL byte for byte, through drops, stalls and malformed frames; bad input is refused
+before anything is written; SIGINT closes the WAL cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from shrivenq.books import KiteBooks
+from shrivenq.books.snapshot import decode_kite_snapshot
+from shrivenq.capture.kite import KiteCapture, KiteCaptureSettings
+from shrivenq.cli import app
+from shrivenq.errors import AuthError
+from shrivenq.kite import parse_frame_lenient
+from shrivenq.sim.kite_server import DEMO_ACCESS_TOKEN, DEMO_API_KEY, KiteSimServer
+from shrivenq.wal import Kind, read_wal, verify
+
+NIFTY, BANKNIFTY = 256265, 260105
+
+
+def settings(tmp_path, sim, **kw) -> KiteCaptureSettings:
+    kw.setdefault("token_modes", {NIFTY: "full", BANKNIFTY: "full"})
+    return KiteCaptureSettings(data_dir=tmp_path, api_key=DEMO_API_KEY,
+                               access_token=kw.pop("access_token", DEMO_ACCESS_TOKEN),
+                               ws_root=sim.ws_url, **kw)
+
+
+def ticks_of(tmp_path):
+    return read_wal(tmp_path / "kite", "ticks")
+
+
+def binary_payloads(batch, conn=None):
+    return [batch.payload(i) for i in range(len(batch))
+            if batch.kind[i] == Kind.BINARY and (conn is None or batch.conn[i] == conn)]
+
+
+async def until(predicate, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def test_capture_stores_every_message_byte_for_byte_and_snapshots_match_the_ticks(tmp_path):
+    async def main():
+        async with KiteSimServer(rate=100, record=True, frame_interval=0.01) as sim:
+            capture = KiteCapture(settings(tmp_path, sim, duration=1.5, snapshot_interval=0.3,
+                                           token_modes={NIFTY: "full", BANKNIFTY: "quote",
+                                                        408065: "ltp"}))
+            summary = await capture.run()
+            return summary, sim.connections[0].sent_binary()
+
+    summary, sent = asyncio.run(main())
+    batch = ticks_of(tmp_path)
+    assert binary_payloads(batch) == sent and len(sent) > 50
+    kinds = [Kind(k).name for k in batch.kind if k != Kind.BINARY]
+    assert kinds[:5] == ["SESSION_START", "CONNECT", "SUBSCRIBE", "MODE", "MODE"]
+    assert kinds[-2:] == ["UNSUBSCRIBE", "SESSION_STOP"]
+    assert summary.counters.gaps == 0 and not summary.lost_anything
+    assert summary.counters.ticks == sum(len(parse_frame_lenient(p)[0]) for p in sent)
+    # Each snapshot equals the books rebuilt from the ticks stream up to its position.
+    snaps = read_wal(tmp_path / "kite", "snapshots")
+    assert len(snaps) >= 4
+    for i in range(len(snaps)):
+        snap = decode_kite_snapshot(snaps.payload(i))
+        books = KiteBooks()
+        for j in range(snap.tick_seq + 1):
+            if batch.kind[j] == Kind.BINARY:
+                books.apply(parse_frame_lenient(batch.payload(j))[0])
+        assert books.state().tobytes() == snap.rows.tobytes()
+    assert verify(tmp_path).clean
+
+
+def test_drops_stalls_and_malformed_frames_lose_nothing_received(tmp_path):
+    async def main():
+        async with KiteSimServer(rate=100, record=True, frame_interval=0.01) as sim:
+            capture = KiteCapture(settings(tmp_path, sim, watchdog=0.5, snapshot_interval=60))
+            stop = asyncio.Event()
+            task = asyncio.create_task(capture.run(stop))
+            await until(lambda: len(sim.connections) == 1
+                        and sim.connections[0].stats.frames_sent > 10)
+            sim.send_malformed(sim.connections[0], "truncated")
+            await until(lambda: capture.recorder.counters.malformed_frames == 1)
+            sim.drop(sim.connections[0])
+            await until(lambda: len(sim.connections) == 2
+                        and sim.connections[1].stats.frames_sent > 10)
+            sim.stall(sim.connections[1])
+            await until(lambda: len(sim.connections) == 3
+                        and sim.connections[2].stats.frames_sent > 10)
+            stop.set()
+            summary = await task
+            return summary, [c.sent_binary() for c in sim.connections]
+
+    summary, sent = asyncio.run(main())
+    batch = ticks_of(tmp_path)
+    assert binary_payloads(batch) == [m for conn in sent for m in conn]
+    gaps = [msgpack.unpackb(batch.payload(i)) for i in range(len(batch))
+            if batch.kind[i] == Kind.GAP]
+    assert len(gaps) == 2 and all(g["from_ns"] < g["to_ns"] for g in gaps)
+    assert "watchdog" in gaps[1]["reason"]
+    assert summary.counters.malformed_frames == 1 and summary.lost_anything
+    assert sum(k == Kind.SUBSCRIBE for k in batch.kind) == 3  # re-subscribed each time
+    assert verify(tmp_path).clean
+
+
+def test_a_rejected_token_stops_with_auth_error_and_a_cleanly_closed_wal(tmp_path):
+    async def main():
+        async with KiteSimServer() as sim:
+            capture = KiteCapture(settings(tmp_path, sim, access_token="stale-token-123456"))
+            with pytest.raises(AuthError) as info:
+                await capture.run()
+            assert "stale-token" not in str(info.value)
+            assert sim.rejected_handshakes == 1
+
+    asyncio.run(main())
+    report = verify(tmp_path)
+    assert report.clean and all(s.state == "closed" for s in report.segments)
+    kinds = [Kind(k).name for k in ticks_of(tmp_path).kind]
+    assert kinds == ["SESSION_START", "SESSION_STOP"]
+
+
+# --- the command line ----------------------------------------------------------------------
+
+def cli(*args, env=None):
+    return CliRunner().invoke(app, list(args), env=env, catch_exceptions=False)
+
+
+def test_cli_sim_capture_records_and_exits_zero(tmp_path):
+    result = cli("capture", "run", "--sim", "--symbols", "NIFTY 50,NIFTY BANK", "--duration",
+                 "1.5", "--sim-rate", "20", "--data-dir", str(tmp_path), "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "no gaps" in result.output
+    assert {int(t) for t in np.concatenate([ticks_of(tmp_path).instruments(i) for i in
+                                            range(len(ticks_of(tmp_path)))])} == {NIFTY,
+                                                                                   BANKNIFTY}
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--symbols", "NIFTY 5O"], "NIFTY 50"),                       # typo: closest match
+    (["--symbols", "NIFTY 50", "--mode", "fastest"], "--mode"),
+    (["--tokens", ",".join(str((i << 8) | 1) for i in range(1, 9002))], "at most 9000"),
+    (["--symbols", "NIFTY 50", "--duration", "-1"], "--duration"),
+    (["--symbols", "NIFTY 50", "--fsync", "sometimes"], "sometimes"),
+    (["--symbols", "NIFTY 50", "--segment-size", "huge"], "--segment-size"),
+    (["--symbols", "NIFTY 50", "--until", "25:99"], "--until"),
+])
+def test_cli_refuses_bad_arguments_before_writing_anything(tmp_path, args, words):
+    data = tmp_path / "data"
+    result = cli("capture", "run", "--sim", "--data-dir", str(data), "--quiet", *args)
+    assert result.exit_code == 1
+    assert words in result.output and "Traceback" not in result.output
+    assert not data.exists()
+
+
+def test_cli_without_credentials_says_which_variable_is_missing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KITE_API_KEY", raising=False)
+    result = cli("capture", "run", "--symbols", "NIFTY 50", "--quiet")
+    assert result.exit_code == 1 and "KITE_API_KEY is not set" in result.output
+    assert not (tmp_path / "data").exists()
+
+
+def test_cli_unwritable_data_dir_is_a_clear_error_naming_it():
+    # Nobody, root included, can create directories under /proc.
+    result = cli("capture", "run", "--sim", "--symbols", "NIFTY 50", "--data-dir",
+                 "/proc/shrivenq-test-data", "--quiet", "--duration", "1")
+    assert result.exit_code == 1 and "/proc/shrivenq-test-data" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_data_dir_that_is_a_file_is_a_clear_error_naming_it(tmp_path):
+    not_a_dir = tmp_path / "data"
+    not_a_dir.write_text("I am a file")
+    result = cli("capture", "run", "--sim", "--symbols", "NIFTY 50", "--data-dir",
+                 str(not_a_dir), "--quiet", "--duration", "1")
+    assert result.exit_code == 1 and str(not_a_dir) in result.output
+    assert not_a_dir.read_text() == "I am a file"
+
+
+def test_sigint_closes_the_capture_cleanly(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shrivenq.cli", "capture", "run", "--sim", "--symbols",
+         "NIFTY 50,NIFTY BANK", "--sim-rate", "50", "--data-dir", str(tmp_path), "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not list(tmp_path.rglob("*.wal")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "no gaps" in out
+    report = verify(tmp_path)
+    assert report.clean and all(s.state == "closed" for s in report.segments)
+    assert Kind(ticks_of(tmp_path).kind[-1]).name == "SESSION_STOP"
