@@ -216,3 +216,46 @@ def test_unreachable_server_is_an_error_without_secrets(tmp_path):
         login(creds, "reqtoken", tmp_path, root="http://127.0.0.1:9")     # nothing listens
     assert SECRET not in str(info.value) and "reqtoken" not in str(info.value)
     assert not token_path(tmp_path).exists()
+
+
+# --- the CLI ----------------------------------------------------------------------------------
+
+def test_cli_login_status_sync_search(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from shrivenq.cli import app
+
+    runner = CliRunner()
+    cache, envf = str(tmp_path / "cache"), str(tmp_path / ".env")
+    for var in ("KITE_API_KEY", "KITE_API_SECRET", "KITE_ACCESS_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+
+    def cli(*args, **kw):
+        return runner.invoke(app, list(args), **kw)
+
+    r = cli("auth", "status", "--cache-dir", cache, "--env-file", envf)
+    assert r.exit_code == 1 and "auth login" in r.output and "Traceback" not in r.output
+    r = cli("auth", "login", "--request-token", "x", "--cache-dir", cache, "--env-file", envf)
+    assert r.exit_code == 1 and "KITE_API_KEY is not set" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+    (tmp_path / ".env").write_text(f"KITE_API_KEY={DEMO_API_KEY}\n"
+                                   f"KITE_API_SECRET={DEMO_API_SECRET}\n")
+    with SimThread() as sim:
+        r = cli("auth", "login", "--cache-dir", cache, "--env-file", envf,
+                "--api-root", sim.rest_url, input=DEMO_REQUEST_TOKEN + "\n")
+        assert r.exit_code == 0, r.output
+        assert "kite.zerodha.com/connect/login" in r.output and "mode 0600" in r.output
+        r = cli("auth", "status", "--cache-dir", cache, "--env-file", envf)
+        assert r.exit_code == 0 and r.output.startswith("usable")
+        r = cli("instruments", "sync", "--cache-dir", cache, "--env-file", envf,
+                "--api-root", sim.rest_url)
+        assert r.exit_code == 0 and "downloaded 110 instruments" in r.output
+        r = cli("auth", "login", "--request-token", "nope", "--cache-dir", cache,
+                "--env-file", envf, "--api-root", sim.rest_url)
+        assert r.exit_code == 1 and "refused" in r.output
+    assert DEMO_API_SECRET not in r.output and DEMO_ACCESS_TOKEN not in r.output
+    r = cli("instruments", "search", "NIFTY 50", "--cache-dir", cache)
+    assert r.exit_code == 0 and "256265" in r.output
+    r = cli("instruments", "search", "qqqqqqqqqq", "--sample")
+    assert r.exit_code == 1
