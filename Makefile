@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench build clean
+.PHONY: demo test bench compare build clean
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -17,11 +17,22 @@ $(STAMP): pyproject.toml setup.py
 build: $(STAMP)
 	$(PY) setup.py --quiet build_ext --inplace -j 2
 
+# The main job: capture NIFTY 50 and NIFTY BANK from the built-in simulator for a short
+# while, then check and show what was recorded.
+DEMO_DIR := data/demo
 demo: build
-	$(PY) -m shrivenq.demo
+	rm -rf $(DEMO_DIR)
+	$(VENV)/bin/shrivenq capture run --sim --symbols "NIFTY 50,NIFTY BANK" --duration 10 \
+		--sim-rate 20 --snapshot-interval 2 --data-dir $(DEMO_DIR)
+	$(VENV)/bin/shrivenq wal verify $(DEMO_DIR)
+	$(VENV)/bin/shrivenq wal inspect $(DEMO_DIR)
 
 test: build
 	$(PY) -m pytest -q tests
+
+# shrivenq's parser against kiteconnect's on the same frames, as a table.
+compare: build
+	$(PY) benches/compare_kite_parser.py
 
 bench: build
 	$(PY) -m pytest -q benches --benchmark-only --benchmark-columns=min,median,mean,ops,rounds

@@ -1,4 +1,4 @@
-"""The README's main job until capture exists: shrivenq's Kite parser against kiteconnect's,
+"""shrivenq's Kite parser against kiteconnect's,
 on the same 500-packet frames, medians of repeated runs in one process."""
 
 from __future__ import annotations

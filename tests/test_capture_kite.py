@@ -206,3 +206,46 @@ def test_sigint_closes_the_capture_cleanly(tmp_path):
     report = verify(tmp_path)
     assert report.clean and all(s.state == "closed" for s in report.segments)
     assert Kind(ticks_of(tmp_path).kind[-1]).name == "SESSION_STOP"
+
+
+def test_metrics_and_health_endpoints_report_the_live_capture(tmp_path):
+    import json
+    import urllib.error
+    import urllib.request
+
+    from shrivenq.capture.metrics import MetricsServer
+
+    def get(url):
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+
+    async def main():
+        async with KiteSimServer(rate=100, frame_interval=0.01) as sim:
+            capture = KiteCapture(settings(tmp_path, sim, watchdog=0.5))
+            metrics = await MetricsServer(capture).start()
+            base = f"http://127.0.0.1:{metrics.port}"
+            stop = asyncio.Event()
+            task = asyncio.create_task(capture.run(stop))
+            await until(lambda: capture.recorder and capture.recorder.counters.ticks > 20)
+            status, body = await asyncio.to_thread(get, base + "/health")
+            health = json.loads(body)
+            assert status == 200 and health["connected"] and health["ticks"] > 20
+            assert health["gaps"] == 0 and health["last_tick_time"] > 0
+            status, text = await asyncio.to_thread(get, base + "/metrics")
+            assert status == 200 and "shrivenq_ticks_total" in text
+            assert "shrivenq_connections_up 1.0" in text
+            sim.stall()
+            await until(lambda: not capture.feed.stats[0].connected or
+                        capture.recorder.counters.gaps, timeout=5)
+            sim.resume()
+            stop.set()
+            await task
+            status, body = await asyncio.to_thread(get, base + "/health")
+            assert status == 503 and json.loads(body)["connected"] is False
+            assert (await asyncio.to_thread(get, base + "/nope"))[0] == 404
+            await metrics.stop()
+
+    asyncio.run(main())
