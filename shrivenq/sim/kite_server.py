@@ -281,7 +281,7 @@ class KiteSimServer:
         self._loop = asyncio.get_running_loop()
         self._ws_server = await serve(
             self._handler, self.host, self.port, process_request=self._process_request,
-            compression=None, ping_interval=None, max_size=1 << 20,
+            compression=None, ping_interval=None, max_size=1 << 20, close_timeout=2,
             logger=logging.getLogger("shrivenq.sim.kite.ws"))
         self.port = self._ws_server.sockets[0].getsockname()[1]
         if self.rest_port is not None:
@@ -295,6 +295,11 @@ class KiteSimServer:
     async def stop(self) -> None:
         if self._http_server is not None:
             self._http_server.close()
+        for conn in self.live:        # a deaf connection could not read the closing handshake
+            conn._stalled = False
+            if conn._deaf:
+                conn._deaf = False
+                conn._ws.transport.resume_reading()
         if self._ws_server is not None:
             self._ws_server.close(close_connections=True)
             try:
