@@ -163,23 +163,121 @@ cdef void _init_tables():
 _init_tables()
 
 
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    static inline uint32_t td_be32(const uint8_t* p) {
+        uint32_t v; memcpy(&v, p, 4); return __builtin_bswap32(v);
+    }
+    static inline void td_put32(uint8_t* p, uint32_t v) {
+        v = __builtin_bswap32(v); memcpy(p, &v, 4);
+    }
+    static inline uint32_t td_zz(uint32_t d) { return (d << 1) ^ (uint32_t)((int32_t)d >> 31); }
+    static inline uint32_t td_unzz(uint32_t z) { return (z >> 1) ^ (0u - (z & 1u)); }
+
+    /* Mask slots of a full packet: the word of each bit, 0 = padding. */
+    static const uint8_t TD_FULL_SLOTS[56] = {
+        1, 2, 3, 4, 5, 6, 7, 8,
+        9, 10, 11, 12, 13, 14, 15, 0,
+        16, 18, 19, 21, 22, 24, 25, 27,
+        28, 30, 31, 33, 34, 36, 37, 39,
+        40, 42, 43, 45, 0, 0, 0, 0,
+        17, 20, 23, 26, 29, 32, 35, 38,
+        41, 44, 0, 0, 0, 0, 0, 0};
+
+    /* Residuals (zigzagged) of a full packet ``pk`` whose key's previous packet is ``pv``;
+       ``gl`` the previous full packet of any key (NULL if none). r[1..45]. */
+    static inline void td_full_next_res(const uint8_t* pk, const uint8_t* pv,
+                                        const uint8_t* gl, uint32_t* r) {
+        uint32_t c[46], p[46], d[46];
+        int w, k;
+        for (w = 0; w < 46; w++) { c[w] = td_be32(pk + 4 * w); p[w] = td_be32(pv + 4 * w); }
+        for (w = 0; w < 46; w++) d[w] = c[w] - p[w];
+        for (k = 9; k >= 0; k--) {          /* depth price: change of the gap to the level before */
+            int pw = 17 + 3 * k, ref = (k == 0 || k == 5) ? 1 : pw - 3;
+            d[pw] -= d[ref];
+        }
+        uint32_t vd = c[4] - p[4];
+        int traded = vd != 0;
+        d[2] = traded ? c[2] - vd : d[2];
+        d[11] = traded ? c[11] - c[15] : d[11];
+        d[15] = c[15] - (gl ? td_be32(gl + 60) : 0u);
+        for (w = 1; w < 46; w++) r[w] = td_zz(d[w]);
+    }
+
+    /* Store r[w] of every slot into its column, count the non-zero ones, set mask bits. */
+    static inline void td_full_scatter(const uint32_t* r, uint32_t* const* cols, int64_t* cnt,
+                                       uint8_t* mk) {
+        int s;
+        for (s = 0; s < 7; s++) mk[s] = 0;
+        #pragma GCC unroll 56
+        for (s = 0; s < 56; s++) {
+            int w = TD_FULL_SLOTS[s];
+            if (!w) continue;
+            uint32_t v = r[w];
+            uint32_t nz = v != 0;
+            int64_t c = cnt[w];
+            cols[w][c] = v;
+            cnt[w] = c + nz;
+            mk[s >> 3] |= (uint8_t)(nz << (s & 7));
+        }
+    }
+
+    /* Decode a non-first full packet into ``out`` (46 words, big-endian). ``mk`` its 7 mask
+       bytes; cols[w][vi[w]] the next non-zero residual of word w (columns padded by one). */
+    static inline void td_full_next_dec(uint8_t* out, const uint8_t* pv, const uint8_t* gl,
+                                        const uint8_t* mk, const uint32_t* const* cols,
+                                        int64_t* vi) {
+        uint32_t r[46], p[46], d[46], c[46];
+        int s, w, k;
+        #pragma GCC unroll 56
+        for (s = 0; s < 56; s++) {
+            int w2 = TD_FULL_SLOTS[s];
+            if (!w2) continue;
+            uint32_t bit = (mk[s >> 3] >> (s & 7)) & 1u;
+            int64_t i = vi[w2];
+            r[w2] = cols[w2][i] & (0u - bit);
+            vi[w2] = i + bit;
+        }
+        for (w = 0; w < 46; w++) p[w] = td_be32(pv + 4 * w);
+        d[0] = 0;
+        for (w = 1; w < 46; w++) d[w] = td_unzz(r[w]);
+        for (k = 0; k < 10; k++) {
+            int pw = 17 + 3 * k, ref = (k == 0 || k == 5) ? 1 : pw - 3;
+            d[pw] += d[ref];
+        }
+        for (w = 0; w < 46; w++) c[w] = p[w] + d[w];
+        uint32_t vd = c[4] - p[4];
+        int traded = vd != 0;
+        c[15] = d[15] + (gl ? td_be32(gl + 60) : 0u);
+        c[2] = traded ? d[2] + vd : c[2];
+        c[11] = traded ? d[11] + c[15] : c[11];
+        for (w = 0; w < 46; w++) td_put32(out + 4 * w, c[w]);
+    }
+    """
+    uint32_t td_be32(const uint8_t* p) noexcept nogil
+    void td_put32(uint8_t* p, uint32_t v) noexcept nogil
+    uint32_t td_zz(uint32_t d) noexcept nogil
+    uint32_t td_unzz(uint32_t z) noexcept nogil
+    void td_full_next_res(const uint8_t* pk, const uint8_t* pv, const uint8_t* gl,
+                          uint32_t* r) noexcept nogil
+    void td_full_scatter(const uint32_t* r, uint32_t** cols, int64_t* cnt,
+                         uint8_t* mk) noexcept nogil
+    void td_full_next_dec(uint8_t* out, const uint8_t* pv, const uint8_t* gl,
+                          const uint8_t* mk, const uint32_t** cols, int64_t* vi) noexcept nogil
+
+
 cdef inline uint32_t be32(const uint8_t* p) noexcept nogil:
-    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | <uint32_t>p[3]
-
-
-cdef inline void put32(uint8_t* p, uint32_t v) noexcept nogil:
-    p[0] = <uint8_t>(v >> 24)
-    p[1] = <uint8_t>(v >> 16)
-    p[2] = <uint8_t>(v >> 8)
-    p[3] = <uint8_t>v
+    return td_be32(p)
 
 
 cdef inline uint32_t zz(uint32_t d) noexcept nogil:
-    return (d << 1) ^ <uint32_t>(<int32_t>d >> 31)
+    return td_zz(d)
 
 
 cdef inline uint32_t unzz(uint32_t z) noexcept nogil:
-    return (z >> 1) ^ (<uint32_t>0 - (z & 1))
+    return td_unzz(z)
 
 
 cdef inline int kind_of(uint32_t plen) noexcept nogil:
@@ -198,7 +296,7 @@ cdef inline int kind_of(uint32_t plen) noexcept nogil:
 
 cdef inline int id_width(uint64_t n_keys) noexcept nogil:
     cdef int w = 1
-    while w < 4 and n_keys - 1 >= (<uint64_t>1 << (8 * w)) and n_keys > 0:
+    while w < 4 and n_keys > 0 and n_keys - 1 >= (<uint64_t>1 << (8 * w)):
         w += 1
     return w
 
@@ -230,7 +328,8 @@ cdef Py_ssize_t frame_packets(const uint8_t* p, Py_ssize_t n, uint64_t* per_kind
 
 
 cdef inline uint32_t predict(int t, int a, int b, int w, const uint32_t* cur,
-                             const uint32_t* prev, const uint32_t* glob) noexcept nogil:
+                             const uint32_t* prev, const uint8_t* glob) noexcept nogil:
+    """Predicted value of word ``w`` (docs/TICK_DELTA.md, Residuals)."""
     if t == R_P:
         return prev[w]
     if t == R_Z:
@@ -240,7 +339,7 @@ cdef inline uint32_t predict(int t, int a, int b, int w, const uint32_t* cur,
     if t == R_REF:
         return cur[a]
     if t == R_G:
-        return glob[w] if glob != NULL else 0
+        return be32(glob + 4 * w) if glob != NULL else 0
     if t == R_TQ:
         return cur[a] - prev[a] if cur[a] != prev[a] else prev[w]
     # R_TT
@@ -253,18 +352,88 @@ cdef inline void load_words(uint32_t* dst, const uint8_t* p, int nw) noexcept no
         dst[w] = be32(p + 4 * w)
 
 
+cdef void to_planes(uint8_t* o, const uint32_t* v, Py_ssize_t n) noexcept nogil:
+    """``n`` u32 as 4 byte planes (MSB plane first) at ``o``."""
+    cdef Py_ssize_t i
+    cdef uint8_t* o1 = o + n
+    cdef uint8_t* o2 = o + 2 * n
+    cdef uint8_t* o3 = o + 3 * n
+    cdef uint32_t x
+    for i in range(n):
+        x = v[i]
+        o[i] = <uint8_t>(x >> 24)
+        o1[i] = <uint8_t>(x >> 16)
+        o2[i] = <uint8_t>(x >> 8)
+        o3[i] = <uint8_t>x
+
+
+cdef void from_planes(uint32_t* v, const uint8_t* o, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef const uint8_t* o1 = o + n
+    cdef const uint8_t* o2 = o + 2 * n
+    cdef const uint8_t* o3 = o + 3 * n
+    for i in range(n):
+        v[i] = (<uint32_t>o[i] << 24) | (<uint32_t>o1[i] << 16) | (<uint32_t>o2[i] << 8) | o3[i]
+
+
+# ---------------------------------------------------------------------------------------
+# scratch memory: one buffer kept across calls (fresh pages cost more than the transform)
+# ---------------------------------------------------------------------------------------
+
+cdef uint8_t* _arena = NULL
+cdef size_t _arena_cap = 0
+cdef bint _arena_busy = False
+cdef size_t ARENA_KEEP = 64 << 20
+
+
+cdef uint8_t* arena_take(size_t need, bint* owned):
+    """Scratch of ``need`` bytes (call with the GIL held). ``owned``: free it yourself."""
+    global _arena, _arena_cap, _arena_busy
+    need = (need + 63) & ~(<size_t>63)
+    if not _arena_busy and need <= ARENA_KEEP:
+        if _arena_cap < need:
+            free(_arena)
+            _arena = <uint8_t*>malloc(need)
+            _arena_cap = need if _arena != NULL else 0
+        if _arena != NULL:
+            _arena_busy = True
+            owned[0] = False
+            return _arena
+    owned[0] = True
+    return <uint8_t*>malloc(need)
+
+
+cdef void arena_give(uint8_t* p, bint owned):
+    global _arena_busy
+    if owned:
+        free(p)
+    elif p != NULL:
+        _arena_busy = False
+
+
+cdef inline void* carve(uint8_t** at, size_t size) noexcept nogil:
+    cdef void* p = at[0]
+    at[0] += (size + 15) & ~(<size_t>15)
+    return p
+
+
+cdef inline size_t carved(size_t size) noexcept nogil:
+    return (size + 15) & ~(<size_t>15)
+
+
 # ---------------------------------------------------------------------------------------
 # pack
 # ---------------------------------------------------------------------------------------
 
 cdef struct KindBuf:
-    uint8_t* first      # (W-1)*4 planes of cap bytes
-    uint8_t* vals       # (W-1)*4 planes of cap bytes
+    uint32_t* first     # (W-1) columns of cap residuals (first packets)
+    uint32_t* vals      # W columns of cap + 1 residuals (non-first packets; column 0 unused)
     uint8_t* masks      # MB planes of cap bytes
+    uint32_t* cols[MAXW]
     Py_ssize_t cap
     Py_ssize_t nfirst
     Py_ssize_t nnext
-    Py_ssize_t cnt[MAXW]
+    int64_t cnt[MAXW]
 
 
 cdef inline uint64_t hash_key(uint64_t key) noexcept nogil:
@@ -320,43 +489,49 @@ cdef object _pack_body(const uint8_t* base, const uint32_t* lens, Py_ssize_t n_p
     cdef Py_ssize_t cap_hash = 16
     while cap_hash < 2 * <Py_ssize_t>n_packets + 2:
         cap_hash *= 2
-    cdef uint64_t* hkeys = <uint64_t*>calloc(cap_hash, sizeof(uint64_t))
-    cdef uint32_t* hids = <uint32_t*>malloc(cap_hash * sizeof(uint32_t))
-    cdef uint32_t* ids = <uint32_t*>malloc((n_packets + 1) * sizeof(uint32_t))
-    cdef const uint8_t** last = <const uint8_t**>malloc((n_packets + 1) * sizeof(uint8_t*))
-    cdef uint8_t* key_kind = <uint8_t*>malloc(n_packets + 1)
-    cdef uint32_t* key_token = <uint32_t*>malloc((n_packets + 1) * sizeof(uint32_t))
+    cdef size_t np1 = n_packets + 1
+    cdef size_t need = carved(cap_hash * 8) + carved(cap_hash * 4) + carved(np1 * 4) \
+        + carved(np1 * sizeof(uint8_t*)) + carved(np1) + carved(np1 * 4)
+    for k in range(NKIND):
+        need += carved(n[k] * (KW[k] - 1) * 4) + carved((n[k] + 1) * KW[k] * 4) \
+            + carved(n[k] * MB[k])
+    cdef bint owned
+    cdef uint8_t* arena = arena_take(need, &owned)
+    if arena == NULL:
+        raise MemoryError()
+    cdef uint8_t* at = arena
+    cdef uint64_t* hkeys = <uint64_t*>carve(&at, cap_hash * 8)
+    cdef uint32_t* hids = <uint32_t*>carve(&at, cap_hash * 4)
+    cdef uint32_t* ids = <uint32_t*>carve(&at, np1 * 4)
+    cdef const uint8_t** last = <const uint8_t**>carve(&at, np1 * sizeof(uint8_t*))
+    cdef uint8_t* key_kind = <uint8_t*>carve(&at, np1)
+    cdef uint32_t* key_token = <uint32_t*>carve(&at, np1 * 4)
+    memset(hkeys, 0, cap_hash * 8)
     memset(kb, 0, sizeof(kb))
-    cdef bint ok = hkeys != NULL and hids != NULL and ids != NULL and last != NULL \
-        and key_kind != NULL and key_token != NULL
     for k in range(NKIND):
         kb[k].cap = n[k]
-        if n[k]:
-            kb[k].first = <uint8_t*>malloc(n[k] * (KW[k] - 1) * 4)
-            kb[k].vals = <uint8_t*>malloc(n[k] * (KW[k] - 1) * 4)
-            kb[k].masks = <uint8_t*>malloc(n[k] * MB[k])
-            ok = ok and kb[k].first != NULL and kb[k].vals != NULL and kb[k].masks != NULL
+        kb[k].first = <uint32_t*>carve(&at, n[k] * (KW[k] - 1) * 4)
+        kb[k].vals = <uint32_t*>carve(&at, (n[k] + 1) * KW[k] * 4)
+        kb[k].masks = <uint8_t*>carve(&at, n[k] * MB[k])
+        for w in range(KW[k]):
+            kb[k].cols[w] = kb[k].vals + w * (n[k] + 1)
     cdef const uint8_t* glob[NKIND]
     cdef uint32_t cur[MAXW]
     cdef uint32_t prv[MAXW]
-    cdef uint32_t gw[MAXW]
     cdef uint32_t res[MAXW]
-    cdef const uint32_t* gp
     cdef uint8_t mk[8]
-    cdef Py_ssize_t i, pos = 0, L, cnt, pi, q, n_keys = 0, npk = 0, idx, cap, c
+    cdef Py_ssize_t i, pos = 0, L, cnt, pi, q, n_keys = 0, npk = 0, idx, cap
+    cdef int64_t c
     cdef uint64_t key, h
     cdef uint32_t token, r, kid, plen
     cdef const uint8_t* p
     cdef const uint8_t* pk
-    cdef uint8_t* dst
     cdef KindBuf* b
     cdef object out = None
     cdef uint8_t* o
     cdef Py_ssize_t size
     cdef int idw
     try:
-        if not ok:
-            raise MemoryError()
         for k in range(NKIND):
             glob[k] = NULL
         with nogil:
@@ -380,58 +555,50 @@ cdef object _pack_body(const uint8_t* base, const uint32_t* lens, Py_ssize_t n_p
                     h = hash_key(key) & (cap_hash - 1)
                     while hkeys[h] != 0 and hkeys[h] != key:
                         h = (h + 1) & (cap_hash - 1)
-                    load_words(cur, pk, nw)
-                    if glob[k] != NULL:
-                        load_words(gw, glob[k], nw)
-                        gp = gw
-                    else:
-                        gp = NULL
                     if hkeys[h] == 0:
+                        # The key's first packet in the block.
                         hkeys[h] = key
                         hids[h] = <uint32_t>n_keys
                         kid = <uint32_t>n_keys
                         key_kind[n_keys] = <uint8_t>k
                         key_token[n_keys] = token
-                        last[n_keys] = pk
                         n_keys += 1
+                        load_words(cur, pk, nw)
                         idx = b.nfirst
                         cap = b.cap
                         b.nfirst += 1
                         for w in range(1, nw):
-                            r = zz(cur[w] - predict(FT[k][w], FA[k][w], 0, w, cur, prv, gp))
-                            dst = b.first + (w - 1) * 4 * cap + idx
-                            dst[0] = <uint8_t>(r >> 24)
-                            dst[cap] = <uint8_t>(r >> 16)
-                            dst[2 * cap] = <uint8_t>(r >> 8)
-                            dst[3 * cap] = <uint8_t>r
+                            b.first[(w - 1) * cap + idx] = zz(
+                                cur[w] - predict(FT[k][w], FA[k][w], 0, w, cur, prv, glob[k]))
                     else:
                         kid = hids[h]
-                        load_words(prv, last[kid], nw)
-                        last[kid] = pk
                         idx = b.nnext
                         cap = b.cap
                         b.nnext += 1
-                        for w in range(1, nw):
-                            res[w] = zz(cur[w] - predict(NT[k][w], NA[k][w], NB[k][w], w,
-                                                         cur, prv, gp))
-                        for j in range(MB[k]):
-                            mk[j] = 0
-                        for s in range(MB[k] * 8):
-                            w = SLOT[k][s]
-                            if w == 0:
-                                continue
-                            r = res[w]
-                            c = b.cnt[w]
-                            dst = b.vals + (w - 1) * 4 * cap + c
-                            dst[0] = <uint8_t>(r >> 24)
-                            dst[cap] = <uint8_t>(r >> 16)
-                            dst[2 * cap] = <uint8_t>(r >> 8)
-                            dst[3 * cap] = <uint8_t>r
-                            t = r != 0
-                            b.cnt[w] = c + t
-                            mk[s >> 3] |= <uint8_t>(t << (s & 7))
+                        if k == 4:
+                            td_full_next_res(pk, last[kid], glob[k], res)
+                            td_full_scatter(res, b.cols, b.cnt, mk)
+                        else:
+                            load_words(cur, pk, nw)
+                            load_words(prv, last[kid], nw)
+                            for w in range(1, nw):
+                                res[w] = zz(cur[w] - predict(NT[k][w], NA[k][w], NB[k][w], w,
+                                                             cur, prv, glob[k]))
+                            for j in range(MB[k]):
+                                mk[j] = 0
+                            for s in range(MB[k] * 8):
+                                w = SLOT[k][s]
+                                if w == 0:
+                                    continue
+                                r = res[w]
+                                c = b.cnt[w]
+                                b.cols[w][c] = r
+                                t = r != 0
+                                b.cnt[w] = c + t
+                                mk[s >> 3] |= <uint8_t>(t << (s & 7))
                         for j in range(MB[k]):
                             b.masks[j * cap + idx] = mk[j]
+                    last[kid] = pk
                     glob[k] = pk
                     ids[npk] = kid
                     npk += 1
@@ -454,56 +621,44 @@ cdef object _pack_body(const uint8_t* base, const uint32_t* lens, Py_ssize_t n_p
         for k in range(NKIND):
             _put_le32(o + 16 + 4 * k, n[k])
         o += HEADER_SIZE
-        memcpy(o, tags, n_payloads)
-        o += n_payloads
-        pos = 0
-        for i in range(n_payloads):
-            L = lens[i]
-            if not tags[i]:
-                memcpy(o, base + pos, L)
-                o += L
-            pos += L
-        for pb in range(idw):
-            s = 8 * (idw - 1 - pb)
-            for i in range(npk):
-                o[i] = <uint8_t>(ids[i] >> s)
-            o += npk
-        memcpy(o, key_kind, n_keys)
-        o += n_keys
-        for pb in range(4):
-            s = 8 * (3 - pb)
-            for i in range(n_keys):
-                o[i] = <uint8_t>(key_token[i] >> s)
+        with nogil:
+            memcpy(o, tags, n_payloads)
+            o += n_payloads
+            pos = 0
+            for i in range(n_payloads):
+                L = lens[i]
+                if not tags[i]:
+                    memcpy(o, base + pos, L)
+                    o += L
+                pos += L
+            for pb in range(idw):
+                s = 8 * (idw - 1 - pb)
+                for i in range(npk):
+                    o[i] = <uint8_t>(ids[i] >> s)
+                o += npk
+            memcpy(o, key_kind, n_keys)
             o += n_keys
-        for k in range(NKIND):
-            b = &kb[k]
-            for j in range(4 * (KW[k] - 1)):
-                memcpy(o, b.first + j * b.cap, b.nfirst)
-                o += b.nfirst
-        for k in range(NKIND):
-            b = &kb[k]
-            for j in range(MB[k]):
-                memcpy(o, b.masks + j * b.cap, b.nnext)
-                o += b.nnext
-        for k in range(NKIND):
-            b = &kb[k]
-            for w in range(1, KW[k]):
-                for pb in range(4):
-                    memcpy(o, b.vals + ((w - 1) * 4 + pb) * b.cap, b.cnt[w])
-                    o += b.cnt[w]
+            to_planes(o, key_token, n_keys)
+            o += 4 * n_keys
+            for k in range(NKIND):
+                b = &kb[k]
+                for w in range(1, KW[k]):
+                    to_planes(o, b.first + (w - 1) * b.cap, b.nfirst)
+                    o += 4 * b.nfirst
+            for k in range(NKIND):
+                b = &kb[k]
+                for j in range(MB[k]):
+                    memcpy(o, b.masks + j * b.cap, b.nnext)
+                    o += b.nnext
+            for k in range(NKIND):
+                b = &kb[k]
+                for w in range(1, KW[k]):
+                    to_planes(o, b.cols[w], b.cnt[w])
+                    o += 4 * b.cnt[w]
         assert o == <uint8_t*>PyBytes_AS_STRING(out) + size
         return out
     finally:
-        free(hkeys)
-        free(hids)
-        free(ids)
-        free(last)
-        free(key_kind)
-        free(key_token)
-        for k in range(NKIND):
-            free(kb[k].first)
-            free(kb[k].vals)
-            free(kb[k].masks)
+        arena_give(arena, owned)
 
 
 cdef inline void _put_le32(uint8_t* p, uint64_t v) noexcept nogil:
@@ -543,10 +698,6 @@ cdef const uint32_t[::1] _as_lengths(obj) except *:
     cdef const uint32_t[::1] v = obj
     return v
 
-
-# ---------------------------------------------------------------------------------------
-# unpack
-# ---------------------------------------------------------------------------------------
 
 def unpack(packed, lengths):
     """Inverse of ``pack``: the original payloads concatenated. Raises ``ValueError`` (with
@@ -657,11 +808,27 @@ def unpack(packed, lengths):
             off += need
     if off != size:
         raise ValueError(f"{size - off} trailing bytes after the block")
-    cdef object out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>total)
-    cdef uint8_t* o = <uint8_t*>PyBytes_AS_STRING(out)
-    cdef int err = _unpack_body(o, &lens[0] if n_payloads else NULL, n_payloads, tags, raw,
-                                raw_bytes, idp, idw, n_packets, kkind, ktok, n_keys, n, f,
-                                firsts, masks, vals, counts)
+    cdef uint64_t nvals = 0
+    for k in range(NKIND):
+        for w in range(1, KW[k]):
+            nvals += counts[k * MAXW + w] + 1
+    cdef bint owned
+    cdef uint8_t* arena = arena_take(carved((n_keys + 1) * sizeof(uint8_t*))
+                                     + carved((nvals + 1) * 4), &owned)
+    if arena == NULL:
+        raise MemoryError()
+    cdef object out
+    cdef uint8_t* o
+    cdef int err
+    try:
+        out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>total)
+        o = <uint8_t*>PyBytes_AS_STRING(out)
+        with nogil:
+            err = _unpack_body(o, &lens[0] if n_payloads else NULL, n_payloads, tags, raw,
+                               raw_bytes, idp, idw, n_packets, kkind, ktok, n_keys, n, f,
+                               firsts, masks, vals, counts, arena)
+    finally:
+        arena_give(arena, owned)
     if err:
         raise ValueError(_ERRORS[err])
     return out
@@ -687,22 +854,32 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
                       const uint8_t* idp, int idw, uint64_t n_packets, const uint8_t* kkind,
                       const uint8_t* ktok, uint64_t n_keys, uint64_t* n, uint64_t* f,
                       const uint8_t** firsts, const uint8_t** masks,
-                      const uint8_t** vals, const uint64_t* counts) noexcept nogil:
-    cdef uint8_t** last = <uint8_t**>malloc((n_keys + 1) * sizeof(uint8_t*))
-    if last == NULL:
-        return 11
+                      const uint8_t** vals, const uint64_t* counts,
+                      uint8_t* arena) noexcept nogil:
+    cdef uint8_t** last = <uint8_t**>carve(&arena, (n_keys + 1) * sizeof(uint8_t*))
+    # Non-zero residuals as u32 columns, each padded by one (read branch-free).
+    cdef uint32_t* cp = <uint32_t*>arena
+    cdef const uint32_t* cols[NKIND * MAXW]
+    cdef int k, w, j, s, nw, pb, err = 0
+    cdef uint64_t cc
+    for k in range(NKIND):
+        cols[k * MAXW] = NULL
+        for w in range(1, KW[k]):
+            cc = counts[k * MAXW + w]
+            from_planes(cp, vals[k * MAXW + w], cc)
+            cp[cc] = 0
+            cols[k * MAXW + w] = cp
+            cp += cc + 1
     cdef uint8_t* glob[NKIND]
     cdef uint64_t fi[NKIND]
     cdef uint64_t ni[NKIND]
-    cdef uint64_t vi[NKIND][MAXW]
+    cdef int64_t vi[NKIND * MAXW]
     cdef uint32_t cur[MAXW]
     cdef uint32_t prv[MAXW]
-    cdef uint32_t gw[MAXW]
     cdef uint32_t res[MAXW]
-    cdef const uint32_t* gp
     cdef uint8_t mk[8]
-    cdef int k, w, j, s, nw, pb, err = 0
-    cdef uint64_t raw_pos = 0, pkt = 0, seen = 0, kid, idx, m, cap, c
+    cdef uint64_t raw_pos = 0, pkt = 0, seen = 0, kid, idx, m, cap, bit
+    cdef int64_t c
     cdef Py_ssize_t i, L, fpos, count
     cdef uint8_t* start
     cdef uint8_t* pk
@@ -712,8 +889,8 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
         glob[k] = NULL
         fi[k] = 0
         ni[k] = 0
-        for w in range(MAXW):
-            vi[k][w] = 0
+    for w in range(NKIND * MAXW):
+        vi[w] = 0
     for i in range(n_payloads):
         L = lens[i]
         if tags[i] == 0:
@@ -735,9 +912,12 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
             if pkt >= n_packets:
                 err = 3
                 break
-            kid = 0
-            for pb in range(idw):
-                kid = (kid << 8) | idp[pb * n_packets + pkt]
+            if idw == 1:
+                kid = idp[pkt]
+            else:
+                kid = 0
+                for pb in range(idw):
+                    kid = (kid << 8) | idp[pb * n_packets + pkt]
             pkt += 1
             if kid > seen or kid >= n_keys:
                 err = 4
@@ -752,11 +932,6 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
             if count > 0xFFFF:
                 err = 8
                 break
-            if glob[k] != NULL:
-                load_words(gw, glob[k], nw)
-                gp = gw
-            else:
-                gp = NULL
             o[0] = <uint8_t>(plen >> 8)
             o[1] = <uint8_t>plen
             pk = o + 2
@@ -775,7 +950,9 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
                     src = firsts[k] + (w - 1) * 4 * cap + idx
                     cur[w] = unzz((<uint32_t>src[0] << 24) | (<uint32_t>src[cap] << 16)
                                   | (<uint32_t>src[2 * cap] << 8) | src[3 * cap]) \
-                        + predict(FT[k][w], FA[k][w], 0, w, cur, prv, gp)
+                        + predict(FT[k][w], FA[k][w], 0, w, cur, prv, glob[k])
+                for w in range(nw):
+                    td_put32(pk + 4 * w, cur[w])
             else:
                 m = n[k] - f[k]
                 if ni[k] >= m:
@@ -783,29 +960,28 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
                     break
                 idx = ni[k]
                 ni[k] += 1
-                load_words(prv, last[kid], nw)
                 for j in range(MB[k]):
                     mk[j] = masks[k][j * m + idx]
-                for s in range(MB[k] * 8):
-                    w = SLOT[k][s]
-                    if w == 0:
-                        continue
-                    if mk[s >> 3] & (1 << (s & 7)):
-                        cap = counts[k * MAXW + w]
-                        c = vi[k][w]
-                        vi[k][w] = c + 1
-                        src = vals[k * MAXW + w] + c
-                        res[w] = (<uint32_t>src[0] << 24) | (<uint32_t>src[cap] << 16) \
-                            | (<uint32_t>src[2 * cap] << 8) | src[3 * cap]
-                    else:
-                        res[w] = 0
-                cur[0] = prv[0]
-                for j in range(nw - 1):
-                    w = ORD[k][j]
-                    cur[w] = unzz(res[w]) + predict(NT[k][w], NA[k][w], NB[k][w], w, cur,
-                                                    prv, gp)
-            for w in range(nw):
-                put32(pk + 4 * w, cur[w])
+                if k == 4:
+                    td_full_next_dec(pk, last[kid], glob[k], mk, &cols[k * MAXW],
+                                     &vi[k * MAXW])
+                else:
+                    for s in range(MB[k] * 8):
+                        w = SLOT[k][s]
+                        if w == 0:
+                            continue
+                        bit = (mk[s >> 3] >> (s & 7)) & 1
+                        c = vi[k * MAXW + w]
+                        res[w] = cols[k * MAXW + w][c] & (<uint32_t>0 - <uint32_t>bit)
+                        vi[k * MAXW + w] = c + bit
+                    load_words(prv, last[kid], nw)
+                    cur[0] = prv[0]
+                    for j in range(nw - 1):
+                        w = ORD[k][j]
+                        cur[w] = unzz(res[w]) + predict(NT[k][w], NA[k][w], NB[k][w], w, cur,
+                                                        prv, glob[k])
+                    for w in range(nw):
+                        td_put32(pk + 4 * w, cur[w])
             last[kid] = pk
             glob[k] = pk
             o += 2 + plen
@@ -814,7 +990,6 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
             break
         start[0] = <uint8_t>(count >> 8)
         start[1] = <uint8_t>count
-    free(last)
     if err:
         return err
     if pkt != n_packets or seen != n_keys or raw_pos != raw_bytes:

@@ -1,0 +1,383 @@
+"""The tick-delta block transform (shrivenq._ext.tick_delta) and its plain-Python twin.
+
+Round trips on any mix of payloads, byte-identical output of twin and compiled module,
+hostile input to ``unpack``, and the compression it buys on the realistic Kite stream.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from shrivenq._ext import tick_delta as td
+from shrivenq.kite import KIND_FULL, KIND_LTP, KIND_QUOTE
+from shrivenq.kite.wire import encode_frame
+from shrivenq.sim.market import KiteMarket, default_universe
+from shrivenq.wal import tick_delta_reference as ref
+
+KNOWN = (8, 28, 32, 44, 184)
+TOKENS = [256265, 260105, (12_000_000 << 8) | 2, (100_000 << 8) | 1, 738561, 5633]
+
+
+def lens_of(parts) -> np.ndarray:
+    return np.array([len(p) for p in parts], dtype=np.uint32)
+
+
+def frame_of(*packets: bytes) -> bytes:
+    return struct.pack(">H", len(packets)) + b"".join(
+        struct.pack(">H", len(p)) + p for p in packets)
+
+
+# ---------------------------------------------------------------------------------------
+# realistic material, generated once per module
+# ---------------------------------------------------------------------------------------
+
+def _split_frames(rows, rng, most=8):
+    frames, i = [], 0
+    while i < len(rows):
+        k = int(rng.integers(1, most + 1))
+        frames.append(encode_frame(rows[i:i + k]))
+        i += k
+    return frames
+
+
+@pytest.fixture(scope="module")
+def stream():
+    """~50k full-mode ticks of 200 instruments, frames of 1..8 packets."""
+    market = KiteMarket(default_universe(200), seed=20251120)
+    rows = market.ticks(50_000, kind=KIND_FULL)
+    return _split_frames(rows, np.random.default_rng(5)), len(rows)
+
+
+def _small_market_packets():
+    """Packets of every kind from a small market (so keys repeat), by kind."""
+    out = []
+    for kind in (KIND_FULL, KIND_QUOTE, KIND_LTP):
+        m = KiteMarket(default_universe(6), seed=kind)
+        rows = m.ticks(60, kind=kind)
+        for i in range(len(rows)):
+            f = encode_frame(rows[i:i + 1])
+            out.append(f[4:])   # strip count and length: one packet
+    return out
+
+
+REAL_PACKETS = _small_market_packets()
+assert {len(p) for p in REAL_PACKETS} == set(KNOWN)
+
+
+# ---------------------------------------------------------------------------------------
+# strategies
+# ---------------------------------------------------------------------------------------
+
+@st.composite
+def random_packet(draw):
+    """A packet of a known length: a token that repeats, then random or near-real fields."""
+    length = draw(st.sampled_from(KNOWN))
+    token = draw(st.sampled_from(TOKENS))
+    if draw(st.booleans()):
+        body = draw(st.binary(min_size=length - 4, max_size=length - 4))
+    else:
+        # Small integer fields: what deltas are made for (and their wrap-arounds).
+        words = draw(st.lists(st.sampled_from([0, 1, 2, 5, 0xFFFFFFFF, 0x80000000, 1000,
+                                               1_763_610_300, 2_412_035]),
+                              min_size=length // 4 - 1, max_size=length // 4 - 1))
+        body = struct.pack(f">{len(words)}I", *words)
+    return struct.pack(">I", token) + body
+
+
+@st.composite
+def mutated_real_packet(draw):
+    """A realistic packet with a few 32-bit words nudged (like the next tick)."""
+    p = bytearray(draw(st.sampled_from(REAL_PACKETS)))
+    for _ in range(draw(st.integers(0, 4))):
+        w = draw(st.integers(1, len(p) // 4 - 1))
+        delta = draw(st.integers(-3, 3))
+        v = (int.from_bytes(p[4 * w:4 * w + 4], "big") + delta) & 0xFFFFFFFF
+        p[4 * w:4 * w + 4] = v.to_bytes(4, "big")
+    return bytes(p)
+
+
+packets = st.one_of(st.sampled_from(REAL_PACKETS), mutated_real_packet(), random_packet())
+good_frames = st.lists(packets, min_size=0, max_size=6).map(lambda ps: frame_of(*ps))
+
+
+@st.composite
+def bad_frame(draw):
+    """Almost-frames the parser would reject: a lying count, an unknown packet length,
+    trailing bytes, a truncated packet."""
+    ps = draw(st.lists(packets, min_size=1, max_size=4))
+    f = frame_of(*ps)
+    how = draw(st.sampled_from(["count+", "count-", "unknown", "trailing", "truncated"]))
+    if how == "count+":
+        return struct.pack(">H", len(ps) + draw(st.integers(1, 3))) + f[2:]
+    if how == "count-":
+        return struct.pack(">H", len(ps) - 1) + f[2:]
+    if how == "unknown":
+        n = draw(st.integers(0, 300).filter(lambda x: x not in KNOWN))
+        return (struct.pack(">H", len(ps) + 1) + f[2:] + struct.pack(">H", n)
+                + draw(st.binary(min_size=n, max_size=n)))
+    if how == "trailing":
+        return f + draw(st.binary(min_size=1, max_size=5))
+    return f[:draw(st.integers(0, len(f) - 1))]
+
+
+texts = st.one_of(
+    st.just(b'{"type":"order","data":{"order_id":"250101000000001","status":"COMPLETE"}}'),
+    st.builds(lambda m: json.dumps({"type": "message", "data": m}).encode(), st.text(max_size=40)),
+    st.text(max_size=60).map(str.encode),
+)
+heartbeats = st.binary(min_size=1, max_size=1)
+garbage = st.binary(max_size=300)
+
+payload = st.one_of(good_frames, good_frames, bad_frame(), texts, heartbeats, garbage)
+payload_lists = st.lists(payload, max_size=25)
+
+FAST = settings(max_examples=200, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def check_both(parts):
+    data = b"".join(parts)
+    lengths = lens_of(parts)
+    packed = td.pack(data, lengths)
+    assert ref.pack(data, lengths) == packed, "twin and compiled pack differ"
+    assert td.unpack(packed, lengths) == data
+    assert ref.unpack(packed, lengths) == data
+    return packed
+
+
+# ---------------------------------------------------------------------------------------
+# round trips
+# ---------------------------------------------------------------------------------------
+
+@FAST
+@given(payload_lists)
+def test_round_trip_any_payloads(parts):
+    check_both(parts)
+
+
+@FAST
+@given(st.lists(good_frames, max_size=30))
+def test_round_trip_well_formed_frames(parts):
+    packed = check_both(parts)
+    assert packed[:4] == b"TD\x01\x00"
+    tags = packed[36:36 + len(parts)]
+    assert tags == b"\x01" * len(parts)   # every one taken as a frame, none verbatim
+
+
+def test_edge_payloads():
+    cases = [
+        [],
+        [b""],
+        [b"", b"", b"\x00\x00"],               # a frame of no packets
+        [b"\x01"],                             # heartbeat
+        [b"\x00"], [b"\x00\x01"], [b"\x00\x01\x00"],
+        [frame_of(b"\x00" * 8)],
+        [frame_of(b"\xff" * 184, b"\xff" * 184, b"\x00" * 184)],
+        [frame_of(*[struct.pack(">II", 5633, i) for i in range(300)])],
+        [b'{"type":"error","data":"x"}', frame_of(REAL_PACKETS[0]), b"\x01"],
+    ]
+    for parts in cases:
+        check_both(parts)
+
+
+def test_frame_of_65535_packets():
+    f = frame_of(*[struct.pack(">II", 256265 + (i % 7), i * 3) for i in range(65535)])
+    lengths = lens_of([f])
+    packed = td.pack(f, lengths)
+    assert packed[36] == 1
+    assert td.unpack(packed, lengths) == f
+
+
+def test_accepts_bytes_likes():
+    parts = [frame_of(*REAL_PACKETS[:3]), b"text", frame_of(*REAL_PACKETS[3:9])]
+    data = b"".join(parts)
+    lengths = lens_of(parts)
+    packed = td.pack(data, lengths)
+    for form in (bytearray(data), memoryview(data), np.frombuffer(data, np.uint8)):
+        assert td.pack(form, lengths) == packed
+        assert ref.pack(form, lengths) == packed
+    for form in (bytearray(packed), memoryview(packed), np.frombuffer(packed, np.uint8)):
+        assert td.unpack(form, lengths) == data
+
+
+@pytest.mark.parametrize("impl", [td, ref], ids=["compiled", "twin"])
+def test_pack_rejects_lengths_that_do_not_add_up(impl):
+    data = frame_of(*REAL_PACKETS[:2])
+    for bad in ([len(data) - 1], [len(data) + 1], [], [len(data), 1]):
+        with pytest.raises(ValueError):
+            impl.pack(data, np.array(bad, dtype=np.uint32))
+    with pytest.raises(ValueError):
+        impl.pack(data, np.array([len(data)], dtype=np.int64))
+
+
+def test_state_resets_per_block():
+    """The same payloads pack the same whatever was packed before."""
+    parts = [frame_of(*REAL_PACKETS[i:i + 4]) for i in range(0, 40, 4)]
+    lengths = lens_of(parts)
+    first = td.pack(b"".join(parts), lengths)
+    td.pack(b"".join(reversed(parts)), lengths[::-1].copy())
+    assert td.pack(b"".join(parts), lengths) == first
+
+
+# ---------------------------------------------------------------------------------------
+# hostile input to unpack
+# ---------------------------------------------------------------------------------------
+
+def _try(impl, packed, lengths):
+    try:
+        out = impl.unpack(packed, lengths)
+    except ValueError as exc:
+        assert str(exc)
+        return None
+    assert isinstance(out, bytes)
+    return out
+
+
+@settings(max_examples=60, deadline=5000,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(payload_lists, st.randoms(use_true_random=False))
+def test_unpack_hostile(parts, rnd):
+    data = b"".join(parts)
+    lengths = lens_of(parts)
+    packed = td.pack(data, lengths)
+    # Every truncation fails (the size is part of the format); the twin on a sample.
+    for i in range(len(packed)):
+        assert _try(td, packed[:i], lengths) is None
+    for i in rnd.sample(range(len(packed)), min(len(packed), 40)):
+        assert _try(ref, packed[:i], lengths) is None
+    # Single-byte changes: an error or some bytes, never a crash or a hang.
+    for _ in range(200):
+        b = bytearray(packed)
+        i = rnd.randrange(len(b))
+        b[i] ^= rnd.randrange(1, 256)
+        out = _try(td, bytes(b), lengths)
+        if rnd.random() < 0.2:
+            assert _try(ref, bytes(b), lengths) == out
+    # Appended bytes.
+    assert _try(td, packed + b"\0", lengths) is None
+    # Lengths that do not match: other sums, other splits.
+    if len(parts):
+        bad = lengths.copy()
+        bad[rnd.randrange(len(bad))] += rnd.randrange(1, 5)
+        assert _try(td, packed, bad) is None
+        assert _try(ref, packed, bad) is None
+        assert _try(td, packed, lengths[:-1].copy()) is None
+    if len(parts) >= 2 and data:
+        moved = lengths.copy()
+        i = rnd.randrange(len(moved) - 1)
+        if moved[i] > 0:
+            moved[i] -= 1
+            moved[i + 1] += 1
+            assert _try(td, packed, moved) == _try(ref, packed, moved)
+        shuffled = lengths.copy()
+        rnd.shuffle(shuffled)
+        assert _try(td, packed, shuffled) == _try(ref, packed, shuffled)
+
+
+@settings(max_examples=150, deadline=5000,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.binary(max_size=400), st.lists(st.integers(0, 200), max_size=8))
+def test_unpack_garbage(blob, lens):
+    lengths = np.array(lens, dtype=np.uint32)
+    out = _try(td, blob, lengths)
+    assert _try(ref, blob, lengths) == out
+
+
+@settings(max_examples=150, deadline=5000,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.data())
+def test_unpack_header_lies(data):
+    """A well-formed block whose header counts are changed: errors, no big allocations."""
+    parts = [frame_of(*REAL_PACKETS[:5]), b"\x01", frame_of(*REAL_PACKETS[5:12])]
+    lengths = lens_of(parts)
+    packed = bytearray(td.pack(b"".join(parts), lengths))
+    field = data.draw(st.integers(0, 7))
+    value = data.draw(st.sampled_from([0, 1, 2, 255, 256, 65535, 0x7FFFFFFF, 0xFFFFFFFF]))
+    struct.pack_into("<I", packed, 4 + 4 * field, value)
+    out = _try(td, bytes(packed), lengths)
+    assert _try(ref, bytes(packed), lengths) == out
+
+
+def test_unpack_reasons():
+    parts = [frame_of(*REAL_PACKETS[:4])]
+    lengths = lens_of(parts)
+    packed = td.pack(b"".join(parts), lengths)
+    cases = {
+        b"XX" + packed[2:]: "magic",
+        packed[:2] + b"\x09" + packed[3:]: "version",
+        packed[:3] + b"\x01" + packed[4:]: "flags",
+        packed[:10]: "truncated",
+        packed + b"\0": "trailing",
+    }
+    for impl in (td, ref):
+        for blob, word in cases.items():
+            with pytest.raises(ValueError, match=word):
+                impl.unpack(blob, lengths)
+        with pytest.raises(ValueError, match="lengths"):
+            impl.unpack(packed, lengths + 1)
+
+
+# ---------------------------------------------------------------------------------------
+# the compression it buys
+# ---------------------------------------------------------------------------------------
+
+def blocks_of(frames, size=256 * 1024):
+    out, cur, n = [], [], 0
+    for f in frames:
+        cur.append(f)
+        n += len(f)
+        if n >= size:
+            out.append(cur)
+            cur, n = [], 0
+    if cur:
+        out.append(cur)
+    return out
+
+
+def test_compression_on_realistic_stream(stream):
+    frames, ticks = stream
+    z = zstandard.ZstdCompressor(level=1)
+    packed_total = plain_total = 0
+    for block in blocks_of(frames):
+        data = b"".join(block)
+        lengths = lens_of(block)
+        packed = td.pack(data, lengths)
+        assert td.unpack(packed, lengths) == data
+        packed_total += len(z.compress(packed))
+        plain_total += len(z.compress(data))
+    per_tick, plain_per_tick = packed_total / ticks, plain_total / ticks
+    print(f"\nzstd-1 on {ticks} full ticks in ~256 KB blocks: tick_delta {per_tick:.2f} B/tick,"
+          f" plain {plain_per_tick:.2f} B/tick, raw {sum(map(len, frames)) / ticks:.1f}"
+          f" B/tick, ratio {plain_per_tick / per_tick:.2f}x")
+    assert per_tick <= 25.0
+    assert per_tick <= plain_per_tick / 2
+
+
+def test_twin_matches_on_a_realistic_block(stream):
+    frames, _ = stream
+    block = blocks_of(frames)[1]
+    data = b"".join(block)
+    lengths = lens_of(block)
+    packed = td.pack(data, lengths)
+    assert ref.pack(data, lengths) == packed
+    assert ref.unpack(packed, lengths) == data
+
+
+def test_other_modes_round_trip_and_shrink():
+    z = zstandard.ZstdCompressor(level=1)
+    for kind in (KIND_QUOTE, KIND_LTP):
+        rows = KiteMarket(default_universe(50), seed=3).ticks(4000, kind=kind)
+        frames = _split_frames(rows, np.random.default_rng(1))
+        data = b"".join(frames)
+        lengths = lens_of(frames)
+        packed = td.pack(data, lengths)
+        assert ref.pack(data, lengths) == packed
+        assert td.unpack(packed, lengths) == data
+        assert len(z.compress(packed)) < len(z.compress(data))
