@@ -343,3 +343,65 @@ while True:
     assert rep.clean and rep.segments[0].state == "closed"
     got = read_wal(tmp_path / "v").payloads()
     assert len(got) > 0 and got == [b"rec%d" % i for i in range(len(got))]
+
+
+def test_a_signal_inside_append_is_handled_once_the_append_is_whole(tmp_path):
+    import signal
+
+    from shrivenq.wal import close_on_signals
+    w = WalWriter(tmp_path, "v", fsync="never")
+    old = signal.getsignal(signal.SIGUSR1)
+    try:
+        close_on_signals(w, signals=(signal.SIGUSR1,))
+        w.append(Kind.BINARY, b"first", T0, 0)
+        with w._cv:                              # as if interrupted inside append
+            os.kill(os.getpid(), signal.SIGUSR1)
+            time.sleep(0.05)
+            assert w._deferred is not None and not w._closed
+        with pytest.raises(SystemExit) as info:
+            w.append(Kind.BINARY, b"second", T0 + 1, 1)
+        assert info.value.code == 128 + signal.SIGUSR1
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+    assert w._closed
+    assert verify(tmp_path).clean
+    assert read_wal(tmp_path / "v").payloads() == [b"first", b"second"]
+
+
+def test_a_path_that_is_not_a_directory_is_a_clear_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(WalIOError) as info:
+        WalWriter(tmp_path / "file", "v")
+    assert str(tmp_path / "file") in str(info.value)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_permission_denied_names_the_path(tmp_path):
+    (tmp_path / "ro").mkdir(mode=0o500)
+    with pytest.raises(WalIOError, match="ro"):
+        WalWriter(tmp_path / "ro", "v")
+
+
+def test_permission_denied_creating_a_segment_surfaces_with_the_path(tmp_path, monkeypatch):
+    import types
+
+    from shrivenq.wal import writer as wmod
+
+    def deny(path, *a, **k):
+        if str(path).endswith(".wal"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return os.open(path, *a, **k)
+
+    fake = types.SimpleNamespace(**{n: getattr(os, n) for n in dir(os) if not n.startswith("__")})
+    fake.open = deny
+    monkeypatch.setattr(wmod, "os", fake)
+    w = WalWriter(tmp_path, "v")
+    w.append(Kind.BINARY, b"x", T0, 0)
+    with pytest.raises(WalIOError) as info:
+        w.flush()
+    assert "Permission denied" in str(info.value)
+    assert info.value.path.endswith("v/2025-11-20/ticks/000001.wal")
+    with pytest.raises(WalIOError):
+        w.append(Kind.BINARY, b"y", T0, 0)
+    with pytest.raises(WalIOError):
+        w.close()

@@ -229,6 +229,7 @@ class WalWriter:
         self._error: WalError | None = None
         self._last_full_log = 0.0
         self._seg: _SegmentFile | None = None
+        self._deferred = None            # a signal handler's work, postponed out of the lock
         self._thread = threading.Thread(target=self._run, name=f"wal-{venue}-{stream}",
                                         daemon=True)
         self._thread.start()
@@ -285,7 +286,9 @@ class WalWriter:
             self.stats.appended_records = self._appended
             if self._open_bytes >= self.block_bytes:
                 self._seal()
-            return seq
+        if self._deferred is not None:
+            self._run_deferred()
+        return seq
 
     def append_batch(self, kinds, payloads, lengths, wall_ns, mono_ns, conns=0,
                      instruments=None, instrument_counts=None, versions=None) -> int:
@@ -330,9 +333,9 @@ class WalWriter:
             first_seq = self._appended
             if n == 0:
                 return first_seq
+            i = 0
             base_day = self._day if self._day is not None else int(days[0])
             days = np.maximum.accumulate(np.maximum(days, base_day))
-            i = 0
             while i < n:
                 day = int(days[i])
                 if self._day is None:
@@ -369,7 +372,9 @@ class WalWriter:
                 if self._open_bytes >= self.block_bytes:
                     self._seal()
                 i = j
-            return first_seq
+        if self._deferred is not None:
+            self._run_deferred()
+        return first_seq
 
     def flush(self, timeout: float | None = None) -> int:
         """Seal the open block and wait until everything appended so far is written and
@@ -423,6 +428,11 @@ class WalWriter:
 
     # ------------------------------------------------------------------ internals
 
+    def _run_deferred(self) -> None:
+        work, self._deferred = self._deferred, None
+        if work is not None:
+            work()
+
     def _check(self) -> None:
         if self._error is not None:
             raise self._error
@@ -439,7 +449,11 @@ class WalWriter:
         self._parts = []
         self._open_count = self._open_bytes = 0
         self._open_inst = False
-        if wait and len(self._sealed) >= self.queue_blocks and self._error is None:
+        # Queue first, then wait for room: a block sealed is never lost, even if a signal
+        # handler closes the writer while this thread waits.
+        self._sealed.append(blk)
+        self._cv.notify_all()
+        if wait and len(self._sealed) > self.queue_blocks and self._error is None:
             self.stats.queue_full_waits += 1
             start = time.monotonic()
             if start - self._last_full_log > 5.0:
@@ -447,11 +461,10 @@ class WalWriter:
                 log.warning("WAL %s/%s: write queue full (%d blocks); capture is waiting "
                             "for the disk (%d waits so far)", self.venue, self.stream,
                             self.queue_blocks, self.stats.queue_full_waits)
-            while len(self._sealed) >= self.queue_blocks and self._error is None:
+            while (len(self._sealed) > self.queue_blocks and self._error is None
+                   and not self._closing):
                 self._cv.wait()
             self.stats.queue_full_seconds += time.monotonic() - start
-        self._sealed.append(blk)
-        self._cv.notify_all()
 
     def _run(self) -> None:
         cctx = zstandard.ZstdCompressor(level=self.level)
@@ -648,24 +661,33 @@ def recover_stream(root, venue: str, stream: str) -> list[RepairReport]:
 
 
 def close_on_signals(writer: WalWriter, signals=(signal.SIGINT, signal.SIGTERM)) -> None:
-    """On SIGINT/SIGTERM, close ``writer`` cleanly (footer, fsync), then behave as the
-    signal normally would (KeyboardInterrupt for SIGINT, SystemExit(128+n) for SIGTERM).
-    Call from the main thread."""
+    """On SIGINT/SIGTERM, close ``writer`` cleanly (queued blocks, footer, fsync), then behave
+    as the signal normally would: a previous Python handler is called, otherwise SIGINT raises
+    KeyboardInterrupt and SIGTERM raises SystemExit(128 + 15). Call from the main thread.
+
+    A signal that arrives while the main thread is inside ``append`` is handled as soon as
+    that append has released the writer's lock, so the record is never half-queued."""
     previous = {}
 
-    def handler(signum, frame):
+    def finish(signum, frame):
         try:
             writer.close()
         except WalError as err:
             log.error("WAL close on signal %d: %s", signum, err)
         prev = previous.get(signum)
         signal.signal(signum, prev if prev is not None else signal.SIG_DFL)
-        if callable(prev) and prev not in (signal.default_int_handler,):
+        if callable(prev) and prev is not signal.default_int_handler:
             prev(signum, frame)
             return
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
         raise SystemExit(128 + signum)
+
+    def handler(signum, frame):
+        if writer._cv._is_owned():       # interrupted inside append: finish it first
+            writer._deferred = lambda: finish(signum, None)
+            return
+        finish(signum, frame)
 
     for s in signals:
         previous[s] = signal.signal(s, handler)
