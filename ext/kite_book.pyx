@@ -150,14 +150,25 @@ cdef class KiteBooks:
         self._n += 1
         return self._n - 1
 
-    def apply(self, cnp.ndarray rows not None):
-        """Merge TICK_DTYPE rows into the books, in order. Returns the number applied."""
+    def apply(self, cnp.ndarray rows not None, cnp.ndarray after=None):
+        """Merge TICK_DTYPE rows into the books, in order. Returns the number applied.
+
+        With ``after`` (a TICK_DTYPE array as long as ``rows``), ``after[i]`` receives the
+        instrument's whole book right after row i was merged: the per-tick book states that
+        replay writes out.
+        """
         cdef const TickRow* src
+        cdef TickRow* out = NULL
         cdef Py_ssize_t n = rows.shape[0], i, r
         cdef TickRow* state = <TickRow*>cnp.PyArray_DATA(self._state)
         cdef uint64_t* ticks = <uint64_t*>cnp.PyArray_DATA(self._ticks)
         if rows.dtype != TICK_DTYPE or rows.ndim != 1 or not rows.flags.c_contiguous:
             raise TypeError("rows must be a 1-d C-contiguous TICK_DTYPE array")
+        if after is not None:
+            if (after.dtype != TICK_DTYPE or after.ndim != 1 or not after.flags.c_contiguous
+                    or after.shape[0] != n):
+                raise TypeError("after must be a C-contiguous TICK_DTYPE array as long as rows")
+            out = <TickRow*>cnp.PyArray_DATA(after)
         src = <const TickRow*>cnp.PyArray_DATA(rows)
         for i in range(n):
             r = self._find(src[i].token)
@@ -167,7 +178,13 @@ cdef class KiteBooks:
                 ticks = <uint64_t*>cnp.PyArray_DATA(self._ticks)
             merge(&state[r], &src[i])
             ticks[r] += 1
+            if out != NULL:
+                memcpy(&out[i], &state[r], sizeof(TickRow))
         return n
+
+    def clear(self):
+        """Forget every book (a new capture session starts from nothing)."""
+        self.load(np.zeros(0, dtype=TICK_DTYPE))
 
     def __len__(self):
         return self._n

@@ -14,7 +14,7 @@ Pure bytes in, arrays out: no sockets, no files, no asyncio here. The plain-Pyth
 by the property tests is ``shrivenq.kite.reference``.
 """
 
-from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t
+from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from tick_row cimport *
 from libc.string cimport memset
@@ -465,3 +465,42 @@ def parse_ticks(const uint8_t[::1] frame not None):
         pos += 2 + plen
     return ticks
 
+
+
+def parse_many(const uint8_t[::1] data not None, const uint64_t[::1] offsets not None,
+               const uint32_t[::1] lengths not None):
+    """Parse many frames stored back to back (a WAL block's payloads) in one call.
+
+    Returns ``(rows, owner, bad)``: TICK_DTYPE rows of every frame in order, ``owner[i]`` the
+    index of the frame row i came from, and ``bad`` the indices of frames that were not
+    clean (their good packets are kept, as ``parse_frame_lenient`` keeps them). Heartbeats
+    give no rows. Frames must lie inside ``data``.
+    """
+    cdef Py_ssize_t n = offsets.shape[0], i, total = 0, rows = 0, got
+    cdef uint64_t end
+    cdef cnp.ndarray out
+    cdef cnp.ndarray[cnp.int64_t, ndim=1] owner
+    cdef list bad = []
+    cdef _Issues issues
+    cdef TickRow* base
+    if lengths.shape[0] != n:
+        raise ValueError(f"{n} offsets but {lengths.shape[0]} lengths")
+    for i in range(n):
+        end = offsets[i] + lengths[i]
+        if end > <uint64_t>data.shape[0] or end < offsets[i]:
+            raise ValueError(f"frame {i} at offset {offsets[i]} runs past the data")
+        if lengths[i] >= 2:
+            total += _row_bound(data[offsets[i]:end])
+    out = np.empty(total, dtype=TICK_DTYPE)
+    owner = np.empty(total, dtype=np.int64)
+    base = <TickRow*>cnp.PyArray_DATA(out)
+    for i in range(n):
+        if lengths[i] < 2:
+            continue
+        issues = _Issues(True)
+        got = _parse(data[offsets[i]:offsets[i] + lengths[i]], base + rows, total - rows, issues)
+        owner[rows:rows + got] = i
+        rows += got
+        if issues.found:
+            bad.append(i)
+    return out[:rows], owner[:rows], bad

@@ -205,7 +205,7 @@ class KiteCapture:
 
     def snapshot(self) -> None:
         """Write every live book to the snapshots stream, tied to the ticks stream position."""
-        wall, mono = time.time_ns(), time.monotonic_ns()
+        wall, mono = self.feed.now()
         payload = encode_kite_snapshot(self.books.state(), self.session,
                                        self.recorder.last_tick_seq, wall)
         self.snapshots.append(Kind.BOOK_SNAPSHOT, payload, wall, mono)
@@ -226,7 +226,7 @@ class KiteCapture:
         reason = "stopped"
         helpers: list[asyncio.Task] = []
         try:
-            wall, mono = time.time_ns(), time.monotonic_ns()
+            wall, mono = self.feed.now()
             kind, payload = rec.session_start(self.session, VENUE, __version__, s.session_note)
             self.recorder.last_tick_seq = self.ticks.append(kind, payload, wall, mono)
             log.info("capturing %d instruments from %s over %d connection(s) into %s",
@@ -268,7 +268,7 @@ class KiteCapture:
         try:
             if self.recorder is not None:
                 self.snapshot()
-                wall, mono = time.time_ns(), time.monotonic_ns()
+                wall, mono = self.feed.now()
                 kind, payload = rec.session_stop(self.session, reason)
                 self.ticks.append(kind, payload, wall, mono)
         except ShrivenqError as exc:

@@ -81,10 +81,6 @@ def _stale(guard: asyncio.Task) -> bool:
             and guard.result() == "stale")
 
 
-def _now() -> tuple[int, int]:
-    return time.time_ns(), time.monotonic_ns()
-
-
 class KiteFeed:
     """Run with ``await feed.run(stop)``; set ``stop`` to unsubscribe and close cleanly."""
 
@@ -103,6 +99,17 @@ class KiteFeed:
         self.connect_timeout = connect_timeout
         self.stats = [ConnectionStats(conn=i, instruments=len(s)) for i, s in
                       enumerate(self.shards)]
+        self._last_wall = 0
+
+    def now(self) -> tuple[int, int]:
+        """(wall ns, monotonic ns) of a receive. Wall time never goes backwards within a feed
+        (an NTP step would otherwise reorder a session's records in time); the monotonic
+        reading is kept as it is."""
+        wall = time.time_ns()
+        if wall < self._last_wall:
+            wall = self._last_wall
+        self._last_wall = wall
+        return wall, time.monotonic_ns()
 
     async def run(self, stop: asyncio.Event) -> None:
         tasks = [asyncio.create_task(self._run_connection(i, s, stop), name=f"kite-conn-{i}")
@@ -117,7 +124,7 @@ class KiteFeed:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def _event(self, kind: str, conn: int, **detail: Any) -> None:
-        wall, mono = _now()
+        wall, mono = self.now()
         self.sink.on_event(FeedEvent(kind, conn, wall, mono, detail))
 
     async def _run_connection(self, conn: int, token_modes: dict[int, str],
@@ -142,7 +149,7 @@ class KiteFeed:
                         modes.setdefault(mode, []).append(token)
                     self._event("subscribe", conn, modes=modes)
                     if down_since is not None:
-                        wall, _ = _now()
+                        wall, _ = self.now()
                         stats.gaps += 1
                         self._event("gap", conn, from_ns=down_since, to_ns=wall,
                                     reason=down_reason)
@@ -167,7 +174,7 @@ class KiteFeed:
             if stop.is_set():
                 break
             if down_since is None:
-                down_since = stats.last_message_wall_ns or time.time_ns()
+                down_since = stats.last_message_wall_ns or self.now()[0]
                 down_reason = reason
             self._event("disconnect", conn, reason=reason)
             delay = backoff.next_delay()
@@ -183,11 +190,11 @@ class KiteFeed:
         stats = self.stats[conn]
         stats.last_message_mono_ns = time.monotonic_ns()
         guard = asyncio.create_task(self._guard(conn, ws, token_modes, stop))
-        on_message = self.sink.on_message
+        on_message, now = self.sink.on_message, self.now
         first = True
         try:
             async for message in ws:
-                wall, mono = time.time_ns(), time.monotonic_ns()
+                wall, mono = now()
                 stats.last_message_wall_ns = wall
                 stats.last_message_mono_ns = mono
                 stats.messages += 1
