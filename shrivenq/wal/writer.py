@@ -588,8 +588,12 @@ class WalWriter:
         try:
             if not self._venue_dir.is_dir():
                 raise FileNotFoundError(2, "directory vanished", str(self._venue_dir))
+            created = not directory.is_dir()
             directory.parent.mkdir(exist_ok=True)
             directory.mkdir(exist_ok=True)
+            if created and self.policy.mode != "never":   # make the new directories durable
+                fsync_dir(directory.parent)
+                fsync_dir(self._venue_dir)
             existing = layout.segments_in(directory)
         except OSError as exc:
             raise WalIOError(exc.filename or directory, exc.strerror or str(exc)) from None
