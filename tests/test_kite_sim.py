@@ -21,11 +21,14 @@ from shrivenq.kite import (
     KIND_FULL, KIND_INDEX_FULL, KIND_INDEX_QUOTE, KIND_LTP, KIND_QUOTE, parse_frame, parse_ticks,
 )
 from shrivenq.kite.instruments import InstrumentMaster
+from shrivenq.kite import TICK_DTYPE
+from shrivenq.kite.wire import encode_frame
 from shrivenq.sim.kite_server import (
     DEMO_ACCESS_TOKEN, DEMO_API_KEY, DEMO_API_SECRET, DEMO_REQUEST_TOKEN, HEARTBEAT,
-    KiteSimServer, SimThread, malformed_frame, sim_master,
+    KiteSimServer, SimThread, encode_frame_fast, malformed_frame, market_round, rows_as_kinds,
+    sim_master,
 )
-from shrivenq.sim.market import universe_from_instruments
+from shrivenq.sim.market import KiteMarket, universe_from_instruments
 
 NIFTY, BANKNIFTY, INFY, RELIANCE = 256265, 260105, 408065, 738561
 NIFTY_CE = 13318146        # NIFTY25NOV26000CE
@@ -232,6 +235,30 @@ def test_prices_on_the_tick_grid_and_cumulative_volume():
         assert (rows[rows["token"] == NIFTY_FUT]["oi"] > 0).all()
         assert max(len(parse_frame(f)) for f in frames) == 200       # max rate batches
     run(main())
+
+
+def test_vectorised_round_matches_the_market_and_the_encoder():
+    universe = universe_from_instruments(InstrumentMaster.sample())
+    market = KiteMarket(universe, seed=3)
+    everyone = np.arange(len(universe))
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        rows = market_round(market, everyone, 1_763_610_400)
+        assert sorted(rows["token"].tolist()) == sorted(u.token for u in universe)
+        # every row is what KiteMarket's own per-tick fill writes for the same state
+        for i in rng.choice(len(universe), 8, replace=False):
+            ref = np.zeros(1, dtype=TICK_DTYPE)
+            market._fill(ref, int(i), KIND_FULL, 1_763_610_400)
+            assert rows[rows["token"] == universe[i].token][0].tobytes() == ref[0].tobytes()
+        # frames that mix kinds: the fast encoder gives encode_frame's exact bytes
+        modes = rng.integers(0, 3, len(rows))
+        kinds = np.where(rows["segment"] == 9, np.array([KIND_LTP, KIND_INDEX_QUOTE,
+                                                         KIND_INDEX_FULL])[modes],
+                         np.array([KIND_LTP, KIND_QUOTE, KIND_FULL])[modes]).astype(np.uint8)
+        mixed = rows_as_kinds(rows, kinds)
+        frame = encode_frame_fast(mixed)
+        assert frame == encode_frame(mixed)
+        assert (parse_frame(frame) == mixed).all()
 
 
 def test_rate_is_about_one_tick_per_instrument_per_second():
