@@ -521,3 +521,55 @@ def test_instrument_count_option_pads_with_synthetic_stocks():
                 frames = await recv_ticks(ws, lambda fs: len(fs) >= 3)
                 assert sum(len(parse_frame(f)) for f in frames) == 3000
     run(main())
+
+
+# --- kiteconnect's own ticker (Twisted/autobahn) against the simulator ----------------------
+
+_KITE_TICKER_SCRIPT = r'''
+import json, os, sys, time
+from kiteconnect import KiteTicker
+root, api_key, token, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+kws = KiteTicker(api_key, token, root=root, reconnect=False)
+seen, errors = {}, []
+def on_ticks(ws, ticks):
+    for t in ticks:
+        seen.setdefault(str(t["instrument_token"]), set()).add(t["mode"])
+def on_connect(ws, response):
+    ws.subscribe([256265, 408065, 13318146])
+    ws.set_mode(ws.MODE_FULL, [408065])
+    ws.set_mode(ws.MODE_LTP, [13318146])
+kws.on_ticks, kws.on_connect = on_ticks, on_connect
+kws.on_error = lambda ws, code, reason: errors.append(str(reason))
+kws.connect(threaded=True)
+time.sleep(seconds)
+print(json.dumps({"seen": {k: sorted(v) for k, v in seen.items()}, "errors": errors}),
+      flush=True)
+os._exit(0)
+'''
+
+
+def test_kiteconnects_own_ticker_connects_subscribes_and_gets_ticks(tmp_path):
+    """KiteTicker, in a child process (Twisted's reactor cannot restart in this one)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "ticker.py"
+    script.write_text(_KITE_TICKER_SCRIPT)
+    with SimThread(rate=20) as sim:
+        root = f"ws://127.0.0.1:{sim.port}"          # KiteTicker appends ?api_key=&access_token=
+
+        def ticker(token: str, seconds: str) -> dict:
+            out = subprocess.run([sys.executable, str(script), root, DEMO_API_KEY, token,
+                                  seconds], capture_output=True, text=True, timeout=30)
+            return json.loads(out.stdout.strip().splitlines()[-1])
+
+        good = ticker(DEMO_ACCESS_TOKEN, "2.0")
+        assert good["errors"] == []
+        seen = good["seen"]
+        assert set(seen) == {str(NIFTY), str(INFY), str(NIFTY_CE)}
+        # a frame may go out between the subscribe and the mode messages, hence "in"
+        assert seen[str(NIFTY)] == ["quote"]
+        assert "full" in seen[str(INFY)] and "ltp" in seen[str(NIFTY_CE)]
+        assert sim.connections[0].stats.messages_received == 3   # subscribe + two modes
+        bad = ticker("wrong-token", "1.0")
+        assert bad["seen"] == {} and any("403" in e for e in bad["errors"])
