@@ -27,7 +27,7 @@ import zstandard
 from shrivenq.errors import ConfigError, WalCorruptError, WalIOError
 from shrivenq.wal import format as fmt
 from shrivenq.wal import layout
-from shrivenq.wal.records import Kind
+from shrivenq.wal.records import CONTROL_KINDS
 from shrivenq.wal.segment import BlockRef, Problem, Segment, open_segment, read_block
 
 #: One row per record, as ``RecordBatch.records`` returns them.
@@ -36,7 +36,7 @@ RECORD_DTYPE = np.dtype([("kind", "u1"), ("version", "u1"), ("conn", "<u4"),
                          ("length", "<u4")])
 
 _CONTROL = np.zeros(256, dtype=bool)
-_CONTROL[[int(k) for k in Kind if 16 <= int(k) < 32]] = True
+_CONTROL[CONTROL_KINDS.start:CONTROL_KINDS.stop] = True
 
 
 class Record(NamedTuple):

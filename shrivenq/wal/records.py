@@ -34,8 +34,13 @@ class Kind(IntEnum):
     GAP = 21            # control: a span of time in which messages may have been missed
     SESSION_START = 22  # control: a capture session began
     SESSION_STOP = 23   # control: a capture session ended
+    SNAPSHOT_MARK = 24  # control: a book snapshot was taken here (its position in this stream)
     BOOK_SNAPSHOT = 32  # an order-book snapshot (the snapshots stream); payload is opaque
 
+
+#: Kind values reserved for control records (msgpack maps). Readers that filter by
+#: instrument keep every record in this range, known to them or not.
+CONTROL_KINDS = range(16, 32)
 
 #: Kinds whose payload is an exchange's bytes, stored verbatim.
 MESSAGE_KINDS = frozenset({Kind.BINARY, Kind.TEXT, Kind.REST})
@@ -54,6 +59,7 @@ CONTROL_FIELDS: dict[int, tuple[str, ...]] = {
     Kind.GAP: ("conn", "from_ns", "to_ns", "reason"),
     Kind.SESSION_START: ("session", "venue", "version", "argv"),
     Kind.SESSION_STOP: ("session", "reason"),
+    Kind.SNAPSHOT_MARK: ("session", "snapshot"),
 }
 
 
@@ -124,3 +130,10 @@ def session_start(session: str, venue: str, version: str, argv: list[str]) -> tu
 
 def session_stop(session: str, reason: str = "") -> tuple[int, bytes]:
     return Kind.SESSION_STOP, control_payload(Kind.SESSION_STOP, session=session, reason=reason)
+
+
+def snapshot_mark(session: str, snapshot: int) -> tuple[int, bytes]:
+    """Marks where, in the ticks stream, snapshot number ``snapshot`` of ``session`` was taken:
+    the books it holds are exactly those built from the records before this one."""
+    return Kind.SNAPSHOT_MARK, control_payload(Kind.SNAPSHOT_MARK, session=session,
+                                               snapshot=int(snapshot))
