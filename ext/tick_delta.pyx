@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Tick-aware, reversible block transform for the write-ahead log (format version 1).
+"""Tick-aware, reversible block transform for the write-ahead log (format version 2).
 
 ``pack(payloads, lengths)`` rearranges a block of WebSocket payloads so that zstd compresses
 Kite tick data far better; ``unpack(packed, lengths)`` gives back the exact original bytes.
@@ -10,7 +10,7 @@ same specification with worked rationale.
 
 Layout (all multi-byte header integers little-endian, u32)
 ---------------------------------------------------------
-header, 36 bytes: ``b"TD"``, version u8 (1), flags u8 (0), n_payloads, raw_bytes, n_keys,
+header, 36 bytes: ``b"TD"``, version u8 (2), flags u8 (0), n_payloads, raw_bytes, n_keys,
     n[0..4] (packets of each kind in the block).
 tags: n_payloads bytes, one per payload in order: 0 = verbatim, 1 = well-formed Kite frame
     (u16 BE count, then count x (u16 BE length, packet), length one of 8/28/32/44/184, no
@@ -34,10 +34,13 @@ Kinds: code 0..4 = packet length 8, 28, 32, 44, 184; W = length / 4 big-endian u
 word 0 the token (coded by the key, never as a residual).
 
 Residual of word w = zigzag(cur[w] - pred) mod 2^32, zigzag(d) = (d << 1) ^ (d >> 31) on the
-signed 32-bit d. ``prev`` = previous packet of the same key in the block, ``glob`` = previous
-packet of the same kind (any key; pred 0 if none). Predictors, as (non-first ; first):
+signed 32-bit d, except for the rules Z, Z16 and P16. ``prev`` = previous packet of the same
+key in the block, ``glob`` = previous packet of the same kind (any key; pred 0 if none), and
+rot16(x) = (x << 16 | x >> 16) mod 2^32. Rules, as (non-first ; first):
 
-  P: prev[w]      Z: 0       G: glob[w]      REF(a): cur[a]
+  Z: residual = cur[w] itself (no zigzag)      Z16: residual = rot16(cur[w]) (no zigzag)
+  P16: residual = zigzag(rot16(cur[w]) - rot16(prev[w]))
+  P: prev[w]      G: glob[w]      REF(a): cur[a]
   LEVEL(a): prev[w] + cur[a] - prev[a]
   TQ(v): cur[v] - prev[v] if cur[v] != prev[v] else prev[w]
   TT(v, e): cur[e] if cur[v] != prev[v] else prev[w]
@@ -50,7 +53,7 @@ packet of the same kind (any key; pred 0 if none). Predictors, as (non-first ; f
   full (184): 1-10 as quote  11 last trade time TT(4,15);REF(15)  12 oi P;Z
               13-14 oi high/low P;REF(12)  15 exchange time G;G
               depth level k = 0..9 (bids 0-4, asks 5-9) at q = 16 + 3k:
-              q quantity P;Z  q+1 price LEVEL(r);REF(r)  q+2 orders|pad P;Z
+              q quantity P;Z  q+1 price LEVEL(r);REF(r)  q+2 orders|pad P16;Z16
               with r = 1 (last price) for k = 0 and 5, else the previous level's price.
 
 Decode order (dependencies first): quote 1,4,2,3,5..10; full 1,4,15,2,3,5..14,16..45;
@@ -65,13 +68,14 @@ from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 cdef enum:
     NKIND = 5
     MAXW = 46
     MAXSLOT = 56
     HEADER_SIZE = 36
+    FORMAT_V = 2
 
 cdef enum:
     R_Z = 0
@@ -81,6 +85,8 @@ cdef enum:
     R_LEVEL = 4
     R_TQ = 5
     R_TT = 6
+    R_P16 = 7
+    R_Z16 = 8
 
 cdef int KLEN[NKIND]
 cdef int KW[NKIND]
@@ -97,6 +103,7 @@ cdef int SLOT[NKIND][MAXSLOT]
 
 def _tables():
     P, Z, G = (R_P, 0, 0), (R_Z, 0, 0), (R_G, 0, 0)
+    P16, Z16 = (R_P16, 0, 0), (R_Z16, 0, 0)
     REF = lambda a: (R_REF, a, 0)
     LEVEL = lambda a: (R_LEVEL, a, 0)
     full = {1: (P, Z), 2: ((R_TQ, 4, 0), Z), 3: (P, REF(1)), 4: (P, Z), 5: (P, Z), 6: (P, Z),
@@ -108,7 +115,7 @@ def _tables():
         ref = 1 if k in (0, 5) else q - 2
         full[q] = (P, Z)
         full[q + 1] = (LEVEL(ref), REF(ref))
-        full[q + 2] = (P, Z)
+        full[q + 2] = (P16, Z16)
     index = {1: (P, Z), 2: (P, REF(1)), 3: (P, REF(1)), 4: (P, REF(1)), 5: (P, REF(1)),
              6: (LEVEL(1), Z)}
     rules = (
@@ -173,6 +180,7 @@ cdef extern from *:
     static inline void td_put32(uint8_t* p, uint32_t v) {
         v = __builtin_bswap32(v); memcpy(p, &v, 4);
     }
+    static inline uint32_t td_rot16(uint32_t x) { return (x << 16) | (x >> 16); }
     static inline uint32_t td_zz(uint32_t d) { return (d << 1) ^ (uint32_t)((int32_t)d >> 31); }
     static inline uint32_t td_unzz(uint32_t z) { return (z >> 1) ^ (0u - (z & 1u)); }
 
@@ -194,6 +202,10 @@ cdef extern from *:
         int w, k;
         for (w = 0; w < 46; w++) { c[w] = td_be32(pk + 4 * w); p[w] = td_be32(pv + 4 * w); }
         for (w = 0; w < 46; w++) d[w] = c[w] - p[w];
+        for (k = 0; k < 10; k++) {          /* orders|pad: on the word rotated by 16 */
+            int nw = 18 + 3 * k;
+            d[nw] = td_rot16(c[nw]) - td_rot16(p[nw]);
+        }
         for (k = 9; k >= 0; k--) {          /* depth price: change of the gap to the level before */
             int pw = 17 + 3 * k, ref = (k == 0 || k == 5) ? 1 : pw - 3;
             d[pw] -= d[ref];
@@ -248,6 +260,10 @@ cdef extern from *:
             d[pw] += d[ref];
         }
         for (w = 0; w < 46; w++) c[w] = p[w] + d[w];
+        for (k = 0; k < 10; k++) {
+            int nw = 18 + 3 * k;
+            c[nw] = td_rot16(td_rot16(p[nw]) + d[nw]);
+        }
         uint32_t vd = c[4] - p[4];
         int traded = vd != 0;
         c[15] = d[15] + (gl ? td_be32(gl + 60) : 0u);
@@ -327,13 +343,39 @@ cdef Py_ssize_t frame_packets(const uint8_t* p, Py_ssize_t n, uint64_t* per_kind
     return count
 
 
+cdef inline uint32_t rot16(uint32_t x) noexcept nogil:
+    return (x << 16) | (x >> 16)
+
+
+cdef inline uint32_t residual(int t, int a, int b, int w, const uint32_t* cur,
+                              const uint32_t* prev, const uint8_t* glob) noexcept nogil:
+    """Residual of word ``w`` (docs/TICK_DELTA.md, Residuals)."""
+    if t == R_Z:
+        return cur[w]
+    if t == R_Z16:
+        return rot16(cur[w])
+    if t == R_P16:
+        return zz(rot16(cur[w]) - rot16(prev[w]))
+    return zz(cur[w] - predict(t, a, b, w, cur, prev, glob))
+
+
+cdef inline uint32_t unresidual(int t, int a, int b, int w, uint32_t r, const uint32_t* cur,
+                                const uint32_t* prev, const uint8_t* glob) noexcept nogil:
+    """Word ``w`` from its residual ``r``; ``cur`` holds the words decoded before it."""
+    if t == R_Z:
+        return r
+    if t == R_Z16:
+        return rot16(r)
+    if t == R_P16:
+        return rot16(rot16(prev[w]) + unzz(r))
+    return unzz(r) + predict(t, a, b, w, cur, prev, glob)
+
+
 cdef inline uint32_t predict(int t, int a, int b, int w, const uint32_t* cur,
                              const uint32_t* prev, const uint8_t* glob) noexcept nogil:
-    """Predicted value of word ``w`` (docs/TICK_DELTA.md, Residuals)."""
+    """Predicted value of word ``w`` for the rules that zigzag a difference."""
     if t == R_P:
         return prev[w]
-    if t == R_Z:
-        return 0
     if t == R_LEVEL:
         return prev[w] + cur[a] - prev[a]
     if t == R_REF:
@@ -568,8 +610,8 @@ cdef object _pack_body(const uint8_t* base, const uint32_t* lens, Py_ssize_t n_p
                         cap = b.cap
                         b.nfirst += 1
                         for w in range(1, nw):
-                            b.first[(w - 1) * cap + idx] = zz(
-                                cur[w] - predict(FT[k][w], FA[k][w], 0, w, cur, prv, glob[k]))
+                            b.first[(w - 1) * cap + idx] = residual(
+                                FT[k][w], FA[k][w], 0, w, cur, prv, glob[k])
                     else:
                         kid = hids[h]
                         idx = b.nnext
@@ -582,8 +624,8 @@ cdef object _pack_body(const uint8_t* base, const uint32_t* lens, Py_ssize_t n_p
                             load_words(cur, pk, nw)
                             load_words(prv, last[kid], nw)
                             for w in range(1, nw):
-                                res[w] = zz(cur[w] - predict(NT[k][w], NA[k][w], NB[k][w], w,
-                                                             cur, prv, glob[k]))
+                                res[w] = residual(NT[k][w], NA[k][w], NB[k][w], w,
+                                                  cur, prv, glob[k])
                             for j in range(MB[k]):
                                 mk[j] = 0
                             for s in range(MB[k] * 8):
@@ -613,7 +655,7 @@ cdef object _pack_body(const uint8_t* base, const uint32_t* lens, Py_ssize_t n_p
         o = <uint8_t*>PyBytes_AS_STRING(out)
         o[0] = 84  # 'T'
         o[1] = 68  # 'D'
-        o[2] = 1
+        o[2] = FORMAT_V
         o[3] = 0
         _put_le32(o + 4, n_payloads)
         _put_le32(o + 8, raw_bytes)
@@ -711,7 +753,7 @@ def unpack(packed, lengths):
     cdef const uint8_t* b0 = &buf[0]
     if b0[0] != 84 or b0[1] != 68:
         raise ValueError("not a tick-delta block (bad magic)")
-    if b0[2] != 1:
+    if b0[2] != FORMAT_V:
         raise ValueError(f"unsupported tick-delta version {b0[2]}")
     if b0[3] != 0:
         raise ValueError(f"unknown flags {b0[3]:#x}")
@@ -948,9 +990,10 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
                 for j in range(nw - 1):
                     w = ORD[k][j]
                     src = firsts[k] + (w - 1) * 4 * cap + idx
-                    cur[w] = unzz((<uint32_t>src[0] << 24) | (<uint32_t>src[cap] << 16)
-                                  | (<uint32_t>src[2 * cap] << 8) | src[3 * cap]) \
-                        + predict(FT[k][w], FA[k][w], 0, w, cur, prv, glob[k])
+                    cur[w] = unresidual(FT[k][w], FA[k][w], 0, w,
+                                        (<uint32_t>src[0] << 24) | (<uint32_t>src[cap] << 16)
+                                        | (<uint32_t>src[2 * cap] << 8) | src[3 * cap],
+                                        cur, prv, glob[k])
                 for w in range(nw):
                     td_put32(pk + 4 * w, cur[w])
             else:
@@ -978,8 +1021,8 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
                     cur[0] = prv[0]
                     for j in range(nw - 1):
                         w = ORD[k][j]
-                        cur[w] = unzz(res[w]) + predict(NT[k][w], NA[k][w], NB[k][w], w, cur,
-                                                        prv, glob[k])
+                        cur[w] = unresidual(NT[k][w], NA[k][w], NB[k][w], w, res[w], cur,
+                                            prv, glob[k])
                     for w in range(nw):
                         td_put32(pk + 4 * w, cur[w])
             last[kid] = pk

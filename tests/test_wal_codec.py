@@ -166,7 +166,7 @@ def test_round_trip_any_payloads(parts):
 @given(st.lists(good_frames, max_size=30))
 def test_round_trip_well_formed_frames(parts):
     packed = check_both(parts)
-    assert packed[:4] == b"TD\x01\x00"
+    assert packed[:4] == b"TD\x02\x00"
     tags = packed[36:36 + len(parts)]
     assert tags == b"\x01" * len(parts)   # every one taken as a frame, none verbatim
 

@@ -13,7 +13,7 @@ import struct
 import numpy as np
 
 MAGIC = b"TD"
-VERSION = 1
+VERSION = 2
 HEADER = struct.Struct("<2sBBIII5I")   # magic, version, flags, payloads, raw bytes, keys, n[5]
 HEADER_SIZE = HEADER.size              # 36
 
@@ -25,7 +25,9 @@ KIND_WORDS = tuple(n // 4 for n in KIND_LENGTHS)     # 2, 7, 8, 11, 46 (word 0 =
 # Predictor rules. ``cur`` is the packet being coded, ``prev`` the previous packet of the same
 # key in the block, ``glob`` the previous packet of the same kind in the block (any key).
 P = ("P",)            # next: prev[w]
-Z = ("Z",)            # first: 0
+Z = ("Z",)            # first: the word itself is the residual (no zigzag)
+P16 = ("P16",)        # next: like P on the word rotated by 16 bits
+Z16 = ("Z16",)        # first: the word rotated by 16 bits is the residual (no zigzag)
 G = ("G",)            # both: glob[w], 0 if no packet of the kind came before
 
 
@@ -59,7 +61,7 @@ def _full_rules():
         ref = 1 if k in (0, 5) else q - 2   # the level before's price
         r[q] = (P, Z)
         r[q + 1] = (LEVEL(ref), REF(ref))
-        r[q + 2] = (P, Z)
+        r[q + 2] = (P16, Z16)   # orders (u16) then padding: rotated, orders at the bottom
     return r
 
 
@@ -117,11 +119,13 @@ def unzigzag(z: int) -> int:
     return ((z >> 1) ^ -(z & 1)) & M32
 
 
+def rot16(x: int) -> int:
+    return ((x << 16) | (x >> 16)) & M32
+
+
 def _predict(rule, w, cur, prev, glob):
     """The predicted value of word ``w``; ``cur`` holds the words decoded so far."""
     t = rule[0]
-    if t == "Z":
-        return 0
     if t == "P":
         return prev[w]
     if t == "G":
@@ -149,8 +153,27 @@ def _residuals(kind, cur, prev, glob):
     out = [0] * KIND_WORDS[kind]
     which = 1 if prev is None else 0
     for w in ORDERS[kind]:
-        out[w] = zigzag(cur[w] - _predict(RULES[kind][w][which], w, cur, prev, glob))
+        rule = RULES[kind][w][which]
+        if rule is Z:
+            out[w] = cur[w]
+        elif rule is Z16:
+            out[w] = rot16(cur[w])
+        elif rule is P16:
+            out[w] = zigzag(rot16(cur[w]) - rot16(prev[w]))
+        else:
+            out[w] = zigzag(cur[w] - _predict(rule, w, cur, prev, glob))
     return out
+
+
+def _word(rule, w, r, cur, prev, glob):
+    """Inverse of one residual: word ``w`` from its residual ``r``."""
+    if rule is Z:
+        return r
+    if rule is Z16:
+        return rot16(r)
+    if rule is P16:
+        return rot16((rot16(prev[w]) + unzigzag(r)) & M32)
+    return (_predict(rule, w, cur, prev, glob) + unzigzag(r)) & M32
 
 
 def _planes(values, width=4) -> bytes:
@@ -391,8 +414,7 @@ def unpack(packed, lengths) -> bytes:
                 cur = [prev[0]] + [0] * (KIND_WORDS[kind] - 1)
             which = 1 if prev is None else 0
             for w in ORDERS[kind]:
-                pred = _predict(RULES[kind][w][which], w, cur, prev, glob[kind])
-                cur[w] = (pred + unzigzag(res[w])) & M32
+                cur[w] = _word(RULES[kind][w][which], w, res[w], cur, prev, glob[kind])
             plen = KIND_LENGTHS[kind]
             if pos + 2 + plen > length - 2:
                 raise ValueError("packets overrun their frame")
