@@ -63,21 +63,24 @@ def test_capture_stores_every_message_byte_for_byte_and_snapshots_match_the_tick
     summary, sent = asyncio.run(main())
     batch = ticks_of(tmp_path)
     assert binary_payloads(batch) == sent and len(sent) > 50
-    kinds = [Kind(k).name for k in batch.kind if k != Kind.BINARY]
+    kinds = [Kind(k).name for k in batch.kind if k not in (Kind.BINARY, Kind.SNAPSHOT_MARK)]
     assert kinds[:5] == ["SESSION_START", "CONNECT", "SUBSCRIBE", "MODE", "MODE"]
     assert kinds[-2:] == ["UNSUBSCRIBE", "SESSION_STOP"]
     assert summary.counters.gaps == 0 and not summary.lost_anything
     assert summary.counters.ticks == sum(len(parse_frame_lenient(p)[0]) for p in sent)
-    # Each snapshot equals the books rebuilt from the ticks stream up to its position.
-    snaps = read_wal(tmp_path / "kite", "snapshots")
-    assert len(snaps) >= 4
-    for i in range(len(snaps)):
-        snap = decode_kite_snapshot(snaps.payload(i))
-        books = KiteBooks()
-        for j in range(snap.tick_seq + 1):
-            if batch.kind[j] == Kind.BINARY:
-                books.apply(parse_frame_lenient(batch.payload(j))[0])
-        assert books.state().tobytes() == snap.rows.tobytes()
+    # Each snapshot equals the books rebuilt from the ticks stream up to its mark.
+    snaps = [decode_kite_snapshot(p) for p in read_wal(tmp_path / "kite", "snapshots").payloads()]
+    assert len(snaps) >= 4 and [s.snapshot for s in snaps] == list(range(len(snaps)))
+    books, seen = KiteBooks(), []
+    for j in range(len(batch)):
+        if batch.kind[j] == Kind.BINARY:
+            books.apply(parse_frame_lenient(batch.payload(j))[0])
+        elif batch.kind[j] == Kind.SNAPSHOT_MARK:
+            snap = snaps[msgpack.unpackb(batch.payload(j))["snapshot"]]
+            assert snap.wall_ns == batch.wall_ns[j]
+            assert books.state().tobytes() == snap.rows.tobytes()
+            seen.append(snap.snapshot)
+    assert seen == [s.snapshot for s in snaps]
     assert verify(tmp_path).clean
 
 
@@ -126,7 +129,7 @@ def test_a_rejected_token_stops_with_auth_error_and_a_cleanly_closed_wal(tmp_pat
     report = verify(tmp_path)
     assert report.clean and all(s.state == "closed" for s in report.segments)
     kinds = [Kind(k).name for k in ticks_of(tmp_path).kind]
-    assert kinds == ["SESSION_START", "SESSION_STOP"]
+    assert kinds == ["SESSION_START", "SNAPSHOT_MARK", "SESSION_STOP"]
 
 
 # --- the command line ----------------------------------------------------------------------

@@ -6,14 +6,14 @@ A snapshot payload is a msgpack map, versioned:
     venue     "kite"
     format    "kite-tick-v1": ``rows`` is TICK_DTYPE rows, little-endian, sorted by token
     session   the capture session id (the SESSION_START record of the ticks stream)
-    tick_seq  sequence number, within that session's ticks stream, of the last record the
-              books had applied (the session's SESSION_START record is 0); -1 if none
-    wall_ns   when the snapshot was taken
+    snapshot  its number within the session (0, 1, ...); a SNAPSHOT_MARK record with the
+              same session and number sits in the ticks stream exactly where it was taken
+    wall_ns   when the snapshot was taken (the mark's wall_ns)
     hash      state_hash(rows): xxh3-64 of ``rows``
     rows      bytes
 
-Replay starts from a snapshot by loading ``rows`` and applying the session's tick records
-after ``tick_seq``; ``replay --verify`` recomputes ``hash`` at every snapshot.
+Replay starts from a snapshot by loading ``rows`` and applying the ticks stream's records
+after its mark; ``replay --verify`` compares the replayed books' hash at every mark.
 """
 
 from __future__ import annotations
@@ -34,17 +34,17 @@ KITE_FORMAT = "kite-tick-v1"
 @dataclass(frozen=True)
 class KiteSnapshot:
     session: str
-    tick_seq: int
+    snapshot: int
     wall_ns: int
     hash: int
     rows: np.ndarray
 
 
-def encode_kite_snapshot(rows: np.ndarray, session: str, tick_seq: int, wall_ns: int) -> bytes:
+def encode_kite_snapshot(rows: np.ndarray, session: str, snapshot: int, wall_ns: int) -> bytes:
     ordered = np.ascontiguousarray(rows[np.argsort(rows["token"], kind="stable")])
     return msgpack.packb({
         "v": SNAPSHOT_VERSION, "venue": "kite", "format": KITE_FORMAT, "session": session,
-        "tick_seq": int(tick_seq), "wall_ns": int(wall_ns), "hash": state_hash(ordered),
+        "snapshot": int(snapshot), "wall_ns": int(wall_ns), "hash": state_hash(ordered),
         "rows": ordered.tobytes(),
     }, use_bin_type=True)
 
@@ -70,7 +70,7 @@ def decode_kite_snapshot(payload: bytes) -> KiteSnapshot:
     if state_hash(rows) != doc.get("hash"):
         raise WalFormatError("book snapshot rows do not match their stored hash")
     try:
-        return KiteSnapshot(str(doc["session"]), int(doc["tick_seq"]), int(doc["wall_ns"]),
+        return KiteSnapshot(str(doc["session"]), int(doc["snapshot"]), int(doc["wall_ns"]),
                             int(doc["hash"]), rows)
     except (KeyError, TypeError, ValueError) as exc:
         raise WalFormatError(f"book snapshot is missing or has a bad field: {exc}") from None

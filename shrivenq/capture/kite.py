@@ -97,7 +97,6 @@ class KiteRecorder:
         self.session = session
         self.counters = CaptureCounters()
         self.gaps: list[dict] = []
-        self.last_tick_seq = -1   # seq of the last ticks-stream record the books applied
 
     def on_message(self, conn: int, message: bytes | str, wall_ns: int, mono_ns: int) -> None:
         c = self.counters
@@ -105,17 +104,17 @@ class KiteRecorder:
         if isinstance(message, str):
             payload = message.encode("utf-8", "surrogateescape")
             c.bytes += len(payload)
-            self.last_tick_seq = self.ticks.append(Kind.TEXT, payload, wall_ns, mono_ns, conn)
+            self.ticks.append(Kind.TEXT, payload, wall_ns, mono_ns, conn)
             c.text_messages += 1
             self._text(conn, message)
             return
         c.bytes += len(message)
         if len(message) == 1:
             c.heartbeats += 1
-            self.last_tick_seq = self.ticks.append(Kind.BINARY, message, wall_ns, mono_ns, conn)
+            self.ticks.append(Kind.BINARY, message, wall_ns, mono_ns, conn)
             return
         rows, issues = parse_frame_lenient(message)
-        self.last_tick_seq = self.ticks.append(
+        self.ticks.append(
             Kind.BINARY, message, wall_ns, mono_ns, conn,
             instruments=rows["token"] if len(rows) else None)
         if issues:
@@ -158,7 +157,7 @@ class KiteRecorder:
             log.warning("unknown feed event %r ignored", event.kind)
             return
         for kind, payload in records:
-            self.last_tick_seq = self.ticks.append(kind, payload, event.wall_ns, event.mono_ns,
+            self.ticks.append(kind, payload, event.wall_ns, event.mono_ns,
                                                    event.conn)
 
 
@@ -204,10 +203,13 @@ class KiteCapture:
             log.warning("recovered after an unclean stop: %s", report)
 
     def snapshot(self) -> None:
-        """Write every live book to the snapshots stream, tied to the ticks stream position."""
+        """Write every live book to the snapshots stream, and a mark in the ticks stream at
+        this very point, so that replay knows exactly which ticks the snapshot holds."""
         wall, mono = self.feed.now()
-        payload = encode_kite_snapshot(self.books.state(), self.session,
-                                       self.recorder.last_tick_seq, wall)
+        number = self.recorder.counters.snapshots
+        kind, mark = rec.snapshot_mark(self.session, number)
+        self.ticks.append(kind, mark, wall, mono)
+        payload = encode_kite_snapshot(self.books.state(), self.session, number, wall)
         self.snapshots.append(Kind.BOOK_SNAPSHOT, payload, wall, mono)
         self.recorder.counters.snapshots += 1
 
@@ -228,7 +230,7 @@ class KiteCapture:
         try:
             wall, mono = self.feed.now()
             kind, payload = rec.session_start(self.session, VENUE, __version__, s.session_note)
-            self.recorder.last_tick_seq = self.ticks.append(kind, payload, wall, mono)
+            self.ticks.append(kind, payload, wall, mono)
             log.info("capturing %d instruments from %s over %d connection(s) into %s",
                      len(s.token_modes), redacted(self.feed.url), len(self.feed.shards),
                      s.data_dir)
