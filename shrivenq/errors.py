@@ -8,6 +8,8 @@ failure. Each error says what failed and where (a byte offset, a path, a segment
     ├── AuthError                   Kite credentials missing or refused, or an expired token
     ├── ExchangeError               an exchange's REST API failed a request (network, HTTP, reply)
     ├── ProtocolError               bytes from an exchange that do not follow its protocol
+    │   ├── BinanceMessageError     a Binance JSON message, REST body or decimal; carries
+    │   │                           .where and .reason
     │   └── KiteFrameError          a Kite binary frame; carries .offset and .reason
     └── WalError                    the write-ahead log
         ├── WalIOError              the disk said no (full, permission, vanished dir); carries .path
@@ -59,6 +61,22 @@ class KiteFrameError(ProtocolError):
 
     def __reduce__(self):
         return (type(self), (self.offset, self.reason))
+
+
+class BinanceMessageError(ProtocolError):
+    """A Binance stream message, REST body or decimal string is malformed or unrepresentable.
+
+    ``where`` names what was being read (for example ``"BTCUSDT depthUpdate b[3] price"``),
+    ``reason`` says what is wrong with it.
+    """
+
+    def __init__(self, where: str, reason: str):
+        self.where = where
+        self.reason = reason
+        super().__init__(f"bad Binance data in {where}: {reason}")
+
+    def __reduce__(self):
+        return (type(self), (self.where, self.reason))
 
 
 class WalError(ShrivenqError):
