@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zstandard
 
 from shrivenq.errors import ConfigError, WalError, WalFormatError, WalIOError, WalLockedError
 from shrivenq.wal import (
@@ -405,3 +406,25 @@ def test_permission_denied_creating_a_segment_surfaces_with_the_path(tmp_path, m
         w.append(Kind.BINARY, b"y", T0, 0)
     with pytest.raises(WalIOError):
         w.close()
+
+
+@pytest.mark.skipif(not fmt.tick_delta_available(), reason="tick_delta not built")
+def test_a_tick_delta_block_of_another_transform_version_is_refused_not_corrupt(tmp_path):
+    from shrivenq.wal import CODEC_TICK_DELTA
+    with WalWriter(tmp_path, "v", codec=CODEC_TICK_DELTA) as w:
+        w.append(Kind.BINARY, b"\x00\x01\x00\x08" + b"\x00" * 8, T0, 0)
+    seg = next(tmp_path.rglob("*.wal"))
+    data = bytearray(seg.read_bytes())
+    frame = fmt.unpack_frame(bytes(data[fmt.HEADER_SIZE:]))
+    start = fmt.HEADER_SIZE + fmt.FRAME_SIZE
+    raw = bytearray(zstandard.ZstdDecompressor().decompress(
+        bytes(data[start:start + frame.stored_len]), max_output_size=frame.raw_len))
+    td = raw.index(b"TD")
+    raw[td + 2] = 99                                  # a transform version from the future
+    body = zstandard.ZstdCompressor().compress(bytes(raw))
+    head = fmt.pack_frame(fmt.BLOCK_MAGIC, CODEC_TICK_DELTA, frame.flags, 0, body, len(raw),
+                          frame.records, frame.min_wall_ns, frame.max_wall_ns, 0)
+    bad = tmp_path / "x.wal"
+    bad.write_bytes(bytes(data[:fmt.HEADER_SIZE]) + head + body)
+    with pytest.raises(WalFormatError, match="tick_delta format v99"):
+        read_wal(bad, on_corrupt="skip")

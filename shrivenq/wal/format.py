@@ -276,6 +276,13 @@ def decode_body(raw: bytes, records: int, codec: int, flags: int) -> Columns:
         if _tick_delta is None:
             raise WalFormatError("block uses codec 1 (tick_delta) but shrivenq._ext.tick_delta "
                                  "is not built; run `make build`")
+        have = getattr(_tick_delta, "FORMAT_VERSION", None)
+        if (have is not None and len(packed) >= 3 and packed[:2] == b"TD"
+                and packed[2] != have):
+            # The block passed its checksum, so this is not damage: the transform's own
+            # format moved on (or back). Refuse clearly rather than call it corrupt.
+            raise WalFormatError(f"block was written with tick_delta format v{packed[2]}; "
+                                 f"this build of shrivenq._ext.tick_delta reads v{have}")
         payloads = _tick_delta.unpack(packed, np.ascontiguousarray(length))
     else:
         raise WalFormatError(f"block codec {codec} is newer than this reader "

@@ -279,6 +279,9 @@ def read_block(fd: int, ref: BlockRef, dctx: zstandard.ZstdDecompressor) -> fmt.
         return fmt.decompress_body(frame, memoryview(data)[fmt.FRAME_SIZE:], dctx)
     except ValueError as exc:
         raise WalCorruptError(ref.segment, ref.offset, ref.block, str(exc)) from None
+    except WalFormatError as exc:
+        raise WalFormatError(f"{ref.segment}: block {ref.block} at byte {ref.offset}: "
+                             f"{exc}") from None
 
 
 # ---------------------------------------------------------------------------- repair
