@@ -72,6 +72,10 @@ from shrivenq.kite.wire import PACKET_DTYPES, PACKET_LENGTHS, encode_frame, pack
 from shrivenq.sim.market import _KIND_FIELDS, KiteMarket, universe_from_instruments
 
 log = logging.getLogger("shrivenq.sim.kite")
+# websockets logs the handshake's request line, credentials in the query included, at DEBUG:
+# never let it, whatever the root logger's level.
+_ws_log = logging.getLogger("shrivenq.sim.kite.ws")
+_ws_log.setLevel(logging.INFO)
 
 DEMO_API_KEY = "shrivenqsimkey01"
 DEMO_API_SECRET = "shrivenq-sim-secret-not-a-real-one"
@@ -389,7 +393,7 @@ class KiteSimServer:
         self._ws_server = await serve(
             self._handler, self.host, self.port, process_request=self._process_request,
             compression=None, ping_interval=None, max_size=1 << 20, close_timeout=2,
-            logger=logging.getLogger("shrivenq.sim.kite.ws"))
+            logger=_ws_log)
         self.port = self._ws_server.sockets[0].getsockname()[1]
         if self.rest_port is not None:
             self._http_server = await asyncio.start_server(self._http_client, self.host,
