@@ -11,6 +11,8 @@ failure. Each error says what failed and where (a byte offset, a path, a segment
     │   ├── BinanceMessageError     a Binance JSON message, REST body or decimal; carries
     │   │                           .where and .reason
     │   └── KiteFrameError          a Kite binary frame; carries .offset and .reason
+    ├── ReplayError                 replay cannot do what was asked (no data, nothing in range,
+    │                               a snapshot without its mark)
     └── WalError                    the write-ahead log
         ├── WalIOError              the disk said no (full, permission, vanished dir); carries .path
         ├── WalFormatError          not a WAL file, or a version this reader does not know
@@ -77,6 +79,10 @@ class BinanceMessageError(ProtocolError):
 
     def __reduce__(self):
         return (type(self), (self.where, self.reason))
+
+
+class ReplayError(ShrivenqError):
+    """Replay cannot do what was asked: no data there, nothing in range, an incomplete WAL."""
 
 
 class WalError(ShrivenqError):
