@@ -164,3 +164,28 @@ def codec_floor(stream) -> None:
     d = zstandard.ZstdDecompressor()
     for body, lengths in _FLOOR["blocks"]:
         tick_delta.unpack(d.decompress(body), lengths)
+
+
+def test_single_append_cost(benchmark, stream, tmp_path):
+    """What capture pays per WebSocket message: one append() call with its tokens (the
+    writer thread's work happens meanwhile). No issue target; reported, not gated."""
+    import numpy as np
+    off = np.concatenate(([0], np.cumsum(stream.lengths, dtype=np.int64))).tolist()
+    koff = np.concatenate(([0], np.cumsum(stream.inst_counts, dtype=np.int64))).tolist()
+    frames = [stream.payloads[off[i]:off[i + 1]] for i in range(stream.frames)]
+    tokens = [stream.inst_keys[koff[i]:koff[i + 1]].tolist() for i in range(stream.frames)]
+    wall, mono = stream.wall_ns.tolist(), stream.mono_ns.tolist()
+    w = WalWriter(tmp_path, "kite", "ticks", tz=IST)
+
+    def append_all():
+        append = w.append
+        for i in range(len(frames)):
+            append(1, frames[i], wall[i], mono[i], 1, tokens[i])
+
+    try:
+        benchmark.pedantic(append_all, rounds=3, iterations=1)
+    finally:
+        w.close()
+    per = benchmark.stats.stats.median / stream.frames
+    print(f"\nsingle append(): {per * 1e6:.2f} us per message ({stream.ticks / stream.frames:.1f}"
+          f" ticks each), queue-full waits {w.stats.queue_full_waits}")
