@@ -173,3 +173,19 @@ def test_sigkill_at_random_moments_loses_nothing_that_was_durable(tmp_path):
         assert len(got) >= acked, f"kill {it} ({policy}): {acked} acked, {len(got)} back"
         assert got == [expected(it, i) for i in range(len(got))], f"kill {it} ({policy})"
     assert verify(tmp_path).clean
+
+
+def test_verify_repair_fixes_crashed_segments_but_not_the_live_one(tmp_path):
+    seg, kept = crashed_segment(tmp_path)
+    rep = verify(tmp_path)
+    assert not rep.clean
+    fixed = verify(tmp_path, repair=True)
+    assert [r.path for r in fixed.repairs] == [seg] and fixed.clean
+    w = WalWriter(tmp_path, "v", block_bytes=50, fsync="every-block")
+    w.append(Kind.BINARY, b"x" * 60, T0 + 10**9, 0)
+    w.flush()
+    live = verify(tmp_path, repair=True)
+    assert live.repairs == [] and live.clean
+    assert [s.live for s in live.segments] == [False, True]
+    w.close()
+    assert read_wal(tmp_path / "v").payloads() == kept + [b"x" * 60]

@@ -59,11 +59,22 @@ def _live(seg_path: Path) -> bool:
         os.close(fd)
 
 
-def _summarise(seg: Segment, decode: bool) -> SegmentSummary:
+def _newest(paths: list[Path]) -> set[Path]:
+    """The newest segment of each venue/stream: the only one a live writer can be writing."""
+    last: dict[tuple[str, str], Path] = {}
+    for p in paths:                  # find_segments orders by venue, stream, day, number
+        last[layout.stream_key(p)] = p
+    return set(last.values())
+
+
+def _summarise(seg: Segment, decode: bool, newest: set[Path] | None = None) -> SegmentSummary:
     venue, stream = layout.stream_key(seg.path)
     s = SegmentSummary(seg.path, venue, stream, seg.state, seg.size, len(seg.blocks),
                        seg.records, problems=[str(p) for p in seg.problems])
-    if seg.state == "torn":
+    # A live writer's segment is open, or torn while a block is half-written: both normal.
+    s.live = (seg.state in ("open", "torn") and (newest is None or seg.path in newest)
+              and _live(seg.path))
+    if seg.state == "torn" and not s.live:
         s.problems.append(f"{seg.path}: torn tail of {seg.size - seg.good_end} bytes after "
                           f"byte {seg.good_end}")
     f = seg.footer
@@ -108,16 +119,16 @@ def inspect(path) -> list[SegmentSummary]:
     """A summary per segment under ``path``: from the footer when there is one, otherwise by
     decoding the blocks. Raises WalIOError if ``path`` does not exist."""
     out = []
-    for p in layout.find_segments(path):
+    paths = layout.find_segments(path)
+    newest = _newest(paths)
+    for p in paths:
         try:
             seg = open_segment(p)
         except WalError as err:
             venue, stream = layout.stream_key(p)
             out.append(SegmentSummary(p, venue, stream, "unreadable", problems=[str(err)]))
             continue
-        s = _summarise(seg, decode=False)
-        s.live = seg.state == "open" and _live(p)
-        out.append(s)
+        out.append(_summarise(seg, decode=False, newest=newest))
     return out
 
 
@@ -129,7 +140,7 @@ class VerifyReport:
     @property
     def clean(self) -> bool:
         """Every segment closed (or open under a live writer) and without problems."""
-        return all(not s.problems and (s.state == "closed" or (s.state == "open" and s.live))
+        return all(not s.problems and (s.state == "closed" or s.live)
                    for s in self.segments)
 
     @property
@@ -148,12 +159,14 @@ def verify(path, repair: bool = False) -> VerifyReport:
     holds (a segment damaged in any other way is never modified)."""
     repairs = []
     if repair:
-        for p in layout.find_segments(path):
+        paths = layout.find_segments(path)
+        newest = _newest(paths)
+        for p in paths:
             try:
                 state = open_segment(p).state
             except WalFormatError:
                 state = "unreadable"
-            if state in ("open", "torn", "unreadable") and not _live(p):
+            if state in ("open", "torn", "unreadable") and not (p in newest and _live(p)):
                 try:
                     r = repair_segment(p)
                 except WalFormatError:
@@ -161,14 +174,14 @@ def verify(path, repair: bool = False) -> VerifyReport:
                 if r is not None:
                     repairs.append(r)
     out = []
-    for p in layout.find_segments(path):
+    paths = layout.find_segments(path)
+    newest = _newest(paths)
+    for p in paths:
         try:
             seg = open_segment(p)
         except WalError as err:
             venue, stream = layout.stream_key(p)
             out.append(SegmentSummary(p, venue, stream, "unreadable", problems=[str(err)]))
             continue
-        s = _summarise(seg, decode=True)
-        s.live = seg.state == "open" and _live(p)
-        out.append(s)
+        out.append(_summarise(seg, decode=True, newest=newest))
     return VerifyReport(out, repairs)
