@@ -428,3 +428,17 @@ def test_a_tick_delta_block_of_another_transform_version_is_refused_not_corrupt(
     bad.write_bytes(bytes(data[:fmt.HEADER_SIZE]) + head + body)
     with pytest.raises(WalFormatError, match="tick_delta format v99"):
         read_wal(bad, on_corrupt="skip")
+
+
+def test_a_bug_in_the_writer_thread_surfaces_instead_of_hanging(tmp_path, monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(fmt, "compress_block", broken)
+    w = WalWriter(tmp_path, "v", block_bytes=10, queue_blocks=1)
+    with pytest.raises(WalError, match="boom"):
+        for i in range(100):
+            w.append(Kind.BINARY, b"x" * 20, T0 + i, i)
+        w.flush(timeout=10)
+    with pytest.raises(WalError, match="boom"):
+        w.close()

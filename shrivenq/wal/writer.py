@@ -514,10 +514,7 @@ class WalWriter:
                     self._close_segment()
                     self._publish_durable(self._written)
                     return
-            except OSError as exc:
-                self._fail(exc)
-                return
-            except WalError as exc:
+            except Exception as exc:    # OSError, WalError, or a bug: never die silently
                 self._fail(exc)
                 return
 
@@ -624,6 +621,9 @@ class WalWriter:
     def _fail(self, exc: BaseException) -> None:
         if isinstance(exc, WalError):
             err = exc
+        elif not isinstance(exc, OSError):
+            log.exception("WAL writer thread failed")
+            err = WalError(f"WAL writer for {self._venue_dir}/{self.stream} failed: {exc!r}")
         else:
             path = getattr(exc, "filename", None) or (self._seg.path if self._seg else
                                                       self._venue_dir)
