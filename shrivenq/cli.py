@@ -221,6 +221,9 @@ def wal_inspect(directory: str = typer.Argument("data", help="a data root, venue
         return
     totals: dict[tuple[str, str], list] = {}
     for s in summaries:
+        if s.state == "unreadable":
+            typer.echo(f"shrivenq wal inspect: {s.problems[0]}", err=True)
+            continue
         state = s.state + (" (live)" if s.live else "")
         typer.echo(f"{s.path}  {state}  {s.size:,} B  {s.blocks} blocks  {s.records:,} records  "
                    f"{_ts(s.first_wall_ns)} .. {_ts(s.last_wall_ns)} UTC  "
@@ -235,6 +238,7 @@ def wal_inspect(directory: str = typer.Argument("data", help="a data root, venue
         t[4] += s.size
         for k, c in s.instruments.items():
             t[5][k] = t[5].get(k, 0) + c
+    unreadable = [s for s in summaries if s.state == "unreadable"]
     for (venue, stream), (n, recs, payload, stored, size, inst) in sorted(totals.items()):
         ratio = payload / stored if stored else 0.0
         typer.echo(f"{venue}/{stream}: {n} segments, {recs:,} records, {payload:,} B received, "
@@ -242,6 +246,8 @@ def wal_inspect(directory: str = typer.Argument("data", help="a data root, venue
         busiest = sorted(inst.items(), key=lambda kv: -kv[1])[:top]
         if busiest:
             typer.echo("  busiest: " + ", ".join(f"{k} ({c:,})" for k, c in busiest))
+    if unreadable:
+        raise typer.Exit(1)
 
 
 @wal_app.command("verify")

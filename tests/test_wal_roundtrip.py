@@ -319,6 +319,16 @@ def test_cli_inspect_and_verify(tmp_path):
     seg.write_bytes(data)
     bad = run("verify", str(tmp_path))
     assert bad.returncode == 1 and "block 0" in bad.stderr and "Traceback" not in bad.stderr
+    short = tmp_path / "short.wal"
+    short.write_bytes(data[:50])
+    newer = tmp_path / "newer.wal"
+    newer.write_bytes(data[:8] + b"\x07\x00" + data[10:])
+    for path, message in ((short, "truncated segment header"), (newer, "version 7 is newer")):
+        for cmd in ("inspect", "verify"):
+            out = run(cmd, str(path))
+            assert out.returncode != 0, (cmd, path)
+            assert message in out.stderr and str(path) in out.stderr
+            assert "Traceback" not in out.stderr
 
 
 def test_sigterm_closes_the_segment_cleanly(tmp_path):
