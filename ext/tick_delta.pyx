@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Tick-aware, reversible block transform for the write-ahead log (format version 2).
+"""Tick-aware, reversible block transform for the write-ahead log (format version 3).
 
 ``pack(payloads, lengths)`` rearranges a block of WebSocket payloads so that zstd compresses
 Kite tick data far better; ``unpack(packed, lengths)`` gives back the exact original bytes.
@@ -10,7 +10,7 @@ same specification with worked rationale.
 
 Layout (all multi-byte header integers little-endian, u32)
 ---------------------------------------------------------
-header, 36 bytes: ``b"TD"``, version u8 (2), flags u8 (0), n_payloads, raw_bytes, n_keys,
+header, 36 bytes: ``b"TD"``, version u8 (3), flags u8 (0), n_payloads, raw_bytes, n_keys,
     n[0..4] (packets of each kind in the block).
 tags: n_payloads bytes, one per payload in order: 0 = verbatim, 1 = well-formed Kite frame
     (u16 BE count, then count x (u16 BE length, packet), length one of 8/28/32/44/184, no
@@ -22,6 +22,9 @@ ids: one key id per packet of every frame, in order, as ``idw`` byte planes (mos
     first in the block iff its id equals the number of keys seen so far.
 key kinds: n_keys bytes, the kind code (0..4) of each key in id order.
 key tokens: n_keys u32 as 4 byte planes (MSB plane first).
+key quanta: n_keys u32 as 4 byte planes: each key's quantum q, odd (an even one is an error).
+    q = the odd part of the gcd of the key's first packet's quantum words (quote: 2, 4, 5, 6;
+    full: 2, 4, 5, 6 and the 10 depth quantities), 1 if they are all 0 or for other kinds.
 firsts: for kind 0..4, for word w = 1..W-1: the residuals of the kind's first packets (one
     per key, in id order) as 4 byte planes of f_k bytes each (f_k = keys of kind k).
 masks: for kind 0..4, for mask byte b = 0..MB-1: one byte per non-first packet of the kind
@@ -33,12 +36,15 @@ values: for kind 0..4, for word w = 1..W-1: the non-zero residuals of the word, 
 Kinds: code 0..4 = packet length 8, 28, 32, 44, 184; W = length / 4 big-endian u32 words,
 word 0 the token (coded by the key, never as a residual).
 
-Residual of word w = zigzag(cur[w] - pred) mod 2^32, zigzag(d) = (d << 1) ^ (d >> 31) on the
-signed 32-bit d, except for the rules Z, Z16 and P16. ``prev`` = previous packet of the same
+Residual of word w = zigzag((cur[w] - pred) * m) mod 2^32, zigzag(d) = (d << 1) ^ (d >> 31)
+on the signed 32-bit d, except for the rules Z, Z16 and P16; m = the inverse of the key's
+quantum modulo 2^32 for the quantity words (quote: 2, 4, 5, 6; full: 2, 4, 5, 6, 12, 13, 14
+and the depth quantities 16 + 3k), else 1. (Decoding multiplies by q: exact for any words,
+and a change by a multiple of the lot becomes a change in lots.) ``prev`` = previous packet of the same
 key in the block, ``glob`` = previous packet of the same kind (any key; pred 0 if none), and
 rot16(x) = (x << 16 | x >> 16) mod 2^32. Rules, as (non-first ; first):
 
-  Z: residual = cur[w] itself (no zigzag)      Z16: residual = rot16(cur[w]) (no zigzag)
+  Z: residual = cur[w] * m (no zigzag)           Z16: residual = rot16(cur[w]) (no zigzag)
   P16: residual = zigzag(rot16(cur[w]) - rot16(prev[w]))
   P: prev[w]      G: glob[w]      REF(a): cur[a]
   LEVEL(a): prev[w] + cur[a] - prev[a]
@@ -68,14 +74,14 @@ from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 cdef enum:
     NKIND = 5
     MAXW = 46
     MAXSLOT = 56
     HEADER_SIZE = 36
-    FORMAT_V = 2
+    FORMAT_V = 3
 
 cdef enum:
     R_Z = 0
@@ -99,6 +105,9 @@ cdef int FA[NKIND][MAXW]
 cdef int ORD[NKIND][MAXW]
 cdef int NORD[NKIND]
 cdef int SLOT[NKIND][MAXSLOT]
+cdef int QW[NKIND][MAXW]        # 1 for quantity words (residuals scaled by the key's quantum)
+cdef int QUW[NKIND][MAXW]       # the words whose gcd gives a key's quantum
+cdef int NQUW[NKIND]
 
 
 def _tables():
@@ -142,11 +151,13 @@ def _tables():
          *[q + 1 for q in qs[0:8]],
          *[q + 1 for q in qs[8:10]], 0, 0, 0, 0, 0, 0),
     )
-    return (8, 28, 32, 44, 184), rules, orders, slots
+    quantity = ((), (), (), (2, 4, 5, 6), (2, 4, 5, 6, 12, 13, 14, *qs))
+    quantum = ((), (), (), (2, 4, 5, 6), (2, 4, 5, 6, *qs))
+    return (8, 28, 32, 44, 184), rules, orders, slots, quantity, quantum
 
 
 cdef void _init_tables():
-    lens, rules, orders, slots = _tables()
+    lens, rules, orders, slots, quantity, quantum = _tables()
     cdef int k, w, j
     for k in range(NKIND):
         KLEN[k] = lens[k]
@@ -166,6 +177,11 @@ cdef void _init_tables():
             ORD[k][j] = orders[k][j]
         for j in range(MAXSLOT):
             SLOT[k][j] = slots[k][j] if j < len(slots[k]) else 0
+        for w in range(MAXW):
+            QW[k][w] = 1 if w in quantity[k] else 0
+        NQUW[k] = len(quantum[k])
+        for j in range(NQUW[k]):
+            QUW[k][j] = quantum[k][j]
 
 _init_tables()
 
@@ -196,8 +212,11 @@ cdef extern from *:
 
     /* Residuals (zigzagged) of a full packet ``pk`` whose key's previous packet is ``pv``;
        ``gl`` the previous full packet of any key (NULL if none). r[1..45]. */
+    static const uint8_t TD_FULL_QTY[17] = {2, 4, 5, 6, 12, 13, 14,
+                                            16, 19, 22, 25, 28, 31, 34, 37, 40, 43};
+
     static inline void td_full_next_res(const uint8_t* pk, const uint8_t* pv,
-                                        const uint8_t* gl, uint32_t* r) {
+                                        const uint8_t* gl, uint32_t* r, uint32_t inv) {
         uint32_t c[46], p[46], d[46];
         int w, k;
         for (w = 0; w < 46; w++) { c[w] = td_be32(pk + 4 * w); p[w] = td_be32(pv + 4 * w); }
@@ -215,6 +234,7 @@ cdef extern from *:
         d[2] = traded ? c[2] - vd : d[2];
         d[11] = traded ? c[11] - c[15] : d[11];
         d[15] = c[15] - (gl ? td_be32(gl + 60) : 0u);
+        for (k = 0; k < 17; k++) d[TD_FULL_QTY[k]] *= inv;   /* quantities in lots */
         for (w = 1; w < 46; w++) r[w] = td_zz(d[w]);
     }
 
@@ -240,7 +260,7 @@ cdef extern from *:
        bytes; cols[w][vi[w]] the next non-zero residual of word w (columns padded by one). */
     static inline void td_full_next_dec(uint8_t* out, const uint8_t* pv, const uint8_t* gl,
                                         const uint8_t* mk, const uint32_t* const* cols,
-                                        int64_t* vi) {
+                                        int64_t* vi, uint32_t q) {
         uint32_t r[46], p[46], d[46], c[46];
         int s, w, k;
         #pragma GCC unroll 56
@@ -255,6 +275,7 @@ cdef extern from *:
         for (w = 0; w < 46; w++) p[w] = td_be32(pv + 4 * w);
         d[0] = 0;
         for (w = 1; w < 46; w++) d[w] = td_unzz(r[w]);
+        for (k = 0; k < 17; k++) d[TD_FULL_QTY[k]] *= q;
         for (k = 0; k < 10; k++) {
             int pw = 17 + 3 * k, ref = (k == 0 || k == 5) ? 1 : pw - 3;
             d[pw] += d[ref];
@@ -277,11 +298,12 @@ cdef extern from *:
     uint32_t td_zz(uint32_t d) noexcept nogil
     uint32_t td_unzz(uint32_t z) noexcept nogil
     void td_full_next_res(const uint8_t* pk, const uint8_t* pv, const uint8_t* gl,
-                          uint32_t* r) noexcept nogil
+                          uint32_t* r, uint32_t inv) noexcept nogil
     void td_full_scatter(const uint32_t* r, uint32_t** cols, int64_t* cnt,
                          uint8_t* mk) noexcept nogil
     void td_full_next_dec(uint8_t* out, const uint8_t* pv, const uint8_t* gl,
-                          const uint8_t* mk, const uint32_t** cols, int64_t* vi) noexcept nogil
+                          const uint8_t* mk, const uint32_t** cols, int64_t* vi,
+                          uint32_t q) noexcept nogil
 
 
 cdef inline uint32_t be32(const uint8_t* p) noexcept nogil:
@@ -348,27 +370,71 @@ cdef inline uint32_t rot16(uint32_t x) noexcept nogil:
 
 
 cdef inline uint32_t residual(int t, int a, int b, int w, const uint32_t* cur,
-                              const uint32_t* prev, const uint8_t* glob) noexcept nogil:
-    """Residual of word ``w`` (docs/TICK_DELTA.md, Residuals)."""
+                              const uint32_t* prev, const uint8_t* glob,
+                              uint32_t m) noexcept nogil:
+    """Residual of word ``w`` (docs/TICK_DELTA.md, Residuals); ``m`` the inverse of the
+    key's quantum for quantity words, else 1."""
     if t == R_Z:
-        return cur[w]
+        return cur[w] * m
     if t == R_Z16:
         return rot16(cur[w])
     if t == R_P16:
         return zz(rot16(cur[w]) - rot16(prev[w]))
-    return zz(cur[w] - predict(t, a, b, w, cur, prev, glob))
+    return zz((cur[w] - predict(t, a, b, w, cur, prev, glob)) * m)
 
 
 cdef inline uint32_t unresidual(int t, int a, int b, int w, uint32_t r, const uint32_t* cur,
-                                const uint32_t* prev, const uint8_t* glob) noexcept nogil:
-    """Word ``w`` from its residual ``r``; ``cur`` holds the words decoded before it."""
+                                const uint32_t* prev, const uint8_t* glob,
+                                uint32_t q) noexcept nogil:
+    """Word ``w`` from its residual ``r``; ``cur`` holds the words decoded before it; ``q``
+    the key's quantum for quantity words, else 1."""
     if t == R_Z:
-        return r
+        return r * q
     if t == R_Z16:
         return rot16(r)
     if t == R_P16:
         return rot16(rot16(prev[w]) + unzz(r))
-    return unzz(r) + predict(t, a, b, w, cur, prev, glob)
+    return unzz(r) * q + predict(t, a, b, w, cur, prev, glob)
+
+
+cdef inline uint32_t gcd32(uint32_t a, uint32_t b) noexcept nogil:
+    cdef uint32_t t
+    while b:
+        t = a % b
+        a = b
+        b = t
+    return a
+
+
+cdef inline uint32_t key_quantum(int k, const uint32_t* cur) noexcept nogil:
+    """Odd part of the gcd of the QUANTUM words (1 if all are 0)."""
+    cdef uint32_t g = 0, x
+    cdef int j
+    for j in range(NQUW[k]):
+        x = cur[QUW[k][j]]
+        if x == 0:
+            continue
+        if g == 0:
+            g = x
+        elif x % g:
+            g = gcd32(g, x)
+        if (g & (g - 1)) == 0:     # a power of two: the odd part is 1 whatever follows
+            return 1
+    if g == 0:
+        return 1
+    while (g & 1) == 0:
+        g >>= 1
+    return g
+
+
+cdef inline uint32_t inverse32(uint32_t q) noexcept nogil:
+    """Inverse of odd ``q`` modulo 2^32 (Newton: each step doubles the correct bits)."""
+    cdef uint32_t x = q
+    x *= 2 - q * x
+    x *= 2 - q * x
+    x *= 2 - q * x
+    x *= 2 - q * x
+    return x
 
 
 cdef inline uint32_t predict(int t, int a, int b, int w, const uint32_t* cur,
@@ -533,7 +599,7 @@ cdef object _pack_body(const uint8_t* base, const uint32_t* lens, Py_ssize_t n_p
         cap_hash *= 2
     cdef size_t np1 = n_packets + 1
     cdef size_t need = carved(cap_hash * 8) + carved(cap_hash * 4) + carved(np1 * 4) \
-        + carved(np1 * sizeof(uint8_t*)) + carved(np1) + carved(np1 * 4)
+        + carved(np1 * sizeof(uint8_t*)) + carved(np1) + 3 * carved(np1 * 4)
     for k in range(NKIND):
         need += carved(n[k] * (KW[k] - 1) * 4) + carved((n[k] + 1) * KW[k] * 4) \
             + carved(n[k] * MB[k])
@@ -548,6 +614,8 @@ cdef object _pack_body(const uint8_t* base, const uint32_t* lens, Py_ssize_t n_p
     cdef const uint8_t** last = <const uint8_t**>carve(&at, np1 * sizeof(uint8_t*))
     cdef uint8_t* key_kind = <uint8_t*>carve(&at, np1)
     cdef uint32_t* key_token = <uint32_t*>carve(&at, np1 * 4)
+    cdef uint32_t* key_q = <uint32_t*>carve(&at, np1 * 4)
+    cdef uint32_t* key_inv = <uint32_t*>carve(&at, np1 * 4)
     memset(hkeys, 0, cap_hash * 8)
     memset(kb, 0, sizeof(kb))
     for k in range(NKIND):
@@ -565,7 +633,7 @@ cdef object _pack_body(const uint8_t* base, const uint32_t* lens, Py_ssize_t n_p
     cdef Py_ssize_t i, pos = 0, L, cnt, pi, q, n_keys = 0, npk = 0, idx, cap
     cdef int64_t c
     cdef uint64_t key, h
-    cdef uint32_t token, r, kid, plen
+    cdef uint32_t token, r, kid, plen, inv
     cdef const uint8_t* p
     cdef const uint8_t* pk
     cdef KindBuf* b
@@ -604,28 +672,32 @@ cdef object _pack_body(const uint8_t* base, const uint32_t* lens, Py_ssize_t n_p
                         kid = <uint32_t>n_keys
                         key_kind[n_keys] = <uint8_t>k
                         key_token[n_keys] = token
-                        n_keys += 1
                         load_words(cur, pk, nw)
+                        key_q[n_keys] = key_quantum(k, cur)
+                        key_inv[n_keys] = inv = inverse32(key_q[n_keys])
+                        n_keys += 1
                         idx = b.nfirst
                         cap = b.cap
                         b.nfirst += 1
                         for w in range(1, nw):
                             b.first[(w - 1) * cap + idx] = residual(
-                                FT[k][w], FA[k][w], 0, w, cur, prv, glob[k])
+                                FT[k][w], FA[k][w], 0, w, cur, prv, glob[k],
+                                inv if QW[k][w] else 1)
                     else:
                         kid = hids[h]
                         idx = b.nnext
                         cap = b.cap
                         b.nnext += 1
                         if k == 4:
-                            td_full_next_res(pk, last[kid], glob[k], res)
+                            td_full_next_res(pk, last[kid], glob[k], res, key_inv[kid])
                             td_full_scatter(res, b.cols, b.cnt, mk)
                         else:
                             load_words(cur, pk, nw)
                             load_words(prv, last[kid], nw)
                             for w in range(1, nw):
                                 res[w] = residual(NT[k][w], NA[k][w], NB[k][w], w,
-                                                  cur, prv, glob[k])
+                                                  cur, prv, glob[k],
+                                                  key_inv[kid] if QW[k][w] else 1)
                             for j in range(MB[k]):
                                 mk[j] = 0
                             for s in range(MB[k] * 8):
@@ -646,7 +718,7 @@ cdef object _pack_body(const uint8_t* base, const uint32_t* lens, Py_ssize_t n_p
                     npk += 1
         # Assemble.
         idw = id_width(n_keys)
-        size = HEADER_SIZE + n_payloads + raw_bytes + npk * idw + n_keys * 5
+        size = HEADER_SIZE + n_payloads + raw_bytes + npk * idw + n_keys * 9
         for k in range(NKIND):
             size += kb[k].nfirst * (KW[k] - 1) * 4 + kb[k].nnext * MB[k]
             for w in range(1, KW[k]):
@@ -681,6 +753,8 @@ cdef object _pack_body(const uint8_t* base, const uint32_t* lens, Py_ssize_t n_p
             memcpy(o, key_kind, n_keys)
             o += n_keys
             to_planes(o, key_token, n_keys)
+            o += 4 * n_keys
+            to_planes(o, key_q, n_keys)
             o += 4 * n_keys
             for k in range(NKIND):
                 b = &kb[k]
@@ -795,11 +869,15 @@ def unpack(packed, lengths):
         raise ValueError("truncated: packet keys")
     cdef const uint8_t* idp = b0 + off
     off += n_packets * idw
-    if <uint64_t>(size - off) < n_keys * 5:
+    if <uint64_t>(size - off) < n_keys * 9:
         raise ValueError("truncated: keys")
     cdef const uint8_t* kkind = b0 + off
     cdef const uint8_t* ktok = b0 + off + n_keys
-    off += n_keys * 5
+    cdef const uint8_t* kq = b0 + off + 5 * n_keys
+    off += n_keys * 9
+    for i in range(<Py_ssize_t>n_keys):
+        if (kq[3 * n_keys + i] & 1) == 0:
+            raise ValueError("a key quantum is even")
     memset(f, 0, sizeof(f))
     for i in range(<Py_ssize_t>n_keys):
         if kkind[i] >= NKIND:
@@ -856,6 +934,7 @@ def unpack(packed, lengths):
             nvals += counts[k * MAXW + w] + 1
     cdef bint owned
     cdef uint8_t* arena = arena_take(carved((n_keys + 1) * sizeof(uint8_t*))
+                                     + carved((n_keys + 1) * 4)
                                      + carved((nvals + 1) * 4), &owned)
     if arena == NULL:
         raise MemoryError()
@@ -867,7 +946,7 @@ def unpack(packed, lengths):
         o = <uint8_t*>PyBytes_AS_STRING(out)
         with nogil:
             err = _unpack_body(o, &lens[0] if n_payloads else NULL, n_payloads, tags, raw,
-                               raw_bytes, idp, idw, n_packets, kkind, ktok, n_keys, n, f,
+                               raw_bytes, idp, idw, n_packets, kkind, ktok, kq, n_keys, n, f,
                                firsts, masks, vals, counts, arena)
     finally:
         arena_give(arena, owned)
@@ -894,11 +973,14 @@ _ERRORS = {
 cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
                       const uint8_t* tags, const uint8_t* raw, uint64_t raw_bytes,
                       const uint8_t* idp, int idw, uint64_t n_packets, const uint8_t* kkind,
-                      const uint8_t* ktok, uint64_t n_keys, uint64_t* n, uint64_t* f,
+                      const uint8_t* ktok, const uint8_t* kq, uint64_t n_keys, uint64_t* n,
+                      uint64_t* f,
                       const uint8_t** firsts, const uint8_t** masks,
                       const uint8_t** vals, const uint64_t* counts,
                       uint8_t* arena) noexcept nogil:
     cdef uint8_t** last = <uint8_t**>carve(&arena, (n_keys + 1) * sizeof(uint8_t*))
+    cdef uint32_t* quanta = <uint32_t*>carve(&arena, (n_keys + 1) * 4)
+    from_planes(quanta, kq, n_keys)
     # Non-zero residuals as u32 columns, each padded by one (read branch-free).
     cdef uint32_t* cp = <uint32_t*>arena
     cdef const uint32_t* cols[NKIND * MAXW]
@@ -993,7 +1075,7 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
                     cur[w] = unresidual(FT[k][w], FA[k][w], 0, w,
                                         (<uint32_t>src[0] << 24) | (<uint32_t>src[cap] << 16)
                                         | (<uint32_t>src[2 * cap] << 8) | src[3 * cap],
-                                        cur, prv, glob[k])
+                                        cur, prv, glob[k], quanta[kid] if QW[k][w] else 1)
                 for w in range(nw):
                     td_put32(pk + 4 * w, cur[w])
             else:
@@ -1007,7 +1089,7 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
                     mk[j] = masks[k][j * m + idx]
                 if k == 4:
                     td_full_next_dec(pk, last[kid], glob[k], mk, &cols[k * MAXW],
-                                     &vi[k * MAXW])
+                                     &vi[k * MAXW], quanta[kid])
                 else:
                     for s in range(MB[k] * 8):
                         w = SLOT[k][s]
@@ -1022,7 +1104,7 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
                     for j in range(nw - 1):
                         w = ORD[k][j]
                         cur[w] = unresidual(NT[k][w], NA[k][w], NB[k][w], w, res[w], cur,
-                                            prv, glob[k])
+                                            prv, glob[k], quanta[kid] if QW[k][w] else 1)
                     for w in range(nw):
                         td_put32(pk + 4 * w, cur[w])
             last[kid] = pk

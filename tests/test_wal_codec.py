@@ -166,7 +166,7 @@ def test_round_trip_any_payloads(parts):
 @given(st.lists(good_frames, max_size=30))
 def test_round_trip_well_formed_frames(parts):
     packed = check_both(parts)
-    assert packed[:4] == b"TD\x02\x00"
+    assert packed[:4] == b"TD\x03\x00"
     tags = packed[36:36 + len(parts)]
     assert tags == b"\x01" * len(parts)   # every one taken as a frame, none verbatim
 
@@ -215,6 +215,21 @@ def test_pack_rejects_lengths_that_do_not_add_up(impl):
             impl.pack(data, np.array(bad, dtype=np.uint32))
     with pytest.raises(ValueError):
         impl.pack(data, np.array([len(data)], dtype=np.int64))
+
+
+def test_quantum_is_the_odd_lot_factor():
+    """Quantities in lots of 150 (2 x 75): the key's quantum is 75 and the stored first
+    packet holds lot counts; a later packet off the lot grid still round-trips."""
+    words = [12345 << 8 | 2, 1000, 150, 1000, 150 * 40, 150 * 7, 150 * 9, 0, 0, 0, 0,
+             0, 0, 0, 0, 0] + [150 * (k + 1) if i % 3 == 0 else 1000 if i % 3 == 1 else 3 << 16
+                               for k in range(10) for i in range(3)]
+    p1 = struct.pack(">46I", *words)
+    words[5] += 1                       # not a multiple of anything
+    p2 = struct.pack(">46I", *words)
+    parts = [frame_of(p1), frame_of(p2)]
+    packed = check_both(parts)
+    at = 36 + 2 + 2 + 1 + 4           # header, tags, ids, key kind, key token (one key)
+    assert packed[at:at + 4] == (75).to_bytes(4, "big")
 
 
 def test_state_resets_per_block():
@@ -316,6 +331,13 @@ def test_unpack_reasons():
         packed[:10]: "truncated",
         packed + b"\0": "trailing",
     }
+    # An even key quantum (the least significant plane of the first key's quantum).
+    n_packets = sum(struct.unpack_from("<5I", packed, 16))
+    n_keys = struct.unpack_from("<I", packed, 12)[0]
+    at = 36 + 1 + n_packets + n_keys + 4 * n_keys + 3 * n_keys
+    even = bytearray(packed)
+    even[at] ^= 1
+    cases[bytes(even)] = "quantum"
     for impl in (td, ref):
         for blob, word in cases.items():
             with pytest.raises(ValueError, match=word):

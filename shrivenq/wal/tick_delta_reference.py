@@ -8,12 +8,13 @@ comments below name its sections.
 
 from __future__ import annotations
 
+import math
 import struct
 
 import numpy as np
 
 MAGIC = b"TD"
-VERSION = 2
+VERSION = 3
 HEADER = struct.Struct("<2sBBIII5I")   # magic, version, flags, payloads, raw bytes, keys, n[5]
 HEADER_SIZE = HEADER.size              # 36
 
@@ -100,6 +101,24 @@ MASK_SLOTS = (
 )
 MASK_BYTES = tuple(len(s) // 8 for s in MASK_SLOTS)   # 1, 1, 1, 2, 7
 
+#: Quantity words per kind: their residuals are scaled by the key's quantum (below).
+QUANTITY_WORDS = (
+    (),
+    (),
+    (),
+    (2, 4, 5, 6),
+    (2, 4, 5, 6, 12, 13, 14, *_Q),
+)
+#: The words whose gcd, in a key's first packet, gives the key's quantum (not oi: an
+#: instrument's open interest need not be a multiple of its lot).
+QUANTUM_WORDS = (
+    (),
+    (),
+    (),
+    (2, 4, 5, 6),
+    (2, 4, 5, 6, *_Q),
+)
+
 for _k in range(5):
     assert sorted(RULES[_k]) == list(range(1, KIND_WORDS[_k]))
     assert sorted(ORDERS[_k]) == list(range(1, KIND_WORDS[_k]))
@@ -144,36 +163,58 @@ def _predict(rule, w, cur, prev, glob):
     raise AssertionError(rule)
 
 
+def quantum(kind: int, cur: list[int]) -> int:
+    """The key's quantum: the odd part of the gcd of its first packet's QUANTUM_WORDS
+    (1 if they are all 0). F&O quantities are multiples of the lot size."""
+    g = 0
+    for w in QUANTUM_WORDS[kind]:
+        g = math.gcd(g, cur[w])
+    if g == 0:
+        return 1
+    while g % 2 == 0:
+        g //= 2
+    return g
+
+
+def inverse(q: int) -> int:
+    """Inverse of odd ``q`` modulo 2^32."""
+    return pow(q, -1, 1 << 32)
+
+
 def _words(packet: bytes) -> list[int]:
     return list(struct.unpack(f">{len(packet) // 4}I", packet))
 
 
-def _residuals(kind, cur, prev, glob):
-    """Residual per word 1..W-1 (index 0 unused); ``prev`` None for a key's first packet."""
+def _residuals(kind, cur, prev, glob, q):
+    """Residual per word 1..W-1 (index 0 unused); ``prev`` None for a key's first packet;
+    ``q`` the key's quantum."""
     out = [0] * KIND_WORDS[kind]
     which = 1 if prev is None else 0
+    inv = inverse(q)
     for w in ORDERS[kind]:
         rule = RULES[kind][w][which]
+        m = inv if w in QUANTITY_WORDS[kind] else 1
         if rule is Z:
-            out[w] = cur[w]
+            out[w] = (cur[w] * m) & M32
         elif rule is Z16:
             out[w] = rot16(cur[w])
         elif rule is P16:
             out[w] = zigzag(rot16(cur[w]) - rot16(prev[w]))
         else:
-            out[w] = zigzag(cur[w] - _predict(rule, w, cur, prev, glob))
+            out[w] = zigzag((cur[w] - _predict(rule, w, cur, prev, glob)) * m)
     return out
 
 
-def _word(rule, w, r, cur, prev, glob):
+def _word(kind, rule, w, r, cur, prev, glob, q):
     """Inverse of one residual: word ``w`` from its residual ``r``."""
+    m = q if w in QUANTITY_WORDS[kind] else 1
     if rule is Z:
-        return r
+        return (r * m) & M32
     if rule is Z16:
         return rot16(r)
     if rule is P16:
         return rot16((rot16(prev[w]) + unzigzag(r)) & M32)
-    return (_predict(rule, w, cur, prev, glob) + unzigzag(r)) & M32
+    return (_predict(rule, w, cur, prev, glob) + unzigzag(r) * m) & M32
 
 
 def _planes(values, width=4) -> bytes:
@@ -222,6 +263,7 @@ def pack(payloads, lengths) -> bytes:
     tags, raw = bytearray(), bytearray()
     ids, key_kinds, key_tokens = [], bytearray(), []
     keys: dict[tuple[int, int], int] = {}
+    quanta: list[int] = []                           # per key id
     last: list[list[int]] = []                       # per key id: its previous packet's words
     glob: list[list[int] | None] = [None] * 5       # per kind: the previous packet's words
     n = [0] * 5
@@ -248,10 +290,11 @@ def pack(payloads, lengths) -> bytes:
                 kid = keys[key] = len(keys)
                 key_kinds.append(kind)
                 key_tokens.append(cur[0])
-                firsts[kind].append(_residuals(kind, cur, None, glob[kind]))
+                quanta.append(quantum(kind, cur))
+                firsts[kind].append(_residuals(kind, cur, None, glob[kind], quanta[kid]))
                 last.append(cur)
             else:
-                r = _residuals(kind, cur, last[kid], glob[kind])
+                r = _residuals(kind, cur, last[kid], glob[kind], quanta[kid])
                 slots = MASK_SLOTS[kind]
                 mb = bytearray(MASK_BYTES[kind])
                 for s, w in enumerate(slots):
@@ -268,6 +311,7 @@ def pack(payloads, lengths) -> bytes:
     out += _planes(ids, _id_width(len(keys)))
     out += key_kinds
     out += _planes(key_tokens)
+    out += _planes(quanta)
     for k in range(5):
         for w in range(1, KIND_WORDS[k]):
             out += _planes([row[w] for row in firsts[k]])
@@ -336,6 +380,9 @@ def unpack(packed, lengths) -> bytes:
     if any(k > 4 for k in key_kinds):
         raise ValueError("key kind code above 4")
     key_tokens = _read_planes(r, n_keys, 4, "key tokens")
+    quanta = _read_planes(r, n_keys, 4, "key quanta")
+    if any(q % 2 == 0 for q in quanta):
+        raise ValueError("a key quantum is even")
     f = [0] * 5
     for k in key_kinds:
         f[k] += 1
@@ -414,7 +461,8 @@ def unpack(packed, lengths) -> bytes:
                 cur = [prev[0]] + [0] * (KIND_WORDS[kind] - 1)
             which = 1 if prev is None else 0
             for w in ORDERS[kind]:
-                cur[w] = _word(RULES[kind][w][which], w, res[w], cur, prev, glob[kind])
+                cur[w] = _word(kind, RULES[kind][w][which], w, res[w], cur, prev, glob[kind],
+                               quanta[kid])
             plen = KIND_LENGTHS[kind]
             if pos + 2 + plen > length - 2:
                 raise ValueError("packets overrun their frame")
