@@ -24,6 +24,7 @@ USD-M "How to manage a local order book correctly"):
    "crossed" and a resync. A crossed snapshot is refused: ``FETCH`` "crossed_snapshot".
 7. ``reset(reason)`` (the stream dropped, an undecodable event): the book is discarded
    (``GAP`` reason if it was synced) and the sync restarts at step 1.
+8. A snapshot body that cannot be decoded (``on_snapshot_failed``): ``FETCH`` "bad_snapshot".
 
 A snapshot that arrives when none was asked for, or after the book is synced, is ignored.
 The buffer holds at most ``max_buffer`` events; beyond that the oldest are dropped (a later
@@ -46,7 +47,7 @@ SYNCED = "synced"    # the book is in sync again
 class Action(NamedTuple):
     kind: str        # FETCH, GAP or SYNCED
     symbol: str
-    reason: str      # FETCH: start, stale_snapshot, crossed_snapshot, resync;
+    reason: str      # FETCH: start, stale_snapshot, crossed_snapshot, bad_snapshot, resync;
     #                  GAP: sequence, crossed, or the reset's reason; SYNCED: snapshot
     book_id: int     # the book's update id before the action (-1: not synced)
     first_id: int    # U of the event that caused it (-1: none)
@@ -122,6 +123,14 @@ class BookSync:
         self.fetching = False
         self.pending = snap
         return self._try_sync()
+
+    def on_snapshot_failed(self) -> tuple:
+        """A snapshot body that could not be decoded: ask for another, if one was wanted."""
+        if self.book_id >= 0 or not self.fetching:
+            self.counters.snapshots_ignored += 1
+            return _NONE
+        self.counters.refetches += 1
+        return (self._act(FETCH, "bad_snapshot"),)
 
     def reset(self, reason: str) -> tuple:
         """The stream was interrupted (or an event was unreadable): start over."""
