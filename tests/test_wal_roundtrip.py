@@ -452,3 +452,16 @@ def test_a_bug_in_the_writer_thread_surfaces_instead_of_hanging(tmp_path, monkey
         w.flush(timeout=10)
     with pytest.raises(WalError, match="boom"):
         w.close()
+
+
+def test_instrument_keys_are_copied_and_checked_at_append(tmp_path):
+    tokens = np.array([5, 6], dtype=np.uint64)
+    with WalWriter(tmp_path, "v") as w:
+        w.append(Kind.BINARY, b"a", T0, 0, instruments=tokens)
+        tokens[:] = 99                                  # the caller reuses its buffer
+        with pytest.raises(ValueError, match="instruments"):
+            w.append(Kind.BINARY, b"b", T0, 0, instruments=[-1])
+        w.append(Kind.BINARY, b"c", T0, 0, instruments=tokens)
+    b = read_wal(tmp_path / "v")
+    assert b.payloads() == [b"a", b"c"]
+    assert b.instruments(0).tolist() == [5, 6] and b.instruments(1).tolist() == [99, 99]

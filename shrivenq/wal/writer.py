@@ -104,7 +104,7 @@ def _columns_from_rows(rows: list[tuple]) -> fmt.Columns:
     kind, version, conn, wall, mono, payload, inst = zip(*rows)
     n = len(rows)
     counts = np.fromiter((0 if x is None else len(x) for x in inst), np.uint32, n)
-    keys = ([np.asarray(x, dtype=np.uint64).ravel() for x in inst if x is not None and len(x)])
+    keys = [x for x in inst if x is not None and len(x)]
     return fmt.Columns(
         np.array(kind, dtype=np.uint8), np.array(version, dtype=np.uint8),
         np.array(conn, dtype=np.uint32), np.array(wall, dtype=np.int64),
@@ -262,6 +262,13 @@ class WalWriter:
             version = RECORD_VERSION.get(kind, 1)
         if not isinstance(payload, bytes):
             payload = bytes(payload)
+        if instruments is not None:
+            # A copy (the caller may reuse its buffer), checked here so that a bad key is
+            # the caller's ValueError, not a dead writer thread.
+            try:
+                instruments = np.array(instruments, dtype=np.uint64).ravel()
+            except (OverflowError, ValueError, TypeError) as exc:
+                raise ValueError(f"instruments must be integers in [0, 2**64): {exc}") from None
         day = (wall_ns + self.tz_offset_s * 1_000_000_000) // layout.DAY_NS
         with self._cv:
             self._check()
