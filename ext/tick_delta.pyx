@@ -238,6 +238,67 @@ cdef extern from *:
         for (w = 1; w < 46; w++) r[w] = td_zz(d[w]);
     }
 
+    /* Residuals of a key's first full packet ``pk`` into column w-1 (stride ``cap``) at
+       ``idx`` of ``first``; ``inv`` the inverse of the key's quantum. */
+    static inline void td_full_first_res(const uint8_t* pk, const uint8_t* gl, uint32_t inv,
+                                         uint32_t* first, int64_t cap, int64_t idx) {
+        uint32_t c[46], r[46];
+        int w, k;
+        for (w = 0; w < 46; w++) c[w] = td_be32(pk + 4 * w);
+        r[1] = c[1];
+        r[2] = c[2] * inv;
+        r[3] = td_zz(c[3] - c[1]);
+        r[4] = c[4] * inv;
+        r[5] = c[5] * inv;
+        r[6] = c[6] * inv;
+        for (w = 7; w <= 10; w++) r[w] = td_zz(c[w] - c[1]);
+        r[11] = td_zz(c[11] - c[15]);
+        r[12] = c[12] * inv;
+        r[13] = td_zz((c[13] - c[12]) * inv);
+        r[14] = td_zz((c[14] - c[12]) * inv);
+        r[15] = td_zz(c[15] - (gl ? td_be32(gl + 60) : 0u));
+        for (k = 0; k < 10; k++) {
+            int q = 16 + 3 * k, ref = (k == 0 || k == 5) ? 1 : q - 2;
+            r[q] = c[q] * inv;
+            r[q + 1] = td_zz(c[q + 1] - c[ref]);
+            r[q + 2] = td_rot16(c[q + 2]);
+        }
+        for (w = 1; w < 46; w++) first[(w - 1) * cap + idx] = r[w];
+    }
+
+    /* Decode a key's first full packet: residual of word w at src + (w-1)*4*cap (4 planes of
+       stride cap); ``tok`` its token, ``q`` its quantum. */
+    static inline void td_full_first_dec(uint8_t* out, const uint8_t* src, int64_t cap,
+                                         const uint8_t* gl, uint32_t tok, uint32_t q) {
+        uint32_t c[46], r[46];
+        int w, k;
+        for (w = 1; w < 46; w++) {
+            const uint8_t* s = src + (int64_t)(w - 1) * 4 * cap;
+            r[w] = ((uint32_t)s[0] << 24) | ((uint32_t)s[cap] << 16)
+                 | ((uint32_t)s[2 * cap] << 8) | s[3 * cap];
+        }
+        c[0] = tok;
+        c[1] = r[1];
+        c[2] = r[2] * q;
+        c[3] = td_unzz(r[3]) + c[1];
+        c[4] = r[4] * q;
+        c[5] = r[5] * q;
+        c[6] = r[6] * q;
+        for (w = 7; w <= 10; w++) c[w] = td_unzz(r[w]) + c[1];
+        c[12] = r[12] * q;
+        c[13] = td_unzz(r[13]) * q + c[12];
+        c[14] = td_unzz(r[14]) * q + c[12];
+        c[15] = td_unzz(r[15]) + (gl ? td_be32(gl + 60) : 0u);
+        c[11] = td_unzz(r[11]) + c[15];
+        for (k = 0; k < 10; k++) {
+            int qw = 16 + 3 * k, ref = (k == 0 || k == 5) ? 1 : qw - 2;
+            c[qw] = r[qw] * q;
+            c[qw + 1] = td_unzz(r[qw + 1]) + c[ref];
+            c[qw + 2] = td_rot16(r[qw + 2]);
+        }
+        for (w = 0; w < 46; w++) td_put32(out + 4 * w, c[w]);
+    }
+
     /* Store r[w] of every slot into its column, count the non-zero ones, set mask bits. */
     static inline void td_full_scatter(const uint32_t* r, uint32_t* const* cols, int64_t* cnt,
                                        uint8_t* mk) {
@@ -297,6 +358,10 @@ cdef extern from *:
     void td_put32(uint8_t* p, uint32_t v) noexcept nogil
     uint32_t td_zz(uint32_t d) noexcept nogil
     uint32_t td_unzz(uint32_t z) noexcept nogil
+    void td_full_first_res(const uint8_t* pk, const uint8_t* gl, uint32_t inv,
+                           uint32_t* first, int64_t cap, int64_t idx) noexcept nogil
+    void td_full_first_dec(uint8_t* out, const uint8_t* src, int64_t cap,
+                           const uint8_t* gl, uint32_t tok, uint32_t q) noexcept nogil
     void td_full_next_res(const uint8_t* pk, const uint8_t* pv, const uint8_t* gl,
                           uint32_t* r, uint32_t inv) noexcept nogil
     void td_full_scatter(const uint32_t* r, uint32_t** cols, int64_t* cnt,
@@ -679,10 +744,13 @@ cdef object _pack_body(const uint8_t* base, const uint32_t* lens, Py_ssize_t n_p
                         idx = b.nfirst
                         cap = b.cap
                         b.nfirst += 1
-                        for w in range(1, nw):
-                            b.first[(w - 1) * cap + idx] = residual(
-                                FT[k][w], FA[k][w], 0, w, cur, prv, glob[k],
-                                inv if QW[k][w] else 1)
+                        if k == 4:
+                            td_full_first_res(pk, glob[k], inv, b.first, cap, idx)
+                        else:
+                            for w in range(1, nw):
+                                b.first[(w - 1) * cap + idx] = residual(
+                                    FT[k][w], FA[k][w], 0, w, cur, prv, glob[k],
+                                    inv if QW[k][w] else 1)
                     else:
                         kid = hids[h]
                         idx = b.nnext
@@ -1069,14 +1137,16 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
                 cap = f[k]
                 cur[0] = (<uint32_t>ktok[kid] << 24) | (<uint32_t>ktok[n_keys + kid] << 16) \
                     | (<uint32_t>ktok[2 * n_keys + kid] << 8) | ktok[3 * n_keys + kid]
-                for j in range(nw - 1):
+                if k == 4:
+                    td_full_first_dec(pk, firsts[k] + idx, cap, glob[k], cur[0], quanta[kid])
+                for j in range(nw - 1 if k != 4 else 0):
                     w = ORD[k][j]
                     src = firsts[k] + (w - 1) * 4 * cap + idx
                     cur[w] = unresidual(FT[k][w], FA[k][w], 0, w,
                                         (<uint32_t>src[0] << 24) | (<uint32_t>src[cap] << 16)
                                         | (<uint32_t>src[2 * cap] << 8) | src[3 * cap],
                                         cur, prv, glob[k], quanta[kid] if QW[k][w] else 1)
-                for w in range(nw):
+                for w in range(nw if k != 4 else 0):
                     td_put32(pk + 4 * w, cur[w])
             else:
                 m = n[k] - f[k]
