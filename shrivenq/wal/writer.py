@@ -27,6 +27,7 @@ import fcntl
 import logging
 import os
 import signal
+import struct
 import threading
 import time
 from collections import deque
@@ -100,17 +101,37 @@ class _Sealed:
         self.nbytes, self.has_inst = nbytes, has_inst
 
 
+_KEY_STRUCTS: dict[int, struct.Struct] = {}
+
+
+def _pack_keys(instruments) -> bytes:
+    """Instrument keys as little-endian u64 bytes; ValueError if one is not in [0, 2**64)."""
+    if isinstance(instruments, np.ndarray):
+        if instruments.dtype.kind not in "ui":
+            raise ValueError(f"instruments must be integers, not {instruments.dtype}")
+        if instruments.dtype.kind == "i" and instruments.size and instruments.min() < 0:
+            raise ValueError("instruments must be integers in [0, 2**64)")
+        return np.ascontiguousarray(instruments, dtype="<u8").tobytes()
+    keys = instruments if isinstance(instruments, (list, tuple)) else list(instruments)
+    st = _KEY_STRUCTS.get(len(keys))
+    if st is None:
+        st = _KEY_STRUCTS[len(keys)] = struct.Struct(f"<{len(keys)}Q")
+    try:
+        return st.pack(*keys)
+    except struct.error as exc:
+        raise ValueError(f"instruments must be integers in [0, 2**64): {exc}") from None
+
+
 def _columns_from_rows(rows: list[tuple]) -> fmt.Columns:
     kind, version, conn, wall, mono, payload, inst = zip(*rows)
     n = len(rows)
-    counts = np.fromiter((0 if x is None else len(x) for x in inst), np.uint32, n)
-    keys = [x for x in inst if x is not None and len(x)]
+    counts = np.fromiter((0 if x is None else len(x) >> 3 for x in inst), np.uint32, n)
+    keys = b"".join([x for x in inst if x])
     return fmt.Columns(
         np.array(kind, dtype=np.uint8), np.array(version, dtype=np.uint8),
         np.array(conn, dtype=np.uint32), np.array(wall, dtype=np.int64),
         np.array(mono, dtype=np.int64), np.fromiter(map(len, payload), np.uint32, n),
-        b"".join(payload), counts,
-        np.concatenate(keys) if keys else np.zeros(0, np.uint64))
+        b"".join(payload), counts, np.frombuffer(keys, dtype="<u8"))
 
 
 def _merge(parts: list, has_inst: bool) -> fmt.Columns:
@@ -263,12 +284,9 @@ class WalWriter:
         if not isinstance(payload, bytes):
             payload = bytes(payload)
         if instruments is not None:
-            # A copy (the caller may reuse its buffer), checked here so that a bad key is
+            # Packed to bytes here: a copy (the caller may reuse its buffer), and a bad key is
             # the caller's ValueError, not a dead writer thread.
-            try:
-                instruments = np.array(instruments, dtype=np.uint64).ravel()
-            except (OverflowError, ValueError, TypeError) as exc:
-                raise ValueError(f"instruments must be integers in [0, 2**64): {exc}") from None
+            instruments = _pack_keys(instruments)
         day = (wall_ns + self.tz_offset_s * 1_000_000_000) // layout.DAY_NS
         with self._cv:
             self._check()
