@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -29,6 +30,23 @@ from shrivenq.kite.protocol import (
 )
 
 log = logging.getLogger("shrivenq.kite.feed")
+
+
+class _RedactCredentials(logging.Filter):
+    """websockets logs the request line at DEBUG, and Kite's credentials are in its query."""
+
+    _SECRET = re.compile(r"(access_token|api_key)=[^&\s]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "access_token" in text or "api_key" in text:
+            record.msg, record.args = self._SECRET.sub(r"\1=***", text), ()
+        return True
+
+
+#: The logger handed to websockets for our connections.
+ws_log = logging.getLogger("shrivenq.kite.feed.ws")
+ws_log.addFilter(_RedactCredentials())
 
 #: Kite frames can hold up to 65535 packets; 16 MiB is above the largest possible frame.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -138,7 +156,7 @@ class KiteFeed:
             try:
                 async with connect(self.url, max_size=MAX_MESSAGE_BYTES, ping_interval=None,
                                    open_timeout=self.connect_timeout, close_timeout=2,
-                                   compression=None) as ws:
+                                   compression=None, logger=ws_log) as ws:
                     stats.connects += 1
                     stats.connected = True
                     self._event("connect", conn, attempt=stats.connects)
