@@ -484,3 +484,20 @@ def test_read_ahead_threads_change_nothing(tmp_path):
     r2 = WalReader(tmp_path / "kite", on_corrupt="skip", workers=2)
     assert as_tuples(r1.read()) == as_tuples(r2.read())
     assert [str(p) for p in r1.skipped] == [str(p) for p in r2.skipped] and r1.skipped
+
+
+def test_a_record_of_a_newer_version_is_refused_not_misread(tmp_path):
+    with WalWriter(tmp_path, "v") as w:
+        w.append(Kind.BINARY, b"old", T0, 0)
+        w.append(Kind.GAP, R.gap(0, 1, 2, "x")[1], T0 + 1, 1, version=2)
+        w.append(200, b"a caller's own kind", T0 + 2, 2, version=9)
+    with pytest.raises(WalFormatError, match="record kind 21 version 2 is newer"):
+        read_wal(tmp_path / "v", on_corrupt="skip")
+    assert not verify(tmp_path).clean
+
+
+def test_kinds_storage_does_not_know_keep_any_version(tmp_path):
+    with WalWriter(tmp_path, "v") as w:
+        w.append(200, b"a caller's own kind", T0, 0, version=9)
+    b = read_wal(tmp_path / "v")
+    assert b.kind.tolist() == [200] and b.version.tolist() == [9]

@@ -24,6 +24,7 @@ import zstandard
 
 from shrivenq.errors import WalCorruptError, WalFormatError, WalIOError
 from shrivenq.wal import format as fmt
+from shrivenq.wal.records import RECORD_VERSION
 
 log = logging.getLogger("shrivenq.wal")
 
@@ -260,8 +261,29 @@ def _scan_from(fd, path, size, pos, frame) -> list[BlockRef]:
 
 # ---------------------------------------------------------------------------- reading blocks
 
+# The newest record-format version this reader knows, per kind (kinds it does not know:
+# any version; storage keeps what callers give it).
+_MAX_VERSION = np.full(256, 255, dtype=np.uint8)
+for _k, _v in RECORD_VERSION.items():
+    _MAX_VERSION[_k] = _v
+
+
 def read_block(fd: int, ref: BlockRef, dctx: zstandard.ZstdDecompressor) -> fmt.Columns:
-    """Read, verify and decode one block; raises WalCorruptError naming segment/offset/block."""
+    """Read, verify and decode one block; raises WalCorruptError naming segment/offset/block,
+    WalFormatError if it holds a record of a newer record-format version than this reader
+    knows."""
+    cols = _read_block(fd, ref, dctx)
+    newer = cols.version > _MAX_VERSION[cols.kind]
+    if newer.any():
+        i = int(np.argmax(newer))
+        kind, version = int(cols.kind[i]), int(cols.version[i])
+        raise WalFormatError(f"{ref.segment}: block {ref.block} at byte {ref.offset}: record "
+                             f"kind {kind} version {version} is newer than this reader (knows "
+                             f"up to {int(_MAX_VERSION[kind])}); upgrade shrivenq")
+    return cols
+
+
+def _read_block(fd: int, ref: BlockRef, dctx: zstandard.ZstdDecompressor) -> fmt.Columns:
     try:
         data = _pread(fd, ref.frame.size, ref.offset)
     except OSError as exc:
