@@ -196,6 +196,31 @@ cdef extern from *:
     static inline void td_put32(uint8_t* p, uint32_t v) {
         v = __builtin_bswap32(v); memcpy(p, &v, 4);
     }
+    /* Byte swaps of 4 words at a time with plain SSE2 (no pshufb needed). */
+    typedef uint32_t td_v4 __attribute__((vector_size(16)));
+    static inline td_v4 td_bswap4(td_v4 x) {
+        return (x << 24) | ((x << 8) & 0x00ff0000u) | ((x >> 8) & 0x0000ff00u) | (x >> 24);
+    }
+    static inline void td_load_be(uint32_t* dst, const uint8_t* src, int n) {
+        int w = 0;
+        td_v4 v;
+        for (; w + 4 <= n; w += 4) {
+            memcpy(&v, src + 4 * w, 16);
+            v = td_bswap4(v);
+            memcpy(dst + w, &v, 16);
+        }
+        for (; w < n; w++) dst[w] = td_be32(src + 4 * w);
+    }
+    static inline void td_store_be(uint8_t* dst, const uint32_t* src, int n) {
+        int w = 0;
+        td_v4 v;
+        for (; w + 4 <= n; w += 4) {
+            memcpy(&v, src + w, 16);
+            v = td_bswap4(v);
+            memcpy(dst + 4 * w, &v, 16);
+        }
+        for (; w < n; w++) td_put32(dst + 4 * w, src[w]);
+    }
     static inline uint32_t td_rot16(uint32_t x) { return (x << 16) | (x >> 16); }
     static inline uint32_t td_zz(uint32_t d) { return (d << 1) ^ (uint32_t)((int32_t)d >> 31); }
     static inline uint32_t td_unzz(uint32_t z) { return (z >> 1) ^ (0u - (z & 1u)); }
@@ -219,7 +244,8 @@ cdef extern from *:
                                         const uint8_t* gl, uint32_t* r, uint32_t inv) {
         uint32_t c[46], p[46], d[46];
         int w, k;
-        for (w = 0; w < 46; w++) { c[w] = td_be32(pk + 4 * w); p[w] = td_be32(pv + 4 * w); }
+        td_load_be(c, pk, 46);
+        td_load_be(p, pv, 46);
         for (w = 0; w < 46; w++) d[w] = c[w] - p[w];
         for (k = 0; k < 10; k++) {          /* orders|pad: on the word rotated by 16 */
             int nw = 18 + 3 * k;
@@ -244,7 +270,7 @@ cdef extern from *:
                                          uint32_t* first, int64_t cap, int64_t idx) {
         uint32_t c[46], r[46];
         int w, k;
-        for (w = 0; w < 46; w++) c[w] = td_be32(pk + 4 * w);
+        td_load_be(c, pk, 46);
         r[1] = c[1];
         r[2] = c[2] * inv;
         r[3] = td_zz(c[3] - c[1]);
@@ -296,7 +322,7 @@ cdef extern from *:
             c[qw + 1] = td_unzz(r[qw + 1]) + c[ref];
             c[qw + 2] = td_rot16(r[qw + 2]);
         }
-        for (w = 0; w < 46; w++) td_put32(out + 4 * w, c[w]);
+        td_store_be(out, c, 46);
     }
 
     /* Store r[w] of every slot into its column, count the non-zero ones, set mask bits. */
@@ -333,7 +359,7 @@ cdef extern from *:
             r[w2] = cols[w2][i] & (0u - bit);
             vi[w2] = i + bit;
         }
-        for (w = 0; w < 46; w++) p[w] = td_be32(pv + 4 * w);
+        td_load_be(p, pv, 46);
         d[0] = 0;
         for (w = 1; w < 46; w++) d[w] = td_unzz(r[w]);
         for (k = 0; k < 17; k++) d[TD_FULL_QTY[k]] *= q;
@@ -351,7 +377,7 @@ cdef extern from *:
         c[15] = d[15] + (gl ? td_be32(gl + 60) : 0u);
         c[2] = traded ? d[2] + vd : c[2];
         c[11] = traded ? d[11] + c[15] : c[11];
-        for (w = 0; w < 46; w++) td_put32(out + 4 * w, c[w]);
+        td_store_be(out, c, 46);
     }
     """
     uint32_t td_be32(const uint8_t* p) noexcept nogil
