@@ -262,7 +262,10 @@ class WalReader:
                 yield seg, item, is_problem
 
     def batches(self) -> Iterator[RecordBatch]:
-        """One RecordBatch per block that has records passing the filters."""
+        """One RecordBatch per block that has records passing the filters. ``skipped``,
+        ``torn`` and the block counters describe the latest iteration."""
+        self.skipped, self.torn = [], []
+        self.blocks_read = self.blocks_skipped_by_time = 0
         local = threading.local()
         fds: dict[Path, int] = {}
         lock = threading.Lock()
