@@ -36,7 +36,8 @@ record = st.tuples(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(recs=st.lists(record, max_size=60), block=st.integers(1, 3000),
        segment=st.integers(200, 6000), batch_every=st.integers(0, 7),
        codec=st.sampled_from(CODECS), tz=st.sampled_from([IST, UTC]))

@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from shrivenq.kite import KIND_FULL
+from shrivenq.kite import wire as _wire
 from shrivenq.kite.wire import encode_frame
 from shrivenq.sim import market as _market
 from shrivenq.sim.market import KiteMarket, default_universe
 from shrivenq.wal.records import Kind
 
 _CACHE = Path(__file__).resolve().parents[2] / "cache"
+_sample = sys.modules[__name__]
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,7 @@ def _generate(ticks: int, seed: int, instruments: int, max_packets: int) -> Samp
 def kite_stream(ticks: int = 150_000, seed: int = 5, instruments: int = 200,
                 max_packets: int = 8) -> SampleStream:
     """A realistic full-mode stream of ``ticks`` packets in frames of 1..max_packets."""
-    src = b"".join(Path(m.__file__).read_bytes() for m in (_market,)) + Path(__file__).read_bytes()
+    src = b"".join(Path(m.__file__).read_bytes() for m in (_market, _wire, _sample))
     key = hashlib.sha1(src + repr((ticks, seed, instruments, max_packets)).encode()).hexdigest()
     path = _CACHE / f"wal_sample_{key[:16]}.npz"
     if path.exists():
