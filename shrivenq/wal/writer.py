@@ -10,7 +10,9 @@ queue is full ``append`` blocks (backpressure: nothing is ever dropped), and the
 counted in ``stats.queue_full_waits`` and logged. The writer thread writes every block it
 finds queued, then fsyncs per the policy (group commit). ``durable_records`` is how many
 records (in append order, from 0) are known to be on disk and fsynced; ``on_durable`` is
-called with it, from the writer thread, whenever it grows.
+called with it, from the writer thread, whenever it grows. With the defaults (blocks sealed
+after at most 1 s, ``interval:1000``) a record is durable about 2 s after its append at the
+latest; ``flush()`` makes everything appended so far durable now, whatever the policy.
 
 Opening a writer takes an exclusive lock on the venue/stream and repairs a segment a
 crashed writer left without a footer (``recovery`` lists what was done); new records always
