@@ -215,3 +215,39 @@ def test_verify_repair_fixes_crashed_segments_but_not_the_live_one(tmp_path):
     assert [s.live for s in live.segments] == [False, True]
     w.close()
     assert read_wal(tmp_path / "v").payloads() == kept + [b"x" * 60]
+
+
+def test_a_real_write_error_from_the_kernel_keeps_what_was_written(tmp_path):
+    """RLIMIT_FSIZE makes the kernel refuse writes past a size (EFBIG), a real stand-in for
+    a full disk: the error names the segment, and every block before it stays readable."""
+    child = f"""
+import resource, signal, sys
+from shrivenq.errors import WalIOError
+from shrivenq.wal import WalWriter, Kind
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+w = WalWriter({str(tmp_path)!r}, "v", block_bytes=1000, fsync="every-block")
+try:
+    for i in range(100_000):
+        w.append(Kind.BINARY, b"%06d" % i + bytes(range(256)) * 4, {T0} + i, i)
+    w.flush()
+except WalIOError as err:
+    print("ERR", err.path, err.reason, w.durable_records, flush=True)
+    try:
+        w.close()
+    except WalIOError:
+        pass
+    sys.exit(0)
+sys.exit(1)
+"""
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    _, path, *reason, durable = out.stdout.split()
+    assert path.endswith("000001.wal") and "large" in " ".join(reason)
+    got = read_wal(tmp_path / "v").payloads()
+    assert len(got) >= int(durable) > 0
+    assert [p[:6] for p in got] == [b"%06d" % i for i in range(len(got))]
+    with WalWriter(tmp_path, "v") as w:        # recovery closes the segment
+        assert w.recovery and w.recovery[0].action == "footer rebuilt"
+    assert verify(tmp_path).clean
