@@ -138,7 +138,7 @@ garbage = st.binary(max_size=300)
 payload = st.one_of(good_frames, good_frames, bad_frame(), texts, heartbeats, garbage)
 payload_lists = st.lists(payload, max_size=25)
 
-FAST = settings(max_examples=200, deadline=None,
+FAST = settings(max_examples=500, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
@@ -232,6 +232,34 @@ def test_quantum_is_the_odd_lot_factor():
     assert packed[at:at + 4] == (75).to_bytes(4, "big")
 
 
+def test_threads_share_nothing(stream):
+    """pack/unpack release the GIL and keep one scratch buffer: concurrent calls must not
+    see each other's state."""
+    import threading
+    frames, _ = stream
+    blocks = [(b"".join(b), lens_of(b)) for b in blocks_of(frames[:4000], 64 * 1024)]
+    expected = [td.pack(d, n) for d, n in blocks]
+    errors = []
+
+    def work(offset):
+        try:
+            for r in range(30):
+                i = (offset + r) % len(blocks)
+                d, n = blocks[i]
+                p = td.pack(d, n)
+                if p != expected[i] or td.unpack(p, n) != d:
+                    errors.append(i)
+        except Exception as exc:   # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
 def test_state_resets_per_block():
     """The same payloads pack the same whatever was packed before."""
     parts = [frame_of(*REAL_PACKETS[i:i + 4]) for i in range(0, 40, 4)]
@@ -255,7 +283,7 @@ def _try(impl, packed, lengths):
     return out
 
 
-@settings(max_examples=60, deadline=5000,
+@settings(max_examples=120, deadline=5000,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(payload_lists, st.randoms(use_true_random=False))
 def test_unpack_hostile(parts, rnd):
@@ -296,7 +324,7 @@ def test_unpack_hostile(parts, rnd):
         assert _try(td, packed, shuffled) == _try(ref, packed, shuffled)
 
 
-@settings(max_examples=150, deadline=5000,
+@settings(max_examples=400, deadline=5000,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.binary(max_size=400), st.lists(st.integers(0, 200), max_size=8))
 def test_unpack_garbage(blob, lens):
