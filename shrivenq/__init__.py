@@ -5,3 +5,10 @@ write-ahead log. See README.md for the quick start.
 """
 
 __version__ = "0.1.0"
+
+
+def open(data_dir="data", cache_dir="cache"):  # noqa: A001 (shrivenq.open, like io.open)
+    """Open captured data for reading in code and notebooks; see shrivenq.replay.dataset."""
+    from shrivenq.replay.dataset import Dataset
+
+    return Dataset(data_dir, cache_dir)

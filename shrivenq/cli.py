@@ -184,7 +184,6 @@ def sim_kite(
         typer.echo("simulator stopped")
     except OSError as err:
         _kite_fail("sim kite", f"cannot listen on {host}: {err.strerror or err}")
-app.add_typer(_not_built("replay", 5), name="replay")
 
 
 wal_app = typer.Typer(help="The write-ahead log: inspect and verify what was captured.",
@@ -309,7 +308,6 @@ def capture_run(
 
     Exit code 0: clean; 1: an error (message on stderr); 3: the feed had gaps."""
     from shrivenq.capture.runner import CaptureRequest, run_capture
-    from shrivenq.errors import ShrivenqError
 
     _logging(quiet)
     if exchange != "kite":
@@ -321,10 +319,46 @@ def capture_run(
         cache_dir=cache_dir, duration=duration, until=until, sim=sim, sim_rate=sim_rate,
         snapshot_interval=snapshot_interval, segment_size=segment_size, fsync=fsync,
         metrics_port=metrics_port, watchdog=watchdog, quiet=quiet)
+    _exit_with("capture run", run_capture, req)
+
+
+@app.command("replay")
+def replay(
+    start: Optional[str] = typer.Option(None, help="From this time, e.g. 2026-11-20T09:15 "
+                                        "(IST unless a zone is given)."),
+    end: Optional[str] = typer.Option(None, help="Up to (not including) this time."),
+    symbols: str = typer.Option("", help='Comma-separated names, e.g. "NIFTY 50".'),
+    tokens: str = typer.Option("", help="Comma-separated instrument tokens."),
+    data_dir: Path = typer.Option(Path("data"), help="Where the WAL is."),
+    cache_dir: Path = typer.Option(Path("cache"), help="Instrument master (for --symbols)."),
+    every: Optional[str] = typer.Option(None, help="With --out: sample books every 1s, 5m..."),
+    out: Optional[Path] = typer.Option(None, help="Write book states: .csv, .jsonl or .parquet."),
+    verify: bool = typer.Option(False, "--verify", help="Check the replayed books against "
+                                "every snapshot in range; exit 4 on a difference."),
+    skip_corrupt: bool = typer.Option(False, "--skip-corrupt", help="Skip (and report) "
+                                      "damaged blocks instead of stopping."),
+) -> None:
+    """Rebuild the books from the recorded ticks, deterministically.
+
+    Prints a summary per instrument (ticks, first/last time, last book, gaps)."""
+    from shrivenq.replay.runner import ReplayRequest, run_replay
+
+    _logging(quiet=True)
+    req = ReplayRequest(start=start, end=end, symbols=_split(symbols), tokens=_split(tokens),
+                        data_dir=data_dir, cache_dir=cache_dir, every=every, out=out,
+                        verify=verify, skip_corrupt=skip_corrupt)
+    _exit_with("replay", run_replay, req)
+
+
+def _exit_with(command: str, run, request) -> None:
+    """Run a library entry point; its return value is the exit code, and an error it raises
+    on purpose is one line on stderr and exit 1."""
+    from shrivenq.errors import ShrivenqError
+
     try:
-        code = run_capture(req)
+        code = run(request)
     except ShrivenqError as err:
-        typer.echo(f"shrivenq capture run: {err}", err=True)
+        typer.echo(f"shrivenq {command}: {err}", err=True)
         raise typer.Exit(1)
     raise typer.Exit(code)
 

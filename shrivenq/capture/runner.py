@@ -18,7 +18,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from datetime import time as dt_time
 from pathlib import Path
 from typing import TextIO
 
@@ -26,7 +25,8 @@ from shrivenq.capture.kite import CaptureSummary, KiteCapture, KiteCaptureSettin
 from shrivenq.capture.metrics import MetricsServer, health_of
 from shrivenq.errors import ConfigError, ShrivenqError
 from shrivenq.kite.protocol import MODES
-from shrivenq.wal import IST, FsyncPolicy
+from shrivenq.timeutil import IST, parse_datetime
+from shrivenq.wal import FsyncPolicy
 
 log = logging.getLogger("shrivenq.capture")
 
@@ -48,21 +48,10 @@ def parse_size(text: str) -> int:
 
 
 def seconds_until(text: str, now: datetime | None = None) -> float:
-    """Seconds from now until a wall-clock time: 'HH:MM' (IST), 'HH:MM+05:30', or an ISO
-    datetime. A bare time already past today is an error, not tomorrow."""
+    """Seconds from now until a wall-clock time: 'HH:MM' (IST, today), 'HH:MM+05:30', or an
+    ISO datetime. A time already past is an error, not tomorrow."""
     now = now or datetime.now(IST)
-    text = text.strip()
-    try:
-        if re.fullmatch(r"\d{1,2}:\d{2}(:\d{2})?([+-]\d{2}:\d{2}|Z)?", text):
-            clock = dt_time.fromisoformat(text)
-            tz = clock.tzinfo or IST
-            target = datetime.combine(now.astimezone(tz).date(), clock.replace(tzinfo=None), tz)
-        else:
-            target = datetime.fromisoformat(text)
-            target = target if target.tzinfo else target.replace(tzinfo=IST)
-    except ValueError:
-        raise ConfigError(f"--until {text!r} is not a time like 15:30 (IST) or "
-                          "2026-11-20T15:30+05:30") from None
+    target = parse_datetime(text, "--until", IST, day=now.astimezone(IST).date())
     seconds = (target - now).total_seconds()
     if seconds <= 0:
         raise ConfigError(f"--until {text} has already passed ({target.isoformat()})")
@@ -210,9 +199,10 @@ def format_summary(s: CaptureSummary, data_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def run_capture(req: CaptureRequest, out: TextIO = sys.stdout) -> int:
+def run_capture(req: CaptureRequest, out: TextIO | None = None) -> int:
     """The whole of ``shrivenq capture run``. Returns the exit code; errors the user can fix
     raise ShrivenqError before anything is connected or written."""
+    out = out or sys.stdout
     _check(req)
     segment_bytes = parse_size(req.segment_size)
     duration = req.duration if req.until is None else seconds_until(req.until)

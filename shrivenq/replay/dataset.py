@@ -1,0 +1,172 @@
+"""The notebook API: ``shrivenq.open(data_dir)``.
+
+    ds = shrivenq.open("data")
+    ticks = ds.ticks(start="2026-11-20T09:15", end="2026-11-20T09:20", symbols=["NIFTY 50"])
+    df = ds.to_pandas(symbols=["NIFTY BANK"])         # pandas is imported only here
+    books = ds.books(symbols=["NIFTY 50"], every="1s")  # like replay --out
+    for tick, book in ds.replay(symbols=["NIFTY 50"]):  # one pair per tick, for strategies
+        ...
+
+Times are ISO strings (IST unless they carry a zone), datetimes, or ns since the epoch.
+Symbols resolve through the instrument master (the cached one under ``cache_dir``, else the
+sample shipped with shrivenq, which covers the simulator); tokens can be given directly.
+Memory follows the rows asked for: the WAL is read block by block, skipping blocks outside
+the time range and, where it can, blocks without the instruments asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from shrivenq.errors import ConfigError
+from shrivenq.kite import TICK_DTYPE
+from shrivenq.replay.kite import KiteReplay, venue_dir
+from shrivenq.replay.output import BOOK_DTYPE, book_rows, sample
+from shrivenq.timeutil import IST, parse_datetime, parse_duration_ns, to_ns
+
+log = logging.getLogger("shrivenq.dataset")
+
+#: ``ticks()`` rows: the receive time and connection, then every TICK_DTYPE column.
+TIMED_TICK_DTYPE = np.dtype([("wall_ns", "<i8"), ("conn", "<u4")]
+                            + [(name, TICK_DTYPE.fields[name][0]) for name in TICK_DTYPE.names])
+
+TimeArg = str | datetime | int | None
+
+
+def time_ns(value: TimeArg, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, datetime):
+        return to_ns(value if value.tzinfo else value.replace(tzinfo=IST))
+    if hasattr(value, "value") and hasattr(value, "tz_localize"):  # a pandas Timestamp
+        return time_ns(value.to_pydatetime(), what)
+    return to_ns(parse_datetime(str(value), what))
+
+
+class Dataset:
+    def __init__(self, data_dir: str | Path = "data", cache_dir: str | Path = "cache"):
+        self.data_dir = Path(data_dir)
+        self.vdir = venue_dir(self.data_dir)
+        self.cache_dir = Path(cache_dir)
+        self._master = None
+
+    def __repr__(self) -> str:
+        return f"shrivenq.Dataset({str(self.data_dir)!r})"
+
+    @property
+    def instruments(self):
+        if self._master is None:
+            from shrivenq.kite.instruments import load_master
+
+            self._master = load_master(self.cache_dir, fallback_sample=True)
+        return self._master
+
+    def tokens_for(self, symbols: Sequence[str] | None = None,
+                   tokens: Sequence[int] | None = None) -> list[int] | None:
+        if symbols is None and tokens is None:
+            return None
+        out = [int(t) for t in tokens or []]
+        if symbols:
+            out += [ins.token for ins in self.instruments.resolve(list(symbols))]
+        return out
+
+    def names(self) -> dict[int, str]:
+        try:
+            return {ins.token: ins.tradingsymbol for ins in self.instruments}
+        except Exception:  # a master is a nicety for labels, never a reason to fail
+            return {}
+
+    def _range(self, start: TimeArg, end: TimeArg) -> tuple[int | None, int | None]:
+        start_ns, end_ns = time_ns(start, "start"), time_ns(end, "end")
+        if start_ns is not None and end_ns is not None and start_ns >= end_ns:
+            raise ConfigError("start must be before end")
+        return start_ns, end_ns
+
+    def ticks(self, start: TimeArg = None, end: TimeArg = None,
+              symbols: Sequence[str] | None = None, tokens: Sequence[int] | None = None
+              ) -> np.ndarray:
+        """Parsed ticks with their receive times, as one TIMED_TICK_DTYPE array."""
+        start_ns, end_ns = self._range(start, end)
+        parts = []
+        for batch in KiteReplay(self.vdir).ticks(start_ns, end_ns, self.tokens_for(symbols, tokens)):
+            part = np.empty(len(batch.rows), dtype=TIMED_TICK_DTYPE)
+            part["wall_ns"], part["conn"] = batch.wall_ns, batch.conn
+            for name in TICK_DTYPE.names:
+                part[name] = batch.rows[name]
+            parts.append(part)
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=TIMED_TICK_DTYPE)
+
+    def to_pandas(self, start: TimeArg = None, end: TimeArg = None,
+                  symbols: Sequence[str] | None = None, tokens: Sequence[int] | None = None):
+        """Ticks as a DataFrame indexed by receive time (IST); prices divided into floats;
+        depth as bid_price_1..5, bid_qty_1..5, ask_price_1..5, ask_qty_1..5."""
+        import pandas as pd
+
+        rows = self.ticks(start, end, symbols, tokens)
+        names = self.names()
+        div = rows["divisor"].astype(np.float64)
+        cols: dict[str, np.ndarray] = {
+            "token": rows["token"], "symbol": [names.get(int(t), "") for t in rows["token"]],
+            "conn": rows["conn"], "kind": rows["kind"],
+        }
+        for name in ("last_price", "average_price", "open", "high", "low", "close"):
+            cols[name] = rows[name] / div
+        for name in ("last_quantity", "volume", "total_buy_quantity", "total_sell_quantity",
+                     "oi", "oi_day_high", "oi_day_low"):
+            cols[name] = rows[name]
+        for name in ("last_trade_time", "exchange_timestamp"):
+            cols[name] = pd.to_datetime(rows[name].astype(np.int64), unit="s", utc=True) \
+                .tz_convert("Asia/Kolkata")
+        for side in ("bid", "ask"):
+            for level in range(5):
+                cols[f"{side}_price_{level + 1}"] = rows[f"{side}_price"][:, level] / div
+                cols[f"{side}_qty_{level + 1}"] = rows[f"{side}_quantity"][:, level]
+        index = pd.to_datetime(rows["wall_ns"], unit="ns", utc=True).tz_convert("Asia/Kolkata")
+        return pd.DataFrame(cols, index=pd.Index(index, name="time"))
+
+    def books(self, start: TimeArg = None, end: TimeArg = None,
+              symbols: Sequence[str] | None = None, tokens: Sequence[int] | None = None,
+              every: str | int | None = None) -> np.ndarray:
+        """Book states (BOOK_DTYPE): after every tick, or sampled ``every`` ('1s', '5m', ns)."""
+        start_ns, end_ns = self._range(start, end)
+        replay = KiteReplay(self.vdir)
+        batches = replay.ticks(start_ns, end_ns, self.tokens_for(symbols, tokens), books=True)
+        if every is None:
+            parts = [book_rows(b.books, b.wall_ns) for b in batches]
+        else:
+            step = every if isinstance(every, int) else parse_duration_ns(every, "every")
+            first = next(batches, None)
+            if first is None:
+                return np.zeros(0, dtype=BOOK_DTYPE)
+            begin = start_ns if start_ns is not None else int(first.wall_ns[0])
+            parts = list(sample(_chain(first, batches), begin, end_ns, step,
+                                lambda: replay.result.start_books))
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=BOOK_DTYPE)
+
+    def replay(self, start: TimeArg = None, end: TimeArg = None,
+               symbols: Sequence[str] | None = None, tokens: Sequence[int] | None = None
+               ) -> Iterator[tuple[np.void, np.void]]:
+        """(tick, book) per tick, in order: a TIMED_TICK_DTYPE row and the instrument's
+        BOOK_DTYPE book right after it."""
+        start_ns, end_ns = self._range(start, end)
+        for batch in KiteReplay(self.vdir).ticks(start_ns, end_ns,
+                                                 self.tokens_for(symbols, tokens), books=True):
+            ticks = np.empty(len(batch.rows), dtype=TIMED_TICK_DTYPE)
+            ticks["wall_ns"], ticks["conn"] = batch.wall_ns, batch.conn
+            for name in TICK_DTYPE.names:
+                ticks[name] = batch.rows[name]
+            books = book_rows(batch.books, batch.wall_ns)
+            yield from zip(ticks, books)
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+

@@ -1,0 +1,156 @@
+"""Book states as rows: the numpy form (``BOOK_DTYPE``), sampling at a fixed interval, and
+writers for ``replay --out`` whose format follows the file's extension (.csv, .jsonl,
+.parquet). Prices stay fixed-point in numpy; the writers divide by the instrument's divisor.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from shrivenq.errors import ConfigError
+from shrivenq.replay.kite import TickBatch
+from shrivenq.timeutil import format_ns
+
+BOOK_DTYPE = np.dtype([
+    ("wall_ns", "<i8"), ("token", "<u4"), ("divisor", "<u4"),
+    ("last_price", "<i4"), ("last_quantity", "<u4"), ("volume", "<u4"), ("oi", "<u4"),
+    ("bid_price", "<i4", (5,)), ("bid_quantity", "<u4", (5,)), ("bid_orders", "<u2", (5,)),
+    ("ask_price", "<i4", (5,)), ("ask_quantity", "<u4", (5,)), ("ask_orders", "<u2", (5,)),
+])
+
+
+def book_rows(books: np.ndarray, wall_ns: np.ndarray) -> np.ndarray:
+    """BOOK_DTYPE rows from per-tick book states (TICK_DTYPE) and their times."""
+    out = np.empty(len(books), dtype=BOOK_DTYPE)
+    out["wall_ns"] = wall_ns
+    for name in BOOK_DTYPE.names[1:]:
+        out[name] = books[name]
+    return out
+
+
+def sample(batches: Iterable[TickBatch], start_ns: int, end_ns: int | None, every_ns: int,
+           start_books: Callable[[], np.ndarray | None] = lambda: None) -> Iterator[np.ndarray]:
+    """Every instrument's latest book at start, start+every, ... (< end; without an end, up to
+    the last tick): one BOOK_DTYPE row per instrument that has ticked by then, stamped with
+    the sampling time. ``start_books`` gives the books as they stood at the start (asked for
+    once the first batch is in, when replay knows them)."""
+    if every_ns <= 0:
+        raise ConfigError("the sampling interval must be positive")
+    latest: dict[int, np.ndarray] = {}
+    boundary = start_ns
+    last_tick = start_ns
+    end = end_ns if end_ns is not None else 2**63 - 1
+
+    def emit(at: int) -> np.ndarray:
+        rows = np.array([latest[t] for t in sorted(latest)], dtype=BOOK_DTYPE)
+        rows["wall_ns"] = at
+        return rows
+
+    seeded = False
+    for batch in batches:
+        if not seeded:
+            seeded = True
+            initial = start_books()
+            if initial is not None and len(initial):
+                for row in book_rows(initial, np.full(len(initial), start_ns)):
+                    latest[int(row["token"])] = row
+        rows = book_rows(batch.books, batch.wall_ns)
+        last_tick = max(last_tick, int(rows["wall_ns"][-1]))
+        i = 0
+        while boundary < end and i < len(rows):
+            j = int(np.searchsorted(rows["wall_ns"], boundary, side="right"))
+            for row in rows[i:j]:
+                latest[int(row["token"])] = row
+            i = j
+            if i < len(rows):  # the next tick is past the boundary: the boundary is complete
+                if latest:
+                    yield emit(boundary)
+                boundary += every_ns
+        for row in rows[i:]:
+            latest[int(row["token"])] = row
+    end = end_ns if end_ns is not None else last_tick + 1
+    while boundary < end and latest:
+        yield emit(boundary)
+        boundary += every_ns
+
+
+def _flat(rows: np.ndarray, names: dict[int, str]) -> list[dict]:
+    out = []
+    for r in rows:
+        div = float(r["divisor"]) or 1.0
+        row = {"time": format_ns(int(r["wall_ns"])), "wall_ns": int(r["wall_ns"]),
+               "token": int(r["token"]), "symbol": names.get(int(r["token"]), ""),
+               "last_price": int(r["last_price"]) / div,
+               "last_quantity": int(r["last_quantity"]), "volume": int(r["volume"]),
+               "oi": int(r["oi"])}
+        for side in ("bid", "ask"):
+            for level in range(5):
+                row[f"{side}_price_{level + 1}"] = int(r[f"{side}_price"][level]) / div
+                row[f"{side}_qty_{level + 1}"] = int(r[f"{side}_quantity"][level])
+        out.append(row)
+    return out
+
+
+class BookWriter:
+    """Streams BOOK_DTYPE rows to ``path`` in the format its extension names."""
+
+    FORMATS = (".csv", ".jsonl", ".parquet")
+
+    def __init__(self, path: str | Path, names: dict[int, str] | None = None):
+        self.path = Path(path)
+        self.names = names or {}
+        self.format = self.path.suffix.lower()
+        if self.format not in self.FORMATS:
+            raise ConfigError(f"--out {self.path}: unknown format {self.format or '(none)'}; "
+                              f"use one of {', '.join(self.FORMATS)}")
+        if not self.path.parent.is_dir():
+            raise ConfigError(f"--out {self.path}: directory {self.path.parent} does not exist")
+        self.rows = 0
+        self._pq = None
+        self._csv = None
+        if self.format == ".parquet":
+            try:
+                import pyarrow  # noqa: F401
+            except ImportError:
+                raise ConfigError("parquet output needs pyarrow: pip install pyarrow") from None
+        try:
+            self._file = None if self.format == ".parquet" else open(self.path, "w", newline="")
+        except OSError as exc:
+            raise ConfigError(f"--out {self.path}: {exc.strerror}") from None
+
+    def write(self, rows: np.ndarray) -> None:
+        if not len(rows):
+            return
+        flat = _flat(rows, self.names)
+        self.rows += len(flat)
+        if self.format == ".jsonl":
+            self._file.writelines(json.dumps(r) + "\n" for r in flat)
+        elif self.format == ".csv":
+            if self._csv is None:
+                self._csv = csv.DictWriter(self._file, fieldnames=list(flat[0]))
+                self._csv.writeheader()
+            self._csv.writerows(flat)
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pylist(flat)
+            if self._pq is None:
+                self._pq = pq.ParquetWriter(self.path, table.schema)
+            self._pq.write_table(table)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        if self._pq is not None:
+            self._pq.close()
+        elif self.format == ".parquet" and not self.rows:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.table({"time": pa.array([], pa.string())}), self.path)

@@ -1,0 +1,139 @@
+"""``shrivenq replay`` as a library call: check the arguments, replay, write or summarise.
+
+Exit codes: 0 done (and, with --verify, every snapshot in range matched); 1 an error (bad
+argument, no data, a damaged segment); 4 --verify found a replayed book that differs from
+the snapshot the live engine stored.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from shrivenq.errors import ConfigError, ReplayError
+from shrivenq.replay.dataset import Dataset
+from shrivenq.replay.kite import KiteReplay, ReplayResult
+from shrivenq.replay.output import BookWriter, book_rows, sample
+from shrivenq.timeutil import format_ns, parse_datetime, parse_duration_ns, to_ns
+
+EXIT_OK, EXIT_ERROR, EXIT_MISMATCH = 0, 1, 4
+
+
+@dataclass
+class ReplayRequest:
+    start: str | None = None
+    end: str | None = None
+    symbols: list[str] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)
+    data_dir: Path = Path("data")
+    cache_dir: Path = Path("cache")
+    every: str | None = None
+    out: Path | None = None
+    verify: bool = False
+    skip_corrupt: bool = False
+
+
+def _tokens(req: ReplayRequest, ds: Dataset) -> list[int] | None:
+    tokens = []
+    for text in req.tokens:
+        try:
+            tokens.append(int(text))
+        except ValueError:
+            raise ConfigError(f"--tokens: {text!r} is not an instrument token") from None
+    return ds.tokens_for(req.symbols or None, tokens or None) if (req.symbols or tokens) else None
+
+
+def run_replay(req: ReplayRequest, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    start_ns = to_ns(parse_datetime(req.start, "--start")) if req.start else None
+    end_ns = to_ns(parse_datetime(req.end, "--end")) if req.end else None
+    if start_ns is not None and end_ns is not None and start_ns >= end_ns:
+        raise ConfigError(f"--start {req.start} is not before --end {req.end}")
+    every_ns = parse_duration_ns(req.every, "--every") if req.every else None
+    if every_ns is not None and req.out is None:
+        raise ConfigError("--every samples the books written by --out; give --out too")
+    ds = Dataset(req.data_dir, req.cache_dir)
+    tokens = _tokens(req, ds)
+    writer = BookWriter(req.out, ds.names()) if req.out is not None else None
+    replay = KiteReplay(ds.vdir, on_corrupt="skip" if req.skip_corrupt else "raise")
+    batches = replay.ticks(start_ns, end_ns, tokens, verify=req.verify, books=writer is not None)
+    try:
+        if writer is None:
+            for _ in batches:
+                pass
+        elif every_ns is None:
+            for batch in batches:
+                writer.write(book_rows(batch.books, batch.wall_ns))
+        else:
+            first = next(batches, None)
+            if first is not None:
+                begin = start_ns if start_ns is not None else int(first.wall_ns[0])
+                for rows in sample(_chain(first, batches), begin, end_ns, every_ns,
+                                   lambda: replay.result.start_books):
+                    writer.write(rows)
+    finally:
+        if writer is not None:
+            writer.close()
+    result = replay.result
+    if result.ticks == 0:
+        where = (f" between {format_ns(start_ns)} and {format_ns(end_ns)} IST"
+                 if start_ns or end_ns else "")
+        raise ReplayError(f"no ticks{where} in {ds.vdir}"
+                          + (" for those instruments" if tokens else ""))
+    print(format_result(result, ds.names(), writer), file=out)
+    return EXIT_MISMATCH if result.mismatches else EXIT_OK
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+def format_result(res: ReplayResult, names: dict[int, str], writer: BookWriter | None) -> str:
+    lines = []
+    if res.seeded_from is not None:
+        lines.append(f"started from snapshot {res.seeded_from.snapshot} of session "
+                     f"{res.seeded_from.session[:8]} taken {format_ns(res.seeded_from.wall_ns)}")
+    header = (f"{'symbol':<24}{'token':>10}{'ticks':>9}  {'first (IST)':<23}  {'last (IST)':<23}"
+              f"{'last':>11}{'bid':>11}{'ask':>11}{'volume':>12}{'oi':>11}")
+    lines += [header, "-" * len(header)]
+    for token in sorted(res.instruments):
+        s = res.instruments[token]
+        b = s.book
+        div = float(b["divisor"]) if b is not None and b["divisor"] else 100.0
+
+        def px(v):
+            return f"{int(v) / div:.2f}" if int(v) else "-"
+
+        lines.append(
+            f"{names.get(token, '')[:23]:<24}{token:>10}{s.ticks:>9}  {format_ns(s.first_wall_ns):<23}"
+            f"  {format_ns(s.last_wall_ns):<23}{px(b['last_price']):>11}"
+            f"{px(b['bid_price'][0]):>11}{px(b['ask_price'][0]):>11}{int(b['volume']):>12}"
+            f"{int(b['oi']):>11}")
+    lines.append(f"{res.ticks:,} ticks replayed")
+    if res.bad_frames:
+        lines.append(f"{res.bad_frames} malformed frame(s): their good packets were replayed")
+    if res.gaps:
+        lines.append(f"GAPS: {len(res.gaps)} span(s) in which capture did not receive the feed:")
+        for g in res.gaps:
+            span = (g["to_ns"] - g["from_ns"]) / 1e9 if g.get("to_ns") and g.get("from_ns") else 0
+            lines.append(f"  conn {g['conn']} from {format_ns(g['from_ns'])} for {span:.2f}s "
+                         f"({g['reason']})")
+    else:
+        lines.append("no gaps recorded in range")
+    if writer is not None:
+        lines.append(f"wrote {writer.rows:,} book rows to {writer.path}")
+    if res.snapshots_checked or res.mismatches:
+        if res.mismatches:
+            lines.append(f"VERIFY FAILED: {len(res.mismatches)} of {res.snapshots_checked} "
+                         "snapshots differ from the replayed books:")
+            for m in res.mismatches[:10]:
+                lines.append(f"  snapshot {m.snapshot} of session {m.session[:8]} at "
+                             f"{format_ns(m.wall_ns)}:")
+                lines += [f"    {d}" for d in m.details[:10]]
+        else:
+            lines.append(f"verified: all {res.snapshots_checked} snapshots in range equal the "
+                         "replayed books")
+    return "\n".join(lines)
