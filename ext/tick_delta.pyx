@@ -190,35 +190,54 @@ cdef extern from *:
     """
     #include <stdint.h>
     #include <string.h>
+    #if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    #define TD_LE_GNUC 1
+    #endif
     static inline uint32_t td_be32(const uint8_t* p) {
+    #ifdef TD_LE_GNUC
         uint32_t v; memcpy(&v, p, 4); return __builtin_bswap32(v);
+    #else
+        return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+    #endif
     }
     static inline void td_put32(uint8_t* p, uint32_t v) {
+    #ifdef TD_LE_GNUC
         v = __builtin_bswap32(v); memcpy(p, &v, 4);
+    #else
+        p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8);
+        p[3] = (uint8_t)v;
+    #endif
     }
-    /* Byte swaps of 4 words at a time with plain SSE2 (no pshufb needed). */
+    /* Byte swaps of 4 words at a time with plain SSE2 (no pshufb needed); portable loops
+       elsewhere. */
+    #ifdef TD_LE_GNUC
     typedef uint32_t td_v4 __attribute__((vector_size(16)));
     static inline td_v4 td_bswap4(td_v4 x) {
         return (x << 24) | ((x << 8) & 0x00ff0000u) | ((x >> 8) & 0x0000ff00u) | (x >> 24);
     }
+    #endif
     static inline void td_load_be(uint32_t* dst, const uint8_t* src, int n) {
         int w = 0;
+    #ifdef TD_LE_GNUC
         td_v4 v;
         for (; w + 4 <= n; w += 4) {
             memcpy(&v, src + 4 * w, 16);
             v = td_bswap4(v);
             memcpy(dst + w, &v, 16);
         }
+    #endif
         for (; w < n; w++) dst[w] = td_be32(src + 4 * w);
     }
     static inline void td_store_be(uint8_t* dst, const uint32_t* src, int n) {
         int w = 0;
+    #ifdef TD_LE_GNUC
         td_v4 v;
         for (; w + 4 <= n; w += 4) {
             memcpy(&v, src + w, 16);
             v = td_bswap4(v);
             memcpy(dst + 4 * w, &v, 16);
         }
+    #endif
         for (; w < n; w++) td_put32(dst + 4 * w, src[w]);
     }
     static inline uint32_t td_rot16(uint32_t x) { return (x << 16) | (x >> 16); }
