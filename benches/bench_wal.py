@@ -1,4 +1,4 @@
-"""WAL benchmarks on the realistic full-mode Kite stream (shrivenq.wal.sample.kite_stream:
+"""WAL benchmarks on the realistic full-mode Kite stream (shrivenq.sim.stream.kite_stream:
 150k ticks, 200 instruments, 1-8 packets per frame). Each gate is a ratio against plain
 zstd level 1 on the same bytes in the same run, and fails only below half the issue's
 target; absolute figures are printed for docs/PERFORMANCE.md.
@@ -18,7 +18,7 @@ import pytest
 import zstandard
 
 from shrivenq.wal import IST, WalReader, WalWriter, default_codec, format as fmt
-from shrivenq.wal.sample import kite_stream
+from shrivenq.sim.stream import kite_stream
 
 ROUNDS = 9
 CHUNK = 1 << 20

@@ -10,7 +10,7 @@ import zstandard
 
 from shrivenq.wal import (
     CODEC_PLAIN, CODEC_TICK_DELTA, IST, WalWriter, inspect, read_wal, tick_delta_available)
-from shrivenq.wal.sample import kite_stream
+from shrivenq.sim.stream import kite_stream
 
 needs_tick_delta = pytest.mark.skipif(not tick_delta_available(),
                                       reason="shrivenq._ext.tick_delta is not built")

@@ -1,4 +1,5 @@
-"""The realistic tick stream the WAL's compression tests and benchmarks measure.
+"""The realistic tick stream the WAL's compression tests and benchmarks measure (it lives with
+the simulator, not in shrivenq.wal, because storage knows nothing about exchanges).
 
 Full-mode Kite frames from ``shrivenq.sim.market.KiteMarket`` (per-instrument random walks
 on the tick grid, persistent 5-level books, cumulative volume, many instruments interleaved),
