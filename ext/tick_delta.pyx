@@ -259,12 +259,11 @@ cdef extern from *:
     static const uint8_t TD_FULL_QTY[17] = {2, 4, 5, 6, 12, 13, 14,
                                             16, 19, 22, 25, 28, 31, 34, 37, 40, 43};
 
-    static inline void td_full_next_res(const uint8_t* pk, const uint8_t* pv,
+    static inline void td_full_next_res(const uint8_t* pk, uint32_t* p,
                                         const uint8_t* gl, uint32_t* r, uint32_t inv) {
-        uint32_t c[46], p[46], d[46];
+        uint32_t c[46], d[46];
         int w, k;
         td_load_be(c, pk, 46);
-        td_load_be(p, pv, 46);
         for (w = 0; w < 46; w++) d[w] = c[w] - p[w];
         for (k = 0; k < 10; k++) {          /* orders|pad: on the word rotated by 16 */
             int nw = 18 + 3 * k;
@@ -281,6 +280,7 @@ cdef extern from *:
         d[15] = c[15] - (gl ? td_be32(gl + 60) : 0u);
         for (k = 0; k < 17; k++) d[TD_FULL_QTY[k]] *= inv;   /* quantities in lots */
         for (w = 1; w < 46; w++) r[w] = td_zz(d[w]);
+        memcpy(p, c, sizeof(c));            /* the key's previous packet from now on */
     }
 
     /* Residuals of a key's first full packet ``pk`` into column w-1 (stride ``cap``) at
@@ -314,8 +314,9 @@ cdef extern from *:
     /* Decode a key's first full packet: residual of word w at src + (w-1)*4*cap (4 planes of
        stride cap); ``tok`` its token, ``q`` its quantum. */
     static inline void td_full_first_dec(uint8_t* out, const uint8_t* src, int64_t cap,
-                                         const uint8_t* gl, uint32_t tok, uint32_t q) {
-        uint32_t c[46], r[46];
+                                         const uint8_t* gl, uint32_t tok, uint32_t q,
+                                         uint32_t* c) {
+        uint32_t r[46];
         int w, k;
         for (w = 1; w < 46; w++) {
             const uint8_t* s = src + (int64_t)(w - 1) * 4 * cap;
@@ -364,7 +365,7 @@ cdef extern from *:
 
     /* Decode a non-first full packet into ``out`` (46 words, big-endian). ``mk`` its 7 mask
        bytes; cols[w][vi[w]] the next non-zero residual of word w (columns padded by one). */
-    static inline void td_full_next_dec(uint8_t* out, const uint8_t* pv, const uint8_t* gl,
+    static inline void td_full_next_dec(uint8_t* out, uint32_t* st, const uint8_t* gl,
                                         const uint8_t* mk, const uint32_t* const* cols,
                                         int64_t* vi, uint32_t q) {
         uint32_t r[46], p[46], d[46], c[46];
@@ -378,7 +379,7 @@ cdef extern from *:
             r[w2] = cols[w2][i] & (0u - bit);
             vi[w2] = i + bit;
         }
-        td_load_be(p, pv, 46);
+        memcpy(p, st, sizeof(p));
         d[0] = 0;
         for (w = 1; w < 46; w++) d[w] = td_unzz(r[w]);
         for (k = 0; k < 17; k++) d[TD_FULL_QTY[k]] *= q;
@@ -397,6 +398,7 @@ cdef extern from *:
         c[2] = traded ? d[2] + vd : c[2];
         c[11] = traded ? d[11] + c[15] : c[11];
         td_store_be(out, c, 46);
+        memcpy(st, c, sizeof(c));
     }
     """
     uint32_t td_be32(const uint8_t* p) noexcept nogil
@@ -406,12 +408,13 @@ cdef extern from *:
     void td_full_first_res(const uint8_t* pk, const uint8_t* gl, uint32_t inv,
                            uint32_t* first, int64_t cap, int64_t idx) noexcept nogil
     void td_full_first_dec(uint8_t* out, const uint8_t* src, int64_t cap,
-                           const uint8_t* gl, uint32_t tok, uint32_t q) noexcept nogil
-    void td_full_next_res(const uint8_t* pk, const uint8_t* pv, const uint8_t* gl,
+                           const uint8_t* gl, uint32_t tok, uint32_t q,
+                           uint32_t* c) noexcept nogil
+    void td_full_next_res(const uint8_t* pk, uint32_t* p, const uint8_t* gl,
                           uint32_t* r, uint32_t inv) noexcept nogil
     void td_full_scatter(const uint32_t* r, uint32_t** cols, int64_t* cnt,
                          uint8_t* mk) noexcept nogil
-    void td_full_next_dec(uint8_t* out, const uint8_t* pv, const uint8_t* gl,
+    void td_full_next_dec(uint8_t* out, uint32_t* st, const uint8_t* gl,
                           const uint8_t* mk, const uint32_t** cols, int64_t* vi,
                           uint32_t q) noexcept nogil
 
@@ -708,8 +711,12 @@ cdef object _pack_body(const uint8_t* base, const uint32_t* lens, Py_ssize_t n_p
     while cap_hash < 2 * <Py_ssize_t>n_packets + 2:
         cap_hash *= 2
     cdef size_t np1 = n_packets + 1
+    cdef size_t words = 0            # host-order state of every key: at most all the words
+    for k in range(NKIND):
+        words += n[k] * KW[k]
     cdef size_t need = carved(cap_hash * 8) + carved(cap_hash * 4) + carved(np1 * 4) \
-        + carved(np1 * sizeof(uint8_t*)) + carved(np1) + 3 * carved(np1 * 4)
+        + carved(np1 * sizeof(uint32_t*)) + carved(np1) + 3 * carved(np1 * 4) \
+        + carved((words + 1) * 4)
     for k in range(NKIND):
         need += carved(n[k] * (KW[k] - 1) * 4) + carved((n[k] + 1) * KW[k] * 4) \
             + carved(n[k] * MB[k])
@@ -721,7 +728,8 @@ cdef object _pack_body(const uint8_t* base, const uint32_t* lens, Py_ssize_t n_p
     cdef uint64_t* hkeys = <uint64_t*>carve(&at, cap_hash * 8)
     cdef uint32_t* hids = <uint32_t*>carve(&at, cap_hash * 4)
     cdef uint32_t* ids = <uint32_t*>carve(&at, np1 * 4)
-    cdef const uint8_t** last = <const uint8_t**>carve(&at, np1 * sizeof(uint8_t*))
+    cdef uint32_t** last = <uint32_t**>carve(&at, np1 * sizeof(uint32_t*))
+    cdef uint32_t* state = <uint32_t*>carve(&at, (words + 1) * 4)
     cdef uint8_t* key_kind = <uint8_t*>carve(&at, np1)
     cdef uint32_t* key_token = <uint32_t*>carve(&at, np1 * 4)
     cdef uint32_t* key_q = <uint32_t*>carve(&at, np1 * 4)
@@ -783,6 +791,9 @@ cdef object _pack_body(const uint8_t* base, const uint32_t* lens, Py_ssize_t n_p
                         key_kind[n_keys] = <uint8_t>k
                         key_token[n_keys] = token
                         load_words(cur, pk, nw)
+                        last[n_keys] = state
+                        memcpy(state, cur, nw * 4)
+                        state += nw
                         key_q[n_keys] = key_quantum(k, cur)
                         key_inv[n_keys] = inv = inverse32(key_q[n_keys])
                         n_keys += 1
@@ -806,11 +817,11 @@ cdef object _pack_body(const uint8_t* base, const uint32_t* lens, Py_ssize_t n_p
                             td_full_scatter(res, b.cols, b.cnt, mk)
                         else:
                             load_words(cur, pk, nw)
-                            load_words(prv, last[kid], nw)
                             for w in range(1, nw):
                                 res[w] = residual(NT[k][w], NA[k][w], NB[k][w], w,
-                                                  cur, prv, glob[k],
+                                                  cur, last[kid], glob[k],
                                                   key_inv[kid] if QW[k][w] else 1)
+                            memcpy(last[kid], cur, nw * 4)
                             for j in range(MB[k]):
                                 mk[j] = 0
                             for s in range(MB[k] * 8):
@@ -825,7 +836,6 @@ cdef object _pack_body(const uint8_t* base, const uint32_t* lens, Py_ssize_t n_p
                                 mk[s >> 3] |= <uint8_t>(t << (s & 7))
                         for j in range(MB[k]):
                             b.masks[j * cap + idx] = mk[j]
-                    last[kid] = pk
                     glob[k] = pk
                     ids[npk] = kid
                     npk += 1
@@ -1046,7 +1056,11 @@ def unpack(packed, lengths):
         for w in range(1, KW[k]):
             nvals += counts[k * MAXW + w] + 1
     cdef bint owned
-    cdef uint8_t* arena = arena_take(carved((n_keys + 1) * sizeof(uint8_t*))
+    cdef uint64_t words = 0
+    for k in range(NKIND):
+        words += f[k] * KW[k]
+    cdef uint8_t* arena = arena_take(carved((n_keys + 1) * sizeof(uint32_t*))
+                                     + carved((words + 1) * 4)
                                      + carved((n_keys + 1) * 4)
                                      + carved((nvals + 1) * 4), &owned)
     if arena == NULL:
@@ -1091,13 +1105,18 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
                       const uint8_t** firsts, const uint8_t** masks,
                       const uint8_t** vals, const uint64_t* counts,
                       uint8_t* arena) noexcept nogil:
-    cdef uint8_t** last = <uint8_t**>carve(&arena, (n_keys + 1) * sizeof(uint8_t*))
+    cdef int k
+    cdef uint32_t** last = <uint32_t**>carve(&arena, (n_keys + 1) * sizeof(uint32_t*))
+    cdef uint64_t words = 0
+    for k in range(NKIND):
+        words += f[k] * KW[k]
+    cdef uint32_t* state = <uint32_t*>carve(&arena, (words + 1) * 4)
     cdef uint32_t* quanta = <uint32_t*>carve(&arena, (n_keys + 1) * 4)
     from_planes(quanta, kq, n_keys)
     # Non-zero residuals as u32 columns, each padded by one (read branch-free).
     cdef uint32_t* cp = <uint32_t*>arena
     cdef const uint32_t* cols[NKIND * MAXW]
-    cdef int k, w, j, s, nw, pb, err = 0
+    cdef int w, j, s, nw, pb, err = 0
     cdef uint64_t cc
     for k in range(NKIND):
         cols[k * MAXW] = NULL
@@ -1182,8 +1201,11 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
                 cap = f[k]
                 cur[0] = (<uint32_t>ktok[kid] << 24) | (<uint32_t>ktok[n_keys + kid] << 16) \
                     | (<uint32_t>ktok[2 * n_keys + kid] << 8) | ktok[3 * n_keys + kid]
+                last[kid] = state
+                state += nw
                 if k == 4:
-                    td_full_first_dec(pk, firsts[k] + idx, cap, glob[k], cur[0], quanta[kid])
+                    td_full_first_dec(pk, firsts[k] + idx, cap, glob[k], cur[0], quanta[kid],
+                                      last[kid])
                 for j in range(nw - 1 if k != 4 else 0):
                     w = ORD[k][j]
                     src = firsts[k] + (w - 1) * 4 * cap + idx
@@ -1191,8 +1213,10 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
                                         (<uint32_t>src[0] << 24) | (<uint32_t>src[cap] << 16)
                                         | (<uint32_t>src[2 * cap] << 8) | src[3 * cap],
                                         cur, prv, glob[k], quanta[kid] if QW[k][w] else 1)
-                for w in range(nw if k != 4 else 0):
-                    td_put32(pk + 4 * w, cur[w])
+                if k != 4:
+                    for w in range(nw):
+                        td_put32(pk + 4 * w, cur[w])
+                    memcpy(last[kid], cur, nw * 4)
             else:
                 m = n[k] - f[k]
                 if ni[k] >= m:
@@ -1214,15 +1238,14 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
                         c = vi[k * MAXW + w]
                         res[w] = cols[k * MAXW + w][c] & (<uint32_t>0 - <uint32_t>bit)
                         vi[k * MAXW + w] = c + bit
-                    load_words(prv, last[kid], nw)
-                    cur[0] = prv[0]
+                    cur[0] = last[kid][0]
                     for j in range(nw - 1):
                         w = ORD[k][j]
                         cur[w] = unresidual(NT[k][w], NA[k][w], NB[k][w], w, res[w], cur,
-                                            prv, glob[k], quanta[kid] if QW[k][w] else 1)
+                                            last[kid], glob[k], quanta[kid] if QW[k][w] else 1)
                     for w in range(nw):
                         td_put32(pk + 4 * w, cur[w])
-            last[kid] = pk
+                    memcpy(last[kid], cur, nw * 4)
             glob[k] = pk
             o += 2 + plen
             fpos += 2 + plen
