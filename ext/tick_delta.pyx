@@ -345,39 +345,41 @@ cdef extern from *:
         td_store_be(out, c, 46);
     }
 
-    /* Store r[w] of every slot into its column, count the non-zero ones, set mask bits. */
-    static inline void td_full_scatter(const uint32_t* r, uint32_t* const* cols, int64_t* cnt,
-                                       uint8_t* mk) {
+    /* Store r[w] of every slot at its column's write pointer wp[w], which moves on only
+       past non-zero residuals; set the mask bits. */
+    static inline void td_full_scatter(const uint32_t* r, uint32_t** wp, uint8_t* mk) {
         int s;
-        for (s = 0; s < 7; s++) mk[s] = 0;
+        uint64_t m = 0;
         #pragma GCC unroll 56
         for (s = 0; s < 56; s++) {
             int w = TD_FULL_SLOTS[s];
             if (!w) continue;
             uint32_t v = r[w];
             uint32_t nz = v != 0;
-            int64_t c = cnt[w];
-            cols[w][c] = v;
-            cnt[w] = c + nz;
-            mk[s >> 3] |= (uint8_t)(nz << (s & 7));
+            uint32_t* q = wp[w];
+            *q = v;
+            wp[w] = q + nz;
+            m |= (uint64_t)nz << s;
         }
+        for (s = 0; s < 7; s++) mk[s] = (uint8_t)(m >> (8 * s));
     }
 
     /* Decode a non-first full packet into ``out`` (46 words, big-endian). ``mk`` its 7 mask
-       bytes; cols[w][vi[w]] the next non-zero residual of word w (columns padded by one). */
+       bytes; *rp[w] the next non-zero residual of word w (columns padded by one). */
     static inline void td_full_next_dec(uint8_t* out, uint32_t* st, const uint8_t* gl,
-                                        const uint8_t* mk, const uint32_t* const* cols,
-                                        int64_t* vi, uint32_t q) {
+                                        const uint8_t* mk, const uint32_t** rp, uint32_t q) {
         uint32_t r[46], p[46], d[46], c[46];
         int s, w, k;
+        uint64_t m = 0;
+        for (s = 0; s < 7; s++) m |= (uint64_t)mk[s] << (8 * s);
         #pragma GCC unroll 56
         for (s = 0; s < 56; s++) {
             int w2 = TD_FULL_SLOTS[s];
             if (!w2) continue;
-            uint32_t bit = (mk[s >> 3] >> (s & 7)) & 1u;
-            int64_t i = vi[w2];
-            r[w2] = cols[w2][i] & (0u - bit);
-            vi[w2] = i + bit;
+            uint32_t bit = (uint32_t)(m >> s) & 1u;
+            const uint32_t* x = rp[w2];
+            r[w2] = *x & (0u - bit);
+            rp[w2] = x + bit;
         }
         memcpy(p, st, sizeof(p));
         d[0] = 0;
@@ -412,11 +414,9 @@ cdef extern from *:
                            uint32_t* c) noexcept nogil
     void td_full_next_res(const uint8_t* pk, uint32_t* p, const uint8_t* gl,
                           uint32_t* r, uint32_t inv) noexcept nogil
-    void td_full_scatter(const uint32_t* r, uint32_t** cols, int64_t* cnt,
-                         uint8_t* mk) noexcept nogil
+    void td_full_scatter(const uint32_t* r, uint32_t** wp, uint8_t* mk) noexcept nogil
     void td_full_next_dec(uint8_t* out, uint32_t* st, const uint8_t* gl,
-                          const uint8_t* mk, const uint32_t** cols, int64_t* vi,
-                          uint32_t q) noexcept nogil
+                          const uint8_t* mk, const uint32_t** rp, uint32_t q) noexcept nogil
 
 
 cdef inline uint32_t be32(const uint8_t* p) noexcept nogil:
@@ -651,10 +651,10 @@ cdef struct KindBuf:
     uint32_t* vals      # W columns of cap + 1 residuals (non-first packets; column 0 unused)
     uint8_t* masks      # MB planes of cap bytes
     uint32_t* cols[MAXW]
+    uint32_t* wp[MAXW]      # write pointer of each column
     Py_ssize_t cap
     Py_ssize_t nfirst
     Py_ssize_t nnext
-    int64_t cnt[MAXW]
 
 
 cdef inline uint64_t hash_key(uint64_t key) noexcept nogil:
@@ -743,6 +743,7 @@ cdef object _pack_body(const uint8_t* base, const uint32_t* lens, Py_ssize_t n_p
         kb[k].masks = <uint8_t*>carve(&at, n[k] * MB[k])
         for w in range(KW[k]):
             kb[k].cols[w] = kb[k].vals + w * (n[k] + 1)
+            kb[k].wp[w] = kb[k].cols[w]
     cdef const uint8_t* glob[NKIND]
     cdef uint32_t cur[MAXW]
     cdef uint32_t prv[MAXW]
@@ -814,7 +815,7 @@ cdef object _pack_body(const uint8_t* base, const uint32_t* lens, Py_ssize_t n_p
                         b.nnext += 1
                         if k == 4:
                             td_full_next_res(pk, last[kid], glob[k], res, key_inv[kid])
-                            td_full_scatter(res, b.cols, b.cnt, mk)
+                            td_full_scatter(res, b.wp, mk)
                         else:
                             load_words(cur, pk, nw)
                             for w in range(1, nw):
@@ -829,10 +830,9 @@ cdef object _pack_body(const uint8_t* base, const uint32_t* lens, Py_ssize_t n_p
                                 if w == 0:
                                     continue
                                 r = res[w]
-                                c = b.cnt[w]
-                                b.cols[w][c] = r
+                                b.wp[w][0] = r
                                 t = r != 0
-                                b.cnt[w] = c + t
+                                b.wp[w] += t
                                 mk[s >> 3] |= <uint8_t>(t << (s & 7))
                         for j in range(MB[k]):
                             b.masks[j * cap + idx] = mk[j]
@@ -845,7 +845,7 @@ cdef object _pack_body(const uint8_t* base, const uint32_t* lens, Py_ssize_t n_p
         for k in range(NKIND):
             size += kb[k].nfirst * (KW[k] - 1) * 4 + kb[k].nnext * MB[k]
             for w in range(1, KW[k]):
-                size += kb[k].cnt[w] * 4
+                size += (kb[k].wp[w] - kb[k].cols[w]) * 4
         out = PyBytes_FromStringAndSize(NULL, size)
         o = <uint8_t*>PyBytes_AS_STRING(out)
         o[0] = 84  # 'T'
@@ -892,8 +892,9 @@ cdef object _pack_body(const uint8_t* base, const uint32_t* lens, Py_ssize_t n_p
             for k in range(NKIND):
                 b = &kb[k]
                 for w in range(1, KW[k]):
-                    to_planes(o, b.cols[w], b.cnt[w])
-                    o += 4 * b.cnt[w]
+                    cnt = b.wp[w] - b.cols[w]
+                    to_planes(o, b.cols[w], cnt)
+                    o += 4 * cnt
         assert o == <uint8_t*>PyBytes_AS_STRING(out) + size
         return out
     finally:
@@ -1118,8 +1119,9 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
     cdef const uint32_t* cols[NKIND * MAXW]
     cdef int w, j, s, nw, pb, err = 0
     cdef uint64_t cc
+    for w in range(NKIND * MAXW):
+        cols[w] = NULL
     for k in range(NKIND):
-        cols[k * MAXW] = NULL
         for w in range(1, KW[k]):
             cc = counts[k * MAXW + w]
             from_planes(cp, vals[k * MAXW + w], cc)
@@ -1129,7 +1131,7 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
     cdef uint8_t* glob[NKIND]
     cdef uint64_t fi[NKIND]
     cdef uint64_t ni[NKIND]
-    cdef int64_t vi[NKIND * MAXW]
+    cdef const uint32_t* rp[NKIND * MAXW]     # read pointer of each column
     cdef uint32_t cur[MAXW]
     cdef uint32_t prv[MAXW]
     cdef uint32_t res[MAXW]
@@ -1146,7 +1148,7 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
         fi[k] = 0
         ni[k] = 0
     for w in range(NKIND * MAXW):
-        vi[w] = 0
+        rp[w] = cols[w]
     for i in range(n_payloads):
         L = lens[i]
         if tags[i] == 0:
@@ -1227,17 +1229,15 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
                 for j in range(MB[k]):
                     mk[j] = masks[k][j * m + idx]
                 if k == 4:
-                    td_full_next_dec(pk, last[kid], glob[k], mk, &cols[k * MAXW],
-                                     &vi[k * MAXW], quanta[kid])
+                    td_full_next_dec(pk, last[kid], glob[k], mk, &rp[k * MAXW], quanta[kid])
                 else:
                     for s in range(MB[k] * 8):
                         w = SLOT[k][s]
                         if w == 0:
                             continue
                         bit = (mk[s >> 3] >> (s & 7)) & 1
-                        c = vi[k * MAXW + w]
-                        res[w] = cols[k * MAXW + w][c] & (<uint32_t>0 - <uint32_t>bit)
-                        vi[k * MAXW + w] = c + bit
+                        res[w] = rp[k * MAXW + w][0] & (<uint32_t>0 - <uint32_t>bit)
+                        rp[k * MAXW + w] += bit
                     cur[0] = last[kid][0]
                     for j in range(nw - 1):
                         w = ORD[k][j]
