@@ -70,7 +70,7 @@ full [1..8], [9..15,0], [q0,n0,q1,n1,q2,n2,q3,n3], [q4,n4,..,q7,n7], [q8,n8,q9,n
 """
 
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t, int64_t
-from libc.stdlib cimport malloc, calloc, free
+from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
@@ -746,7 +746,6 @@ cdef object _pack_body(const uint8_t* base, const uint32_t* lens, Py_ssize_t n_p
             kb[k].wp[w] = kb[k].cols[w]
     cdef const uint8_t* glob[NKIND]
     cdef uint32_t cur[MAXW]
-    cdef uint32_t prv[MAXW]
     cdef uint32_t res[MAXW]
     cdef uint8_t mk[8]
     cdef Py_ssize_t i, pos = 0, L, cnt, pi, q, n_keys = 0, npk = 0, idx, cap
@@ -806,7 +805,7 @@ cdef object _pack_body(const uint8_t* base, const uint32_t* lens, Py_ssize_t n_p
                         else:
                             for w in range(1, nw):
                                 b.first[(w - 1) * cap + idx] = residual(
-                                    FT[k][w], FA[k][w], 0, w, cur, prv, glob[k],
+                                    FT[k][w], FA[k][w], 0, w, cur, NULL, glob[k],
                                     inv if QW[k][w] else 1)
                     else:
                         kid = hids[h]
@@ -1133,7 +1132,6 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
     cdef uint64_t ni[NKIND]
     cdef const uint32_t* rp[NKIND * MAXW]     # read pointer of each column
     cdef uint32_t cur[MAXW]
-    cdef uint32_t prv[MAXW]
     cdef uint32_t res[MAXW]
     cdef uint8_t mk[8]
     cdef uint64_t raw_pos = 0, pkt = 0, seen = 0, kid, idx, m, cap, bit
@@ -1214,7 +1212,7 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
                     cur[w] = unresidual(FT[k][w], FA[k][w], 0, w,
                                         (<uint32_t>src[0] << 24) | (<uint32_t>src[cap] << 16)
                                         | (<uint32_t>src[2 * cap] << 8) | src[3 * cap],
-                                        cur, prv, glob[k], quanta[kid] if QW[k][w] else 1)
+                                        cur, NULL, glob[k], quanta[kid] if QW[k][w] else 1)
                 if k != 4:
                     for w in range(nw):
                         td_put32(pk + 4 * w, cur[w])
