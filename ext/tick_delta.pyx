@@ -345,6 +345,91 @@ cdef extern from *:
         td_store_be(out, c, 46);
     }
 
+    /* Quote packets (44 bytes, 11 words): the same, for words 1..10 (mask bit w-1). */
+    static inline void td_quote_next_res(const uint8_t* pk, uint32_t* p, uint32_t* r,
+                                         uint32_t inv) {
+        uint32_t c[11], d[11];
+        int w;
+        td_load_be(c, pk, 11);
+        for (w = 0; w < 11; w++) d[w] = c[w] - p[w];
+        uint32_t vd = d[4];
+        d[2] = vd != 0 ? c[2] - vd : d[2];
+        d[2] *= inv; d[4] *= inv; d[5] *= inv; d[6] *= inv;
+        for (w = 1; w < 11; w++) r[w] = td_zz(d[w]);
+        memcpy(p, c, sizeof(c));
+    }
+
+    static inline void td_quote_first_res(const uint8_t* pk, uint32_t inv, uint32_t* first,
+                                          int64_t cap, int64_t idx) {
+        uint32_t c[11], r[11];
+        int w;
+        td_load_be(c, pk, 11);
+        r[1] = c[1];
+        r[2] = c[2] * inv;
+        r[3] = td_zz(c[3] - c[1]);
+        r[4] = c[4] * inv;
+        r[5] = c[5] * inv;
+        r[6] = c[6] * inv;
+        for (w = 7; w <= 10; w++) r[w] = td_zz(c[w] - c[1]);
+        for (w = 1; w < 11; w++) first[(w - 1) * cap + idx] = r[w];
+    }
+
+    static inline void td_quote_scatter(const uint32_t* r, uint32_t** wp, uint8_t* mk) {
+        uint32_t m = 0;
+        int w;
+        #pragma GCC unroll 10
+        for (w = 1; w < 11; w++) {
+            uint32_t v = r[w], nz = v != 0;
+            uint32_t* q = wp[w];
+            *q = v;
+            wp[w] = q + nz;
+            m |= nz << (w - 1);
+        }
+        mk[0] = (uint8_t)m;
+        mk[1] = (uint8_t)(m >> 8);
+    }
+
+    static inline void td_quote_next_dec(uint8_t* out, uint32_t* st, const uint8_t* mk,
+                                         const uint32_t** rp, uint32_t q) {
+        uint32_t c[11], d[11];
+        uint32_t m = mk[0] | ((uint32_t)mk[1] << 8);
+        int w;
+        d[0] = 0;
+        #pragma GCC unroll 10
+        for (w = 1; w < 11; w++) {
+            uint32_t bit = (m >> (w - 1)) & 1u;
+            const uint32_t* x = rp[w];
+            d[w] = td_unzz(*x & (0u - bit));
+            rp[w] = x + bit;
+        }
+        d[2] *= q; d[4] *= q; d[5] *= q; d[6] *= q;
+        for (w = 0; w < 11; w++) c[w] = st[w] + d[w];
+        uint32_t vd = c[4] - st[4];
+        c[2] = vd != 0 ? d[2] + vd : c[2];
+        td_store_be(out, c, 11);
+        memcpy(st, c, sizeof(c));
+    }
+
+    static inline void td_quote_first_dec(uint8_t* out, const uint8_t* src, int64_t cap,
+                                          uint32_t tok, uint32_t q, uint32_t* c) {
+        uint32_t r[11];
+        int w;
+        for (w = 1; w < 11; w++) {
+            const uint8_t* s = src + (int64_t)(w - 1) * 4 * cap;
+            r[w] = ((uint32_t)s[0] << 24) | ((uint32_t)s[cap] << 16)
+                 | ((uint32_t)s[2 * cap] << 8) | s[3 * cap];
+        }
+        c[0] = tok;
+        c[1] = r[1];
+        c[2] = r[2] * q;
+        c[3] = td_unzz(r[3]) + c[1];
+        c[4] = r[4] * q;
+        c[5] = r[5] * q;
+        c[6] = r[6] * q;
+        for (w = 7; w <= 10; w++) c[w] = td_unzz(r[w]) + c[1];
+        td_store_be(out, c, 11);
+    }
+
     /* Store r[w] of every slot at its column's write pointer wp[w], which moves on only
        past non-zero residuals; set the mask bits. */
     static inline void td_full_scatter(const uint32_t* r, uint32_t** wp, uint8_t* mk) {
@@ -415,6 +500,15 @@ cdef extern from *:
     void td_full_next_res(const uint8_t* pk, uint32_t* p, const uint8_t* gl,
                           uint32_t* r, uint32_t inv) noexcept nogil
     void td_full_scatter(const uint32_t* r, uint32_t** wp, uint8_t* mk) noexcept nogil
+    void td_quote_next_res(const uint8_t* pk, uint32_t* p, uint32_t* r,
+                           uint32_t inv) noexcept nogil
+    void td_quote_first_res(const uint8_t* pk, uint32_t inv, uint32_t* first,
+                            int64_t cap, int64_t idx) noexcept nogil
+    void td_quote_scatter(const uint32_t* r, uint32_t** wp, uint8_t* mk) noexcept nogil
+    void td_quote_next_dec(uint8_t* out, uint32_t* st, const uint8_t* mk,
+                           const uint32_t** rp, uint32_t q) noexcept nogil
+    void td_quote_first_dec(uint8_t* out, const uint8_t* src, int64_t cap,
+                            uint32_t tok, uint32_t q, uint32_t* c) noexcept nogil
     void td_full_next_dec(uint8_t* out, uint32_t* st, const uint8_t* gl,
                           const uint8_t* mk, const uint32_t** rp, uint32_t q) noexcept nogil
 
@@ -802,6 +896,8 @@ cdef object _pack_body(const uint8_t* base, const uint32_t* lens, Py_ssize_t n_p
                         b.nfirst += 1
                         if k == 4:
                             td_full_first_res(pk, glob[k], inv, b.first, cap, idx)
+                        elif k == 3:
+                            td_quote_first_res(pk, inv, b.first, cap, idx)
                         else:
                             for w in range(1, nw):
                                 b.first[(w - 1) * cap + idx] = residual(
@@ -815,6 +911,9 @@ cdef object _pack_body(const uint8_t* base, const uint32_t* lens, Py_ssize_t n_p
                         if k == 4:
                             td_full_next_res(pk, last[kid], glob[k], res, key_inv[kid])
                             td_full_scatter(res, b.wp, mk)
+                        elif k == 3:
+                            td_quote_next_res(pk, last[kid], res, key_inv[kid])
+                            td_quote_scatter(res, b.wp, mk)
                         else:
                             load_words(cur, pk, nw)
                             for w in range(1, nw):
@@ -1206,14 +1305,17 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
                 if k == 4:
                     td_full_first_dec(pk, firsts[k] + idx, cap, glob[k], cur[0], quanta[kid],
                                       last[kid])
-                for j in range(nw - 1 if k != 4 else 0):
-                    w = ORD[k][j]
-                    src = firsts[k] + (w - 1) * 4 * cap + idx
-                    cur[w] = unresidual(FT[k][w], FA[k][w], 0, w,
-                                        (<uint32_t>src[0] << 24) | (<uint32_t>src[cap] << 16)
-                                        | (<uint32_t>src[2 * cap] << 8) | src[3 * cap],
-                                        cur, NULL, glob[k], quanta[kid] if QW[k][w] else 1)
-                if k != 4:
+                elif k == 3:
+                    td_quote_first_dec(pk, firsts[k] + idx, cap, cur[0], quanta[kid],
+                                       last[kid])
+                else:
+                    for j in range(nw - 1):
+                        w = ORD[k][j]
+                        src = firsts[k] + (w - 1) * 4 * cap + idx
+                        cur[w] = unresidual(FT[k][w], FA[k][w], 0, w,
+                                            (<uint32_t>src[0] << 24) | (<uint32_t>src[cap] << 16)
+                                            | (<uint32_t>src[2 * cap] << 8) | src[3 * cap],
+                                            cur, NULL, glob[k], quanta[kid] if QW[k][w] else 1)
                     for w in range(nw):
                         td_put32(pk + 4 * w, cur[w])
                     memcpy(last[kid], cur, nw * 4)
@@ -1228,6 +1330,8 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
                     mk[j] = masks[k][j * m + idx]
                 if k == 4:
                     td_full_next_dec(pk, last[kid], glob[k], mk, &rp[k * MAXW], quanta[kid])
+                elif k == 3:
+                    td_quote_next_dec(pk, last[kid], mk, &rp[k * MAXW], quanta[kid])
                 else:
                     for s in range(MB[k] * 8):
                         w = SLOT[k][s]
