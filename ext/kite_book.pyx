@@ -11,7 +11,7 @@ Lookup by token is a C open-addressing table, so applying a batch creates no Pyt
 per tick. Plain-Python twin: ``shrivenq.books.reference.ReferenceKiteBooks``.
 """
 
-from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
 from tick_row cimport *
@@ -24,7 +24,17 @@ from shrivenq._ext.kite_frame import TICK_DTYPE
 
 cnp.import_array()
 
-if sizeof(TickRow) != TICK_DTYPE.itemsize:
+cdef packed struct Tally:
+    uint32_t token      # filled in by tally(), not on the hot path
+    uint32_t _pad
+    uint64_t ticks
+    int64_t first_ns
+    int64_t last_ns
+
+TALLY_DTYPE = np.dtype([("token", "<u4"), ("_pad", "<u4"), ("ticks", "<u8"),
+                        ("first_ns", "<i8"), ("last_ns", "<i8")])
+
+if sizeof(TickRow) != TICK_DTYPE.itemsize or sizeof(Tally) != TALLY_DTYPE.itemsize:
     raise ImportError("kite_book's TickRow does not match TICK_DTYPE")
 
 
@@ -84,6 +94,7 @@ cdef class KiteBooks:
 
     cdef cnp.ndarray _state       # TICK_DTYPE, capacity rows; the first _n are live
     cdef cnp.ndarray _ticks       # uint64 ticks applied per book
+    cdef cnp.ndarray _tally       # per book: ticks applied with a time, first and last time
     cdef Py_ssize_t _n
     cdef uint32_t* _keys          # open addressing: token per slot
     cdef int32_t* _slots          # row index + 1 per slot; 0 = empty
@@ -93,6 +104,7 @@ cdef class KiteBooks:
         capacity = max(capacity, 8)
         self._state = np.zeros(capacity, dtype=TICK_DTYPE)
         self._ticks = np.zeros(capacity, dtype=np.uint64)
+        self._tally = np.zeros(capacity, dtype=TALLY_DTYPE)
         self._n = 0
         self._table_size = 16
         while self._table_size < 2 * capacity:
@@ -138,6 +150,7 @@ cdef class KiteBooks:
         if self._n == cap:
             self._state = np.concatenate([self._state, np.zeros(cap, dtype=TICK_DTYPE)])
             self._ticks = np.concatenate([self._ticks, np.zeros(cap, dtype=np.uint64)])
+            self._tally = np.concatenate([self._tally, np.zeros(cap, dtype=TALLY_DTYPE)])
         if 2 * (self._n + 1) > self._table_size:
             self._rehash(self._table_size * 2)
         row = (<TickRow*>cnp.PyArray_DATA(self._state)) + self._n
@@ -150,14 +163,17 @@ cdef class KiteBooks:
         self._n += 1
         return self._n - 1
 
-    def apply(self, cnp.ndarray rows not None, cnp.ndarray after=None):
+    def apply(self, cnp.ndarray rows not None, cnp.ndarray after=None,
+              const int64_t[::1] wall_ns=None):
         """Merge TICK_DTYPE rows into the books, in order. Returns the number applied.
 
         With ``after`` (a TICK_DTYPE array as long as ``rows``), ``after[i]`` receives the
         instrument's whole book right after row i was merged: the per-tick book states that
-        replay writes out.
+        replay writes out. With ``wall_ns`` (each row's receive time), the per-book tally of
+        ``tally()`` counts the rows and keeps their first and last times.
         """
         cdef const TickRow* src
+        cdef Tally* tally = NULL
         cdef TickRow* out = NULL
         cdef Py_ssize_t n = rows.shape[0], i, r
         cdef TickRow* state = <TickRow*>cnp.PyArray_DATA(self._state)
@@ -169,6 +185,8 @@ cdef class KiteBooks:
                     or after.shape[0] != n):
                 raise TypeError("after must be a C-contiguous TICK_DTYPE array as long as rows")
             out = <TickRow*>cnp.PyArray_DATA(after)
+        if wall_ns is not None and wall_ns.shape[0] != n:
+            raise ValueError(f"{wall_ns.shape[0]} times for {n} rows")
         src = <const TickRow*>cnp.PyArray_DATA(rows)
         for i in range(n):
             r = self._find(src[i].token)
@@ -180,7 +198,21 @@ cdef class KiteBooks:
             ticks[r] += 1
             if out != NULL:
                 memcpy(&out[i], &state[r], sizeof(TickRow))
+            if wall_ns is not None:
+                tally = (<Tally*>cnp.PyArray_DATA(self._tally)) + r
+                if tally.ticks == 0:
+                    tally.first_ns = wall_ns[i]
+                tally.ticks += 1
+                tally.last_ns = wall_ns[i]
         return n
+
+    def tally(self):
+        """Per instrument that had rows applied with times: (token, ticks, first_ns, last_ns),
+        sorted by token."""
+        live = self._tally[:self._n].copy()
+        live["token"] = self._state["token"][:self._n]
+        live = live[live["ticks"] > 0]
+        return live[np.argsort(live["token"], kind="stable")]
 
     def clear(self):
         """Forget every book (a new capture session starts from nothing)."""
@@ -216,6 +248,7 @@ cdef class KiteBooks:
         self._state = np.zeros(cap, dtype=TICK_DTYPE)
         self._state[:len(rows)] = rows
         self._ticks = np.zeros(cap, dtype=np.uint64)
+        self._tally = np.zeros(cap, dtype=TALLY_DTYPE)
         self._n = len(rows)
         size = 16
         while size < 2 * cap:

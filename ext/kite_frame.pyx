@@ -202,17 +202,19 @@ cdef Py_ssize_t _parse(const uint8_t[::1] buf, TickRow* out, Py_ssize_t capacity
 
     With ``out == NULL`` the frame is only checked (the rows are counted, not written).
     """
-    cdef Py_ssize_t n = buf.shape[0]
+    return _parse_at(&buf[0] if buf.shape[0] else NULL, buf.shape[0], out, capacity, issues)
+
+
+cdef Py_ssize_t _parse_at(const uint8_t* base, Py_ssize_t n, TickRow* out, Py_ssize_t capacity,
+                          _Issues issues) except -1:
     cdef Py_ssize_t pos = 2, rows = 0, i
     cdef uint16_t count, plen
     cdef int kind
-    cdef const uint8_t* base
     if n == 0:
         issues.report(0, "empty frame")
         return 0
     if n == 1:
         return 0  # heartbeat
-    base = &buf[0]
     count = be16(base)
     for i in range(count):
         if pos + 2 > n:
@@ -243,10 +245,13 @@ cdef Py_ssize_t _parse(const uint8_t[::1] buf, TickRow* out, Py_ssize_t capacity
 
 cdef inline Py_ssize_t _row_bound(const uint8_t[::1] buf):
     """Most rows a frame can hold: its count, and no more than its bytes allow (8+2 each)."""
-    cdef Py_ssize_t n = buf.shape[0]
+    return _row_bound_at(&buf[0] if buf.shape[0] else NULL, buf.shape[0])
+
+
+cdef inline Py_ssize_t _row_bound_at(const uint8_t* base, Py_ssize_t n) noexcept:
     if n < 2:
         return 0
-    return min(<Py_ssize_t>be16(&buf[0]), (n - 2) // 10)
+    return min(<Py_ssize_t>be16(base), (n - 2) // 10)
 
 
 cdef cnp.ndarray _parse_new(const uint8_t[::1] buf, _Issues issues):
@@ -476,31 +481,33 @@ def parse_many(const uint8_t[::1] data not None, const uint64_t[::1] offsets not
     clean (their good packets are kept, as ``parse_frame_lenient`` keeps them). Heartbeats
     give no rows. Frames must lie inside ``data``.
     """
-    cdef Py_ssize_t n = offsets.shape[0], i, total = 0, rows = 0, got
+    cdef Py_ssize_t n = offsets.shape[0], i, total = 0, rows = 0, got, k
+    cdef Py_ssize_t size = data.shape[0], seen = 0
     cdef uint64_t end
+    cdef const uint8_t* base = &data[0] if size else NULL
     cdef cnp.ndarray out
     cdef cnp.ndarray[cnp.int64_t, ndim=1] owner
     cdef list bad = []
-    cdef _Issues issues
-    cdef TickRow* base
+    cdef _Issues issues = _Issues(True)   # one collector; a frame is bad if it added to it
+    cdef TickRow* rows_out
     if lengths.shape[0] != n:
         raise ValueError(f"{n} offsets but {lengths.shape[0]} lengths")
     for i in range(n):
         end = offsets[i] + lengths[i]
-        if end > <uint64_t>data.shape[0] or end < offsets[i]:
+        if end > <uint64_t>size or end < offsets[i]:
             raise ValueError(f"frame {i} at offset {offsets[i]} runs past the data")
-        if lengths[i] >= 2:
-            total += _row_bound(data[offsets[i]:end])
+        total += _row_bound_at(base + offsets[i], lengths[i])
     out = np.empty(total, dtype=TICK_DTYPE)
     owner = np.empty(total, dtype=np.int64)
-    base = <TickRow*>cnp.PyArray_DATA(out)
+    rows_out = <TickRow*>cnp.PyArray_DATA(out)
     for i in range(n):
         if lengths[i] < 2:
             continue
-        issues = _Issues(True)
-        got = _parse(data[offsets[i]:offsets[i] + lengths[i]], base + rows, total - rows, issues)
-        owner[rows:rows + got] = i
+        got = _parse_at(base + offsets[i], lengths[i], rows_out + rows, total - rows, issues)
+        for k in range(rows, rows + got):
+            owner[k] = i
         rows += got
-        if issues.found:
+        if len(issues.found) != seen:
+            seen = len(issues.found)
             bad.append(i)
     return out[:rows], owner[:rows], bad

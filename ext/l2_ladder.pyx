@@ -11,7 +11,7 @@ Plain-Python twin for the property tests: ``shrivenq.books.reference.ReferenceLa
 """
 
 from libc.stdint cimport int64_t, uint64_t
-from libc.string cimport memmove, memcpy
+from libc.string cimport memmove
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
 
 cimport numpy as cnp
@@ -23,18 +23,21 @@ BID = 0
 ASK = 1
 
 
+cdef struct Level:
+    int64_t price
+    int64_t qty
+
+
 cdef struct Side:
-    int64_t* prices     # ascending "goodness": bids ascending, asks descending; best at [n-1]
-    int64_t* qtys
+    Level* levels       # ascending "goodness": bids ascending, asks descending; best at [n-1]
     Py_ssize_t n
     Py_ssize_t cap
     bint is_bid
 
 
 cdef int side_init(Side* s, Py_ssize_t cap, bint is_bid) except -1:
-    s.prices = <int64_t*>PyMem_Malloc(cap * sizeof(int64_t))
-    s.qtys = <int64_t*>PyMem_Malloc(cap * sizeof(int64_t))
-    if s.prices == NULL or s.qtys == NULL:
+    s.levels = <Level*>PyMem_Malloc(cap * sizeof(Level))
+    if s.levels == NULL:
         raise MemoryError()
     s.n = 0
     s.cap = cap
@@ -44,14 +47,10 @@ cdef int side_init(Side* s, Py_ssize_t cap, bint is_bid) except -1:
 
 cdef int side_grow(Side* s) except -1:
     cdef Py_ssize_t cap = s.cap * 2
-    cdef int64_t* p = <int64_t*>PyMem_Realloc(s.prices, cap * sizeof(int64_t))
+    cdef Level* p = <Level*>PyMem_Realloc(s.levels, cap * sizeof(Level))
     if p == NULL:
         raise MemoryError()
-    s.prices = p
-    p = <int64_t*>PyMem_Realloc(s.qtys, cap * sizeof(int64_t))
-    if p == NULL:
-        raise MemoryError()
-    s.qtys = p
+    s.levels = p
     s.cap = cap
     return 0
 
@@ -71,14 +70,14 @@ cdef inline Py_ssize_t lower_bound(const Side* s, int64_t price) noexcept nogil:
         if lo <= 0:
             lo = 0
             break
-        if worse(s, s.prices[lo], price):
+        if worse(s, s.levels[lo].price, price):
             lo += 1
             break
         hi = lo
         step <<= 1
     while lo < hi:
         mid = (lo + hi) >> 1
-        if worse(s, s.prices[mid], price):
+        if worse(s, s.levels[mid].price, price):
             lo = mid + 1
         else:
             hi = mid
@@ -87,23 +86,51 @@ cdef inline Py_ssize_t lower_bound(const Side* s, int64_t price) noexcept nogil:
 
 cdef int side_set(Side* s, int64_t price, int64_t qty) except -1:
     cdef Py_ssize_t i = lower_bound(s, price)
-    cdef bint found = i < s.n and s.prices[i] == price
+    cdef bint found = i < s.n and s.levels[i].price == price
     if qty == 0:
         if found:
-            memmove(s.prices + i, s.prices + i + 1, (s.n - i - 1) * sizeof(int64_t))
-            memmove(s.qtys + i, s.qtys + i + 1, (s.n - i - 1) * sizeof(int64_t))
+            memmove(s.levels + i, s.levels + i + 1, (s.n - i - 1) * sizeof(Level))
             s.n -= 1
         return 0
     if found:
-        s.qtys[i] = qty
+        s.levels[i].qty = qty
         return 0
     if s.n == s.cap:
         side_grow(s)
-    memmove(s.prices + i + 1, s.prices + i, (s.n - i) * sizeof(int64_t))
-    memmove(s.qtys + i + 1, s.qtys + i, (s.n - i) * sizeof(int64_t))
-    s.prices[i] = price
-    s.qtys[i] = qty
+    memmove(s.levels + i + 1, s.levels + i, (s.n - i) * sizeof(Level))
+    s.levels[i].price = price
+    s.levels[i].qty = qty
     s.n += 1
+    return 0
+
+
+cdef inline bint _is_i64_vector(cnp.ndarray a) noexcept:
+    return (cnp.PyArray_TYPE(a) == cnp.NPY_INT64 and cnp.PyArray_NDIM(a) == 1
+            and cnp.PyArray_IS_C_CONTIGUOUS(a))
+
+
+cdef Py_ssize_t _check_batch(cnp.ndarray prices, cnp.ndarray quantities) except -1:
+    """A batch is two 1-d C-contiguous int64 arrays of one length, no quantity negative."""
+    cdef Py_ssize_t i, n
+    cdef const int64_t* q
+    cdef const int64_t* p
+    if not (_is_i64_vector(prices) and _is_i64_vector(quantities)):
+        raise TypeError("prices and quantities must be 1-d C-contiguous int64 arrays")
+    n = cnp.PyArray_DIM(prices, 0)
+    if cnp.PyArray_DIM(quantities, 0) != n:
+        raise ValueError(f"{n} prices but {cnp.PyArray_DIM(quantities, 0)} quantities")
+    q = <const int64_t*>cnp.PyArray_DATA(quantities)
+    p = <const int64_t*>cnp.PyArray_DATA(prices)
+    for i in range(n):
+        if q[i] < 0:
+            raise ValueError(f"negative quantity {q[i]} at price {p[i]}")
+    return n
+
+
+cdef int _apply_side(Side* s, const int64_t* prices, const int64_t* qtys, Py_ssize_t n) except -1:
+    cdef Py_ssize_t i
+    for i in range(n):
+        side_set(s, prices[i], qtys[i])
     return 0
 
 
@@ -115,18 +142,15 @@ cdef class L2Ladder:
     def __cinit__(self, Py_ssize_t capacity=1024):
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
-        self.sides[0].prices = NULL
-        self.sides[1].prices = NULL
-        self.sides[0].qtys = NULL
-        self.sides[1].qtys = NULL
+        self.sides[0].levels = NULL
+        self.sides[1].levels = NULL
         side_init(&self.sides[0], capacity, True)
         side_init(&self.sides[1], capacity, False)
 
     def __dealloc__(self):
         cdef int k
         for k in range(2):
-            PyMem_Free(self.sides[k].prices)
-            PyMem_Free(self.sides[k].qtys)
+            PyMem_Free(self.sides[k].levels)
 
     cdef inline Side* _side(self, int side) except NULL:
         if side != 0 and side != 1:
@@ -139,21 +163,33 @@ cdef class L2Ladder:
             raise ValueError(f"negative quantity {quantity} at price {price}")
         side_set(self._side(side), price, quantity)
 
-    def apply(self, int side, const int64_t[::1] prices, const int64_t[::1] quantities):
+    def apply(self, int side, cnp.ndarray prices not None, cnp.ndarray quantities not None):
         """Apply a batch of absolute level updates to one side, in order (a decoded message).
 
-        Checks the whole batch before changing anything, so a bad batch leaves the book as
-        it was.
+        ``prices`` and ``quantities`` are 1-d C-contiguous int64 arrays. The whole batch is
+        checked before anything changes, so a bad batch leaves the book as it was.
         """
         cdef Side* s = self._side(side)
-        cdef Py_ssize_t i, n = prices.shape[0]
-        if quantities.shape[0] != n:
-            raise ValueError(f"{n} prices but {quantities.shape[0]} quantities")
-        for i in range(n):
-            if quantities[i] < 0:
-                raise ValueError(f"negative quantity {quantities[i]} at price {prices[i]}")
-        for i in range(n):
-            side_set(s, prices[i], quantities[i])
+        cdef Py_ssize_t n = _check_batch(prices, quantities)
+        _apply_side(s, <int64_t*>cnp.PyArray_DATA(prices), <int64_t*>cnp.PyArray_DATA(quantities), n)
+
+    def apply_depth(self, cnp.ndarray bid_prices not None, cnp.ndarray bid_quantities not None,
+                    cnp.ndarray ask_prices not None, cnp.ndarray ask_quantities not None):
+        """Both sides of one depth message in one call (both checked before either changes)."""
+        cdef Py_ssize_t nb = _check_batch(bid_prices, bid_quantities)
+        cdef Py_ssize_t na = _check_batch(ask_prices, ask_quantities)
+        _apply_side(&self.sides[0], <int64_t*>cnp.PyArray_DATA(bid_prices),
+                    <int64_t*>cnp.PyArray_DATA(bid_quantities), nb)
+        _apply_side(&self.sides[1], <int64_t*>cnp.PyArray_DATA(ask_prices),
+                    <int64_t*>cnp.PyArray_DATA(ask_quantities), na)
+
+    def touch(self):
+        """(best bid price, its quantity, best ask price, its quantity); 0, 0 for an empty
+        side. One call, no allocation beyond the tuple."""
+        cdef Side* b = &self.sides[0]
+        cdef Side* a = &self.sides[1]
+        return ((b.levels[b.n - 1].price if b.n else 0), (b.levels[b.n - 1].qty if b.n else 0),
+                (a.levels[a.n - 1].price if a.n else 0), (a.levels[a.n - 1].qty if a.n else 0))
 
     def clear(self):
         self.sides[0].n = 0
@@ -162,11 +198,11 @@ cdef class L2Ladder:
     def best_bid(self):
         """(price, quantity) of the best bid, or None when the side is empty."""
         cdef Side* s = &self.sides[0]
-        return (s.prices[s.n - 1], s.qtys[s.n - 1]) if s.n else None
+        return (s.levels[s.n - 1].price, s.levels[s.n - 1].qty) if s.n else None
 
     def best_ask(self):
         cdef Side* s = &self.sides[1]
-        return (s.prices[s.n - 1], s.qtys[s.n - 1]) if s.n else None
+        return (s.levels[s.n - 1].price, s.levels[s.n - 1].qty) if s.n else None
 
     def depth(self, int side):
         """Number of levels on a side."""
@@ -176,7 +212,7 @@ cdef class L2Ladder:
         """True when best bid >= best ask (a book out of sync with its exchange)."""
         cdef Side* b = &self.sides[0]
         cdef Side* a = &self.sides[1]
-        return b.n > 0 and a.n > 0 and b.prices[b.n - 1] >= a.prices[a.n - 1]
+        return b.n > 0 and a.n > 0 and b.levels[b.n - 1].price >= a.levels[a.n - 1].price
 
     def top(self, int side, Py_ssize_t levels):
         """Best ``levels`` levels of a side, best first: int64 array of shape (k, 2)."""
@@ -184,8 +220,8 @@ cdef class L2Ladder:
         cdef Py_ssize_t k = min(max(levels, 0), s.n), i
         cdef cnp.ndarray[int64_t, ndim=2] out = np.empty((k, 2), dtype=np.int64)
         for i in range(k):
-            out[i, 0] = s.prices[s.n - 1 - i]
-            out[i, 1] = s.qtys[s.n - 1 - i]
+            out[i, 0] = s.levels[s.n - 1 - i].price
+            out[i, 1] = s.levels[s.n - 1 - i].qty
         return out
 
     def levels(self, int side):

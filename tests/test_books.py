@@ -143,3 +143,34 @@ def test_derived_measures_on_a_known_book():
     assert imbalance(row, levels=1)[0] == pytest.approx(0.5)
     with pytest.raises(ValueError):
         imbalance(row, levels=6)
+
+
+@settings(max_examples=100, deadline=None)
+@given(updates)
+def test_apply_depth_and_touch_agree_with_the_reference(ops):
+    ladder, ref = L2Ladder(2), ReferenceLadder()
+    bids = [(p, q) for side, p, q in ops if side == BID]
+    asks = [(p, q) for side, p, q in ops if side == ASK]
+    as_arrays = [np.array([x for x, _ in lv], dtype=np.int64) for lv in (bids, asks)]
+    qtys = [np.array([q for _, q in lv], dtype=np.int64) for lv in (bids, asks)]
+    ladder.apply_depth(as_arrays[0], qtys[0], as_arrays[1], qtys[1])
+    for p, q in bids:
+        ref.set_level(BID, p, q)
+    for p, q in asks:
+        ref.set_level(ASK, p, q)
+    bb, ba = ref.best_bid() or (0, 0), ref.best_ask() or (0, 0)
+    assert ladder.touch() == (bb[0], bb[1], ba[0], ba[1])
+
+
+def test_apply_depth_checks_both_sides_before_changing_either():
+    ladder = L2Ladder()
+    ladder.set_level(BID, 100, 5)
+    before = ladder.state_bytes()
+    good = np.array([101], dtype=np.int64)
+    with pytest.raises(ValueError, match="negative quantity"):
+        ladder.apply_depth(good, good, good, np.array([-3], dtype=np.int64))
+    with pytest.raises(TypeError, match="int64"):
+        ladder.apply_depth(good, good, good.astype(np.float64), good)
+    with pytest.raises(TypeError, match="C-contiguous"):
+        ladder.apply(BID, np.arange(10, dtype=np.int64)[::2], np.ones(5, dtype=np.int64))
+    assert ladder.state_bytes() == before

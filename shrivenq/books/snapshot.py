@@ -32,6 +32,14 @@ KITE_FORMAT = "kite-tick-v1"
 
 
 @dataclass(frozen=True)
+class SnapshotInfo:
+    session: str
+    snapshot: int
+    wall_ns: int
+    hash: int
+
+
+@dataclass(frozen=True)
 class KiteSnapshot:
     session: str
     snapshot: int
@@ -49,8 +57,17 @@ def encode_kite_snapshot(rows: np.ndarray, session: str, snapshot: int, wall_ns:
     }, use_bin_type=True)
 
 
-def decode_kite_snapshot(payload: bytes) -> KiteSnapshot:
-    """Parse and check a snapshot payload; anything off raises WalFormatError saying what."""
+def peek_kite_snapshot(payload: bytes) -> SnapshotInfo:
+    """Session, number, time and stored hash of a snapshot, without checking its rows."""
+    doc = _unpack(payload)
+    try:
+        return SnapshotInfo(str(doc["session"]), int(doc["snapshot"]), int(doc["wall_ns"]),
+                            int(doc["hash"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WalFormatError(f"book snapshot is missing or has a bad field: {exc}") from None
+
+
+def _unpack(payload: bytes) -> dict:
     try:
         doc = msgpack.unpackb(payload, raw=False)
     except Exception as exc:  # msgpack raises several unrelated types
@@ -63,6 +80,12 @@ def decode_kite_snapshot(payload: bytes) -> KiteSnapshot:
                              f"(knows up to {SNAPSHOT_VERSION}); upgrade shrivenq")
     if doc.get("format") != KITE_FORMAT:
         raise WalFormatError(f"book snapshot format {doc.get('format')!r} is not {KITE_FORMAT}")
+    return doc
+
+
+def decode_kite_snapshot(payload: bytes) -> KiteSnapshot:
+    """Parse and check a snapshot payload; anything off raises WalFormatError saying what."""
+    doc = _unpack(payload)
     raw = doc.get("rows")
     if not isinstance(raw, bytes) or len(raw) % TICK_DTYPE.itemsize:
         raise WalFormatError("book snapshot rows are not a whole number of TICK_DTYPE rows")

@@ -24,7 +24,9 @@ import numpy as np
 
 from shrivenq._ext.kite_frame import parse_many
 from shrivenq.books import KiteBooks, state_hash
-from shrivenq.books.snapshot import KiteSnapshot, decode_kite_snapshot
+from shrivenq.books.snapshot import (
+    KiteSnapshot, SnapshotInfo, decode_kite_snapshot, peek_kite_snapshot,
+)
 from shrivenq.errors import ReplayError, ShrivenqError, WalFormatError
 from shrivenq.kite import TICK_DTYPE
 from shrivenq.wal import Kind, WalReader
@@ -34,14 +36,6 @@ log = logging.getLogger("shrivenq.replay.kite")
 VENUE = "kite"
 _CONTROL_KINDS = np.array([Kind.SESSION_START, Kind.SESSION_STOP, Kind.SNAPSHOT_MARK, Kind.GAP],
                           dtype=np.uint8)
-
-
-@dataclass(frozen=True)
-class SnapshotInfo:
-    session: str
-    snapshot: int
-    wall_ns: int
-    hash: int
 
 
 @dataclass
@@ -99,18 +93,32 @@ def _has_stream(vdir: Path, stream: str) -> bool:
     return any(vdir.glob(f"*/{stream}/*.wal"))
 
 
-def snapshot_index(vdir: Path, end_ns: int | None = None) -> dict[tuple[str, int], SnapshotInfo]:
-    """Session, number, time and hash of every snapshot (up to ``end_ns``)."""
-    out: dict[tuple[str, int], SnapshotInfo] = {}
+def _snapshot_batches(vdir: Path, start_ns: int | None = None, end_ns: int | None = None):
+    """Snapshot records with start_ns <= time <= end_ns; the WAL's index skips the rest."""
     if not _has_stream(vdir, "snapshots"):
-        return out
-    for batch in WalReader(vdir, "snapshots", end_ns=None if end_ns is None else end_ns + 1,
-                           kinds=[Kind.BOOK_SNAPSHOT]):
+        return
+    yield from WalReader(vdir, "snapshots", start_ns=start_ns,
+                         end_ns=None if end_ns is None else end_ns + 1,
+                         kinds=[Kind.BOOK_SNAPSHOT])
+
+
+def snapshot_index(vdir: Path, start_ns: int | None = None, end_ns: int | None = None
+                   ) -> dict[tuple[str, int], SnapshotInfo]:
+    """Session, number, time and hash of every snapshot taken in [start_ns, end_ns]."""
+    out: dict[tuple[str, int], SnapshotInfo] = {}
+    for batch in _snapshot_batches(vdir, start_ns, end_ns):
         for i in range(len(batch)):
-            snap = _decode_snapshot(batch, i)
-            out[(snap.session, snap.snapshot)] = SnapshotInfo(snap.session, snap.snapshot,
-                                                               snap.wall_ns, snap.hash)
+            info = _peek(batch, i)
+            out[(info.session, info.snapshot)] = info
     return out
+
+
+def _peek(batch, i: int) -> SnapshotInfo:
+    try:
+        return peek_kite_snapshot(batch.payload(i))
+    except WalFormatError as exc:
+        raise ReplayError(f"{batch.segment}: snapshot record {batch.first_record + i}: {exc}") \
+            from None
 
 
 def _decode_snapshot(batch, i: int) -> KiteSnapshot:
@@ -121,13 +129,31 @@ def _decode_snapshot(batch, i: int) -> KiteSnapshot:
             from None
 
 
-def load_snapshot(vdir: Path, session: str, number: int) -> KiteSnapshot:
-    for batch in WalReader(vdir, "snapshots", kinds=[Kind.BOOK_SNAPSHOT]):
+def latest_snapshot(vdir: Path, at_ns: int) -> KiteSnapshot | None:
+    """The latest snapshot taken at or before ``at_ns``. Looks back in widening windows, so
+    finding one near the end of a long day reads only the last few snapshots."""
+    span = 5 * 60 * 10**9
+    while True:
+        best = None
+        for batch in _snapshot_batches(vdir, at_ns - span, at_ns):
+            for i in range(len(batch)):
+                if int(batch.wall_ns[i]) <= at_ns and (best is None or
+                                                       batch.wall_ns[i] >= best[0].wall_ns[best[1]]):
+                    best = (batch, i)
+        if best is not None:
+            return _decode_snapshot(*best)
+        if span > 400 * 24 * 3600 * 10**9:  # more than a year back: there is none
+            return None
+        span *= 8
+
+
+def load_snapshot(vdir: Path, info: SnapshotInfo) -> KiteSnapshot:
+    for batch in _snapshot_batches(vdir, info.wall_ns, info.wall_ns):
         for i in range(len(batch)):
             snap = _decode_snapshot(batch, i)
-            if snap.session == session and snap.snapshot == number:
+            if snap.session == info.session and snap.snapshot == info.snapshot:
                 return snap
-    raise ReplayError(f"snapshot {number} of session {session} is not in {vdir}")
+    raise ReplayError(f"snapshot {info.snapshot} of session {info.session} is not in {vdir}")
 
 
 def _diff(replayed: np.ndarray, stored: np.ndarray) -> list[str]:
@@ -162,13 +188,8 @@ class KiteReplay:
         """The latest snapshot at or before ``start_ns``, and where to start reading."""
         if start_ns is None:
             return None, None
-        best: SnapshotInfo | None = None
-        for info in snapshot_index(self.vdir, end_ns=start_ns).values():
-            if info.wall_ns <= start_ns and (best is None or info.wall_ns > best.wall_ns):
-                best = info
-        if best is None:
-            return None, None
-        return load_snapshot(self.vdir, best.session, best.snapshot), best.wall_ns
+        seed = latest_snapshot(self.vdir, start_ns)
+        return (seed, seed.wall_ns) if seed is not None else (None, None)
 
     def ticks(self, start_ns: int | None = None, end_ns: int | None = None,
               tokens=None, verify: bool = False, books: bool = False) -> Iterator[TickBatch]:
@@ -181,7 +202,7 @@ class KiteReplay:
         book_state = KiteBooks()
         expect: dict[tuple[str, int], SnapshotInfo] = {}
         if verify:
-            expect = snapshot_index(self.vdir, end_ns=end_ns)
+            expect = snapshot_index(self.vdir, read_from, end_ns)
         waiting_for_mark = None
         if seed is not None:
             book_state.load(seed.rows)
@@ -218,6 +239,7 @@ class KiteReplay:
                             self._check(book_state, mark, wall, expect)
                     elif waiting_for_mark is None:
                         if k == Kind.SESSION_START:
+                            self._harvest(book_state, token_filter)
                             book_state.clear()
                             session = str(doc["session"])
                         elif k == Kind.GAP:
@@ -232,7 +254,7 @@ class KiteReplay:
         if waiting_for_mark is not None:
             raise ReplayError(f"the ticks stream has no mark for snapshot {waiting_for_mark[1]} "
                               f"of session {waiting_for_mark[0]}; the WAL is incomplete")
-        self._finish(book_state)
+        self._harvest(book_state, token_filter)
 
     @staticmethod
     def _control(batch, i: int) -> dict:
@@ -258,14 +280,18 @@ class KiteReplay:
         rec = binary[owner]
         wall = batch.wall_ns[rec]
         after = np.empty(len(rows), dtype=TICK_DTYPE) if want_books else None
-        if start_ns is not None and self.result.start_books is None and wall[-1] >= start_ns:
-            # Split at the start time to record the books as they stood at that instant.
+        if start_ns is not None and wall[0] < start_ns:
+            # Ticks before the start update the books but are not reported; at the start
+            # instant the books are recorded as they stood.
             cut = int(np.searchsorted(wall, start_ns, side="left"))
             book_state.apply(rows[:cut], None if after is None else after[:cut])
-            self.result.start_books = self._books_of(book_state, token_filter)
-            book_state.apply(rows[cut:], None if after is None else after[cut:])
+            if cut < len(rows):
+                self.result.start_books = self._books_of(book_state, token_filter)
+                book_state.apply(rows[cut:], None if after is None else after[cut:], wall[cut:])
         else:
-            book_state.apply(rows, after)
+            if start_ns is not None and self.result.start_books is None:
+                self.result.start_books = self._books_of(book_state, token_filter)
+            book_state.apply(rows, after, wall)
         keep = np.ones(len(rows), dtype=bool)
         if start_ns is not None:
             keep &= wall >= start_ns
@@ -276,7 +302,7 @@ class KiteReplay:
         if not keep.all():
             rows, wall, rec = rows[keep], wall[keep], rec[keep]
             after = after[keep] if after is not None else None
-        self._tally(rows, wall)
+        self.result.ticks += len(rows)
         return TickBatch(rows, wall, batch.conn[rec], after)
 
     @staticmethod
@@ -284,17 +310,20 @@ class KiteReplay:
         state = book_state.state()
         return state if token_filter is None else state[np.isin(state["token"], token_filter)]
 
-    def _tally(self, rows: np.ndarray, wall: np.ndarray) -> None:
-        res = self.result
-        res.ticks += len(rows)
-        tokens, first, counts = np.unique(rows["token"], return_index=True, return_counts=True)
-        last = len(rows) - 1 - np.unique(rows["token"][::-1], return_index=True)[1]
-        for t, f, c, l in zip(tokens.tolist(), first.tolist(), counts.tolist(), last.tolist()):
-            s = res.instruments.get(t)
+    def _harvest(self, book_state: KiteBooks, token_filter) -> None:
+        """Fold the books' per-instrument tally into the summary (before the books reset)."""
+        tally = book_state.tally()
+        if token_filter is not None:
+            tally = tally[np.isin(tally["token"], token_filter)]
+        for t in tally:
+            token = int(t["token"])
+            s = self.result.instruments.get(token)
             if s is None:
-                s = res.instruments[t] = InstrumentSummary(t, first_wall_ns=int(wall[f]))
-            s.ticks += c
-            s.last_wall_ns = int(wall[l])
+                s = self.result.instruments[token] = InstrumentSummary(
+                    token, first_wall_ns=int(t["first_ns"]))
+            s.ticks += int(t["ticks"])
+            s.last_wall_ns = int(t["last_ns"])
+            s.book = book_state.book(token)
 
     def _check(self, book_state: KiteBooks, mark: tuple[str, int], wall: int,
                expect: dict[tuple[str, int], SnapshotInfo]) -> None:
@@ -308,9 +337,5 @@ class KiteReplay:
         res.snapshots_checked += 1
         state = book_state.state()
         if state_hash(state) != info.hash:
-            stored = load_snapshot(self.vdir, *mark)
+            stored = load_snapshot(self.vdir, info)
             res.mismatches.append(Mismatch(mark[0], mark[1], wall, _diff(state, stored.rows)))
-
-    def _finish(self, book_state: KiteBooks) -> None:
-        for token, summary in self.result.instruments.items():
-            summary.book = book_state.book(token)

