@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from shrivenq import __version__
 from shrivenq.books import KiteBooks
 from shrivenq.books.snapshot import encode_kite_snapshot
@@ -63,6 +65,7 @@ class KiteCaptureSettings:
     fsync: str = "interval:1000"
     watchdog: float = 5.0
     session_note: list[str] = field(default_factory=list)   # what was asked, for the record
+    latency_samples: int = 0   # > 0: record receipt-to-WAL-append latency (LatencyRecorder)
 
 
 @dataclass
@@ -88,15 +91,75 @@ class CaptureSummary:
         return self.counters.gaps > 0
 
 
-class KiteRecorder:
-    """The feed's sink: WAL first, then books. Also what the status line reads."""
+class LatencyRecorder:
+    """Per message, nanoseconds from receipt (the feed's monotonic reading when websockets
+    handed the message to the loop) to the return of its WAL append, in a preallocated ring
+    holding the newest ``capacity`` samples. The end is read with ``time.monotonic_ns``, the
+    receipt's own clock (CLOCK_MONOTONIC, which ``perf_counter_ns`` also is on Linux).
 
-    def __init__(self, ticks: WalWriter, books: KiteBooks, session: str):
+    ``histogram()`` folds the samples recorded since its previous call into cumulative
+    Prometheus buckets (``/metrics`` calls it at scrape time, not the hot path); samples the
+    ring overwrote before a fold are missing from the histogram, not miscounted."""
+
+    #: Bucket upper bounds, ns (+Inf implied).
+    BUCKETS_NS = (5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000,
+                  5_000_000, 20_000_000)
+
+    def __init__(self, capacity: int = 1 << 20):
+        if capacity < 1:
+            raise ShrivenqError("latency recorder capacity must be positive")
+        self.capacity = int(capacity)
+        self.samples = np.zeros(self.capacity, dtype=np.int64)
+        self.count = 0                  # samples recorded so far (may exceed capacity)
+        self._folded = 0
+        self._buckets = np.zeros(len(self.BUCKETS_NS) + 1, dtype=np.int64)
+        self._sum = 0
+        self._hist_count = 0
+
+    def add(self, ns: int) -> None:
+        self.samples[self.count % self.capacity] = ns
+        self.count += 1
+
+    def values(self) -> np.ndarray:
+        """The samples held (the newest ``capacity``), oldest first, as a copy."""
+        n, cap = self.count, self.capacity
+        if n <= cap:
+            return self.samples[:n].copy()
+        i = n % cap
+        return np.concatenate((self.samples[i:], self.samples[:i]))
+
+    def histogram(self) -> tuple[list[tuple[float, int]], float, int]:
+        """(cumulative (upper bound in seconds, count) pairs ending with +Inf, sum in
+        seconds, count) over every sample folded so far."""
+        n, cap = self.count, self.capacity
+        start = max(self._folded, n - cap)
+        if n > start:
+            idx = np.arange(start, n) % cap
+            new = self.samples[idx]
+            self._buckets += np.bincount(np.searchsorted(self.BUCKETS_NS, new, side="left"),
+                                         minlength=len(self._buckets))
+            self._sum += int(new.sum())
+            self._hist_count += len(new)
+        self._folded = n
+        cum = np.cumsum(self._buckets).tolist()
+        bounds = [b / 1e9 for b in self.BUCKETS_NS] + [float("inf")]
+        return list(zip(bounds, cum)), self._sum / 1e9, self._hist_count
+
+
+class KiteRecorder:
+    """The feed's sink: WAL first, then books. Also what the status line reads.
+
+    ``latency``: set a LatencyRecorder to time every message from receipt to its WAL append
+    (None, the default, costs one attribute test per message)."""
+
+    def __init__(self, ticks: WalWriter, books: KiteBooks, session: str,
+                 latency: LatencyRecorder | None = None):
         self.ticks = ticks
         self.books = books
         self.session = session
         self.counters = CaptureCounters()
         self.gaps: list[dict] = []
+        self.latency = latency
 
     def on_message(self, conn: int, message: bytes | str, wall_ns: int, mono_ns: int) -> None:
         c = self.counters
@@ -105,6 +168,8 @@ class KiteRecorder:
             payload = message.encode("utf-8", "surrogateescape")
             c.bytes += len(payload)
             self.ticks.append(Kind.TEXT, payload, wall_ns, mono_ns, conn)
+            if self.latency is not None:
+                self.latency.add(time.monotonic_ns() - mono_ns)
             c.text_messages += 1
             self._text(conn, message)
             return
@@ -112,11 +177,15 @@ class KiteRecorder:
         if len(message) == 1:
             c.heartbeats += 1
             self.ticks.append(Kind.BINARY, message, wall_ns, mono_ns, conn)
+            if self.latency is not None:
+                self.latency.add(time.monotonic_ns() - mono_ns)
             return
         rows, issues = parse_frame_lenient(message)
         self.ticks.append(
             Kind.BINARY, message, wall_ns, mono_ns, conn,
             instruments=rows["token"] if len(rows) else None)
+        if self.latency is not None:
+            self.latency.add(time.monotonic_ns() - mono_ns)
         if issues:
             c.malformed_frames += 1
             log.warning("connection %d: malformed frame stored raw (%d bytes): %s", conn,
@@ -224,7 +293,9 @@ class KiteCapture:
         s = self.settings
         stop = stop or asyncio.Event()
         self._open_wal()
-        self.recorder = KiteRecorder(self.ticks, self.books, self.session)
+        self.recorder = KiteRecorder(
+            self.ticks, self.books, self.session,
+            LatencyRecorder(s.latency_samples) if s.latency_samples > 0 else None)
         reason = "stopped"
         helpers: list[asyncio.Task] = []
         try:

@@ -10,7 +10,8 @@ import logging
 import time
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 log = logging.getLogger("shrivenq.capture.metrics")
 
@@ -45,6 +46,14 @@ class _CaptureCollector:
         yield GaugeMetricFamily("shrivenq_last_tick_timestamp_seconds",
                                 "Wall-clock time of the last tick received",
                                 value=c.last_tick_wall_ns / 1e9)
+        latency = cap.recorder.latency
+        if latency is not None:   # folded here, at scrape time, not per message
+            buckets, total, _ = latency.histogram()
+            yield HistogramMetricFamily(
+                "shrivenq_receive_to_wal_seconds",
+                "Per message, from receipt off the WebSocket to its WAL append returning",
+                buckets=[(floatToGoString(b), n) for b, n in buckets],
+                sum_value=total)
         if cap.ticks is not None:
             st = cap.ticks.stats
             yield CounterMetricFamily("shrivenq_wal_bytes", "Bytes written to the ticks WAL",
