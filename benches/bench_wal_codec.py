@@ -22,7 +22,7 @@ import pytest
 import zstandard
 
 from shrivenq._ext import tick_delta
-from shrivenq.kite import KIND_FULL
+from shrivenq.kite import KIND_FULL, KIND_LTP, KIND_QUOTE
 from shrivenq.kite.wire import encode_frame
 from shrivenq.sim.market import KiteMarket, default_universe
 
@@ -127,3 +127,33 @@ def test_pack_zstd_vs_plain_zstd(benchmark, stream):
           f"{PACK_ZSTD_VS_ZSTD}); size {size:.2f} vs {plain_size:.2f} B/tick")
     benchmark.extra_info.update(ratio=ratio, bytes_per_tick=size, plain_bytes_per_tick=plain_size)
     assert ratio >= PACK_ZSTD_VS_ZSTD / 2
+
+
+@pytest.mark.parametrize("mode", ["quote", "ltp"])
+def test_other_modes(benchmark, mode):
+    """Quote- and ltp-mode streams (20k ticks, 200 instruments): figures only, no gate."""
+    kind = {"quote": KIND_QUOTE, "ltp": KIND_LTP}[mode]
+    rows = KiteMarket(default_universe(200), seed=4).ticks(20_000, kind=kind)
+    rng = np.random.default_rng(1)
+    frames, i = [], 0
+    while i < len(rows):
+        k = int(rng.integers(1, 9))
+        frames.append(encode_frame(rows[i:i + k]))
+        i += k
+    data = b"".join(frames)
+    lengths = np.array([len(f) for f in frames], dtype=np.uint32)
+    packed = tick_delta.pack(data, lengths)
+    unpack_s = min(_timed(lambda: tick_delta.unpack(packed, lengths)) for _ in range(5))
+    benchmark.pedantic(tick_delta.pack, args=(data, lengths), rounds=ROUNDS, iterations=1)
+    z = zstandard.ZstdCompressor(level=1)
+    n = len(rows)
+    print(f"\n{mode}: pack median {benchmark.stats.stats.median / n * 1e9:.1f} ns/tick, "
+          f"unpack best {unpack_s / n * 1e9:.1f} ns/tick; zstd-1 {len(z.compress(packed)) / n:.2f}"
+          f" B/tick vs plain {len(z.compress(data)) / n:.2f} (raw {len(data) / n:.1f}), "
+          f"one block of {len(data) // 1024} KB")
+
+
+def _timed(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t

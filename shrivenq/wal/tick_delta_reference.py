@@ -249,9 +249,11 @@ def _frame_packets(p: bytes):
 
 
 def _lengths(lengths) -> list[int]:
-    a = np.asarray(lengths)
-    if a.dtype != np.uint32 or a.ndim != 1:
-        raise ValueError("lengths must be a 1-d uint32 array")
+    if not isinstance(lengths, np.ndarray) or lengths.dtype != np.uint32 or lengths.ndim != 1:
+        raise ValueError("lengths must be a 1-d numpy uint32 array")
+    if not lengths.flags.c_contiguous:
+        raise ValueError("lengths must be C-contiguous")
+    a = lengths
     return [int(x) for x in a]
 
 
