@@ -7,11 +7,9 @@ gate is the ratio of medians, failing only below half the issue's target.
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import pytest
 from kiteconnect import KiteTicker
+from timing import median_seconds
 
 from shrivenq.kite import KIND_FULL, KIND_LTP, KIND_QUOTE, parse_frame, parse_ticks
 from shrivenq.kite.wire import encode_frame
@@ -34,12 +32,7 @@ def frames() -> dict[str, bytes]:
 
 
 def sdk_median(frame: bytes, rounds: int = 40) -> float:
-    samples = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        SDK._parse_binary(frame)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+    return median_seconds(SDK._parse_binary, rounds, frame)
 
 
 def record(benchmark, sdk_s: float, target: float) -> float:

@@ -12,11 +12,10 @@
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import numpy as np
 import pytest
+
+from timing import median_seconds
 
 from shrivenq._ext.kite_frame import parse_many
 from shrivenq.books import ASK, BID, KiteBooks, L2Ladder
@@ -29,15 +28,6 @@ from shrivenq.wal import Kind, WalReader, WalWriter
 from shrivenq.wal import records as rec
 
 MINUTE = 60 * 10**9
-
-
-def _median_seconds(fn, rounds: int) -> float:
-    samples = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-    return statistics.median(samples)
 
 
 def _write_session(root, stream, minutes: int, per_minute: int, start_ns: int) -> int:
@@ -101,7 +91,7 @@ def test_replay_into_books_vs_reading_the_wal(benchmark, day):
         return sum(len(b) for b in WalReader(root / "kite", "ticks"))
 
     assert replay() == ticks
-    read_s = _median_seconds(read, 5)
+    read_s = median_seconds(read, 5)
     benchmark.pedantic(replay, rounds=7, iterations=1, warmup_rounds=1)
     replay_s = benchmark.stats.stats.median
     ratio = read_s / replay_s
@@ -125,7 +115,7 @@ def test_seek_last_minute_vs_first_minute_of_six_hours(benchmark, six_hours):
     n_first, _ = minute(START)
     n_last, seeded = minute(end - MINUTE)
     assert min(n_first, n_last) > 1000 and seeded is not None and seeded.snapshot == 358
-    first_s = _median_seconds(lambda: minute(START), 7)
+    first_s = median_seconds(lambda: minute(START), 7)
     benchmark.pedantic(minute, (end - MINUTE,), rounds=7, iterations=1, warmup_rounds=1)
     last_s = benchmark.stats.stats.median
     ratio = last_s / first_s
@@ -177,7 +167,7 @@ def test_l2_ladder_updates_vs_sortedcontainers(benchmark):
 
     ref = reference()
     assert compiled().levels(BID).tolist() == [list(x) for x in ref.top(BID, 10**6)]
-    ref_s = _median_seconds(reference, 3)
+    ref_s = median_seconds(reference, 3)
     benchmark.pedantic(compiled, rounds=15, iterations=1, warmup_rounds=2)
     ours = benchmark.stats.stats.median
     ns = ours / updates * 1e9

@@ -16,6 +16,7 @@ import time
 
 import pytest
 import zstandard
+from timing import median_seconds
 
 from shrivenq.wal import IST, WalReader, WalWriter, default_codec, format as fmt
 from shrivenq.sim.stream import kite_stream
@@ -38,15 +39,6 @@ def stream():
 def zstd_chunks(data: bytes) -> list[bytes]:
     c = zstandard.ZstdCompressor(level=1)
     return [c.compress(data[i:i + CHUNK]) for i in range(0, len(data), CHUNK)]
-
-
-def median_seconds(fn, rounds=ROUNDS) -> float:
-    samples = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-    return statistics.median(samples)
 
 
 def write_once(stream, root, reps: int = 1) -> WalWriter:
@@ -135,7 +127,7 @@ def test_read_throughput(benchmark, stream, tmp_path, codec):
     ratio = read_rate / unzstd_rate
     floor = ""
     if code == fmt.CODEC_TICK_DELTA:
-        floor_rate = stream.ticks / median_seconds(lambda: codec_floor(stream))
+        floor_rate = stream.ticks / median_seconds(lambda: codec_floor(stream), ROUNDS)
         floor = f"; codec floor (zstd + tick_delta.unpack alone) {floor_rate / 1e6:.2f}M ticks/s"
     print(f"\nread ({codec}): {read_rate / 1e6:.2f}M ticks/s; plain zstd-1 decompress of "
           f"raw packets: {unzstd_rate / 1e6:.2f}M ticks/s; ratio {ratio:.2f} (target 5M "

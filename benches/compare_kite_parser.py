@@ -3,23 +3,12 @@ on the same 500-packet frames, medians of repeated runs in one process."""
 
 from __future__ import annotations
 
-import statistics
-import time
-
 from kiteconnect import KiteTicker
+from timing import median_seconds
 
 from shrivenq.kite import KIND_FULL, KIND_LTP, KIND_QUOTE, parse_frame, parse_ticks
 from shrivenq.kite.wire import encode_frame
 from shrivenq.sim.market import KiteMarket, default_universe
-
-
-def median_seconds(fn, frame: bytes, repeats: int) -> float:
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(frame)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def main() -> None:
@@ -31,9 +20,9 @@ def main() -> None:
     for name, kind in (("full", KIND_FULL), ("quote", KIND_QUOTE), ("ltp", KIND_LTP)):
         frame = encode_frame(market.ticks(500, kind))
         assert parse_ticks(frame) == sdk._parse_binary(frame)
-        sdk_s = median_seconds(sdk._parse_binary, frame, 30)
-        dicts_s = median_seconds(parse_ticks, frame, 100)
-        array_s = median_seconds(parse_frame, frame, 2000)
+        sdk_s = median_seconds(sdk._parse_binary, 30, frame)
+        dicts_s = median_seconds(parse_ticks, 100, frame)
+        array_s = median_seconds(parse_frame, 2000, frame)
         print(f"{name:<6}{sdk_s / 500 * 1e9:>11.0f} ns{dicts_s / 500 * 1e9:>11.0f} ns"
               f"{array_s / 500 * 1e9:>11.1f} ns{sdk_s / dicts_s:>9.0f}x{sdk_s / array_s:>9.0f}x")
     print("\nparse_ticks returns exactly kiteconnect's dicts (checked above for each frame).")
