@@ -40,9 +40,9 @@ Residual of word w = zigzag((cur[w] - pred) * m) mod 2^32, zigzag(d) = (d << 1) 
 on the signed 32-bit d, except for the rules Z, Z16 and P16; m = the inverse of the key's
 quantum modulo 2^32 for the quantity words (quote: 2, 4, 5, 6; full: 2, 4, 5, 6, 12, 13, 14
 and the depth quantities 16 + 3k), else 1. (Decoding multiplies by q: exact for any words,
-and a change by a multiple of the lot becomes a change in lots.) ``prev`` = previous packet of the same
-key in the block, ``glob`` = previous packet of the same kind (any key; pred 0 if none), and
-rot16(x) = (x << 16 | x >> 16) mod 2^32. Rules, as (non-first ; first):
+and a change by a multiple of the lot becomes a change in lots.) ``prev`` = previous packet
+of the same key in the block, ``glob`` = previous packet of the same kind (any key; pred 0 if
+none), and rot16(x) = (x << 16 | x >> 16) mod 2^32. Rules, as (non-first ; first):
 
   Z: residual = cur[w] * m (no zigzag)           Z16: residual = rot16(cur[w]) (no zigzag)
   P16: residual = zigzag(rot16(cur[w]) - rot16(prev[w]))
