@@ -260,6 +260,58 @@ def test_threads_share_nothing(stream):
     assert errors == []
 
 
+def _golden_parts():
+    """A fixed block (no simulator: its bytes must never change) of every kind of payload."""
+    opt, idx_tok, stk = (12_000_123 << 8) | 2, 256265, (100_002 << 8) | 1
+
+    def full(ltp, vol, lq, ts, bidq0):
+        words = [opt, ltp, lq, ltp - 5, vol, 75 * 1200, 75 * 900, 12000, 12500, 11800, 12100,
+                 ts, 75 * 40000, 75 * 41000, 75 * 39000, ts]
+        for side in (0, 1):
+            for k in range(5):
+                q = bidq0 * 75 if (side, k) == (0, 0) else 75 * (10 + k)
+                p = ltp - 5 * (k + 1) if side == 0 else ltp + 5 * (k + 1)
+                words += [q, p, (3 + k) << 16]
+        return struct.pack(">46I", *words)
+
+    index = struct.pack(">8I", idx_tok, 2412035, 2413000, 2409000, 2410000, 2400000, 12035,
+                        1763610301)
+    quote1 = struct.pack(">11I", stk, 150000, 10, 149990, 5000, 700, 800, 149000, 151000,
+                         148000, 149500)
+    quote2 = struct.pack(">11I", stk, 150005, 20, 149995, 5020, 690, 810, 149000, 151000,
+                         148000, 149500)
+    ltp = struct.pack(">2I", stk, 150010)
+    return [frame_of(full(12345, 75 * 100, 75, 1763610300, 7), index), b"\x01",
+            frame_of(quote1), b'{"type":"order","data":{}}',
+            frame_of(full(12350, 75 * 102, 150, 1763610301, 8), quote2, ltp), b"\x00\x00",
+            b"\x00\x05junk"]
+
+
+GOLDEN_V3 = bytes.fromhex(
+    "54440300070000002100000004000000010000000000000001000000020000000200000001000100010100"
+    "017b2274797065223a226f72646572222c2264617461223a7b7d7d00056a756e6b00010200020304020300"
+    "b70001011b0386867be9a2a2020901010000000000000000000000004b010501000249fa0024ce03000007"
+    "8a000017b500000fe500005e0500002f03d23d1d7a000249f00000000200000013000003e80000008c0000"
+    "00a0000007cf000007d000000f9f000003e700003039000000010000000900000064000004b00000038400"
+    "0002b10000013600000441000001e90000000000009c40000007d0000007cfd23d1d780000000700000009"
+    "000000030000000b00000009000000040000000c00000009000000050000000d0000000900000006000000"
+    "0e00000009000000070000000a0000000a000000030000000b0000000a000000040000000c0000000a0000"
+    "00050000000d0000000a000000060000000e0000000a000000073d000d4001000000000000000a0000000a"
+    "0000000800000003000000040000000a0000000a000000040000000200000002")
+
+
+@pytest.mark.parametrize("impl", [td, ref], ids=["compiled", "twin"])
+def test_format_v3_is_frozen(impl):
+    """Blocks already in write-ahead logs must stay readable (docs/WAL_FORMAT.md): if this
+    fails, the format changed; bump FORMAT_VERSION and keep decoding version 3, or give the
+    new transform its own WAL codec id."""
+    parts = _golden_parts()
+    data, lengths = b"".join(parts), lens_of(parts)
+    assert td.FORMAT_VERSION == 3 and ref.VERSION == 3
+    assert impl.pack(data, lengths) == GOLDEN_V3
+    assert impl.unpack(GOLDEN_V3, lengths) == data
+
+
 def test_state_resets_per_block():
     """The same payloads pack the same whatever was packed before."""
     parts = [frame_of(*REAL_PACKETS[i:i + 4]) for i in range(0, 40, 4)]
