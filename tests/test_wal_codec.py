@@ -335,7 +335,7 @@ def _try(impl, packed, lengths):
     return out
 
 
-@settings(max_examples=120, deadline=5000,
+@settings(max_examples=120, deadline=20_000,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(payload_lists, st.randoms(use_true_random=False))
 def test_unpack_hostile(parts, rnd):
@@ -376,7 +376,7 @@ def test_unpack_hostile(parts, rnd):
         assert _try(td, packed, shuffled) == _try(ref, packed, shuffled)
 
 
-@settings(max_examples=400, deadline=5000,
+@settings(max_examples=400, deadline=20_000,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.binary(max_size=400), st.lists(st.integers(0, 200), max_size=8))
 def test_unpack_garbage(blob, lens):
@@ -385,7 +385,7 @@ def test_unpack_garbage(blob, lens):
     assert _try(ref, blob, lengths) == out
 
 
-@settings(max_examples=150, deadline=5000,
+@settings(max_examples=150, deadline=20_000,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.data())
 def test_unpack_header_lies(data):
