@@ -113,7 +113,7 @@ class WeightPacer:
                 self.banned += 1
             else:
                 self.too_many += 1
-            pause = min(self.max_pause, 2.0 ** min(self.strikes, 10))
+            pause = min(self.max_pause, 2.0 ** min(self.strikes - 1, 10))
             self.blocked_until = max(self.blocked_until, now + max(retry_s or 0.0, pause))
             return
         self.strikes = 0

@@ -28,7 +28,7 @@ Fault injection (``fault_*``/``drop``/... methods; call them on the server's loo
 nobody hears it), duplicates, out-of-order pairs, random faults (``p_lose``, ``p_dup``,
 ``p_swap``), a crossing update, stalled connections (``stall``/``resume``), abrupt
 disconnects (``drop``), ``serverShutdown`` followed by a close after ``grace`` seconds
-(``shutdown``), REST errors on the next snapshots (``fail_snapshots``), snapshots that lag
+(``shutdown``), arbitrary text (``send_raw``), REST errors on the next snapshots (``fail_snapshots``), snapshots that lag
 the stream (``lag_snapshots``) or are not JSON (``corrupt_snapshots``).
 """
 
@@ -264,6 +264,11 @@ class BinanceSimServer:
 
     def corrupt_snapshots(self, n: int = 1) -> None:
         self._corrupt += n
+
+    def send_raw(self, text: str, conn: SimConnection | None = None) -> None:
+        """Queue ``text`` as is (hostile input: not JSON, bad fields, bad decimals)."""
+        for c in [conn] if conn else self.live:
+            c._queue.put_nowait(text)
 
     def stall(self, conn: SimConnection | None = None) -> None:
         for c in [conn] if conn else self.live:

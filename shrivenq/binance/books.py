@@ -1,0 +1,131 @@
+"""Everything Binance sent, turned into books: the one dispatcher capture and replay share.
+
+``BinanceBooks`` takes the same inputs the WAL keeps, in the same order (stream messages
+as received, REST bodies as received, connection opens and closes) and keeps one
+``BookSync`` per symbol. It is sans-I/O and deterministic: replaying a WAL through it gives
+the very books and decisions the live capture had. Its return values are the sync's
+actions (``shrivenq.binance.sync.Action``); the capture acts on FETCH and records GAPs.
+
+Inputs:
+    on_exchange_info(body)        a REST exchangeInfo body: the symbols' scales
+    on_snapshot(symbol, body)     a REST depth body for ``symbol``
+    on_connect(conn, url)         a connection to a combined-stream URL opened
+    on_disconnect(conn, reason)   it closed; symbols whose depth no other open connection
+                                  carries are reset (a GAP if their book was synced),
+                                  unless the reason is "stopped" (the capture's own end)
+    on_message(raw)               a stream message (depthUpdate, trade, bookTicker, ...)
+"""
+
+from __future__ import annotations
+
+import logging
+
+from shrivenq.binance import decode
+from shrivenq.binance.streams import depth_symbols_of_url, stream_symbol
+from shrivenq.binance.sync import BookSync
+from shrivenq.errors import BinanceMessageError
+
+log = logging.getLogger("shrivenq.binance.books")
+
+_NONE: tuple = ()
+
+
+class MessageCounters:
+    __slots__ = ("messages", "depth", "trades", "book_tickers", "shutdowns", "other",
+                 "malformed", "bad_snapshots")
+
+    def __init__(self):
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class BinanceBooks:
+    def __init__(self, market: str, symbols: list[str] | None = None):
+        self.market = market
+        self.futures = market == "usdm"
+        self.wanted = None if symbols is None else [s.upper() for s in symbols]
+        self.specs: dict[str, decode.SymbolSpec] = {}
+        self.syncs: dict[str, BookSync] = {}
+        self.carriers: dict[int, set[str]] = {}     # conn -> symbols whose depth it carries
+        self.counters = MessageCounters()
+        self.last_error: str = ""
+
+    # --- REST ------------------------------------------------------------------------------
+
+    def on_exchange_info(self, body) -> None:
+        specs = decode.exchange_info(body, self.wanted)
+        self.specs = specs
+        for sym in specs:
+            if sym not in self.syncs:
+                self.syncs[sym] = BookSync(sym, self.futures)
+
+    def on_snapshot(self, symbol: str, body) -> tuple:
+        sync = self.syncs.get(symbol)
+        if sync is None:
+            return _NONE
+        try:
+            snap = decode.snapshot(body, self.specs[symbol])
+        except BinanceMessageError as exc:
+            self.counters.bad_snapshots += 1
+            self.last_error = str(exc)
+            log.warning("%s", exc)
+            return sync.on_snapshot_failed()
+        return sync.on_snapshot(snap)
+
+    # --- connections -----------------------------------------------------------------------
+
+    def on_connect(self, conn: int, url: str) -> None:
+        self.carriers[conn] = depth_symbols_of_url(url) & set(self.syncs)
+
+    def on_disconnect(self, conn: int, reason: str = "disconnect") -> tuple:
+        gone = self.carriers.pop(conn, set())
+        if reason == "stopped":   # the capture ended: books keep their last state
+            return _NONE
+        still = set().union(*self.carriers.values()) if self.carriers else set()
+        out: list = []
+        for sym in sorted(gone - still):
+            out.extend(self.syncs[sym].reset("disconnect"))
+        return tuple(out)
+
+    # --- stream messages -------------------------------------------------------------------
+
+    def on_message(self, raw) -> tuple:
+        c = self.counters
+        c.messages += 1
+        try:
+            stream, data = decode.envelope(raw)
+        except BinanceMessageError as exc:
+            c.malformed += 1
+            self.last_error = str(exc)
+            return _NONE
+        if stream is not None and "@depth" in stream:
+            c.depth += 1
+            try:
+                ev = decode.depth_event(data, self.specs, self.futures)
+            except BinanceMessageError as exc:
+                c.malformed += 1
+                self.last_error = str(exc)
+                sync = self.syncs.get(stream_symbol(stream))
+                return sync.reset("bad_event") if sync is not None else _NONE
+            return self.syncs[ev.symbol].on_event(ev)
+        if stream is not None and stream.endswith("@trade"):
+            c.trades += 1
+        elif stream is not None and stream.endswith("@bookTicker"):
+            c.book_tickers += 1
+        elif data.get("e") == "serverShutdown":
+            c.shutdowns += 1
+        else:
+            c.other += 1
+        return _NONE
+
+    # --- state -----------------------------------------------------------------------------
+
+    def book(self, symbol: str):
+        return self.syncs[symbol].book
+
+    def state(self) -> dict[str, tuple[int, bytes]]:
+        """symbol -> (update id or -1, canonical book bytes): equal states, equal values."""
+        return {sym: (s.book_id, s.book.state_bytes()) for sym, s in sorted(self.syncs.items())}
