@@ -1,0 +1,299 @@
+"""Kite capture end to end over real loopback WebSockets (issue #4).
+
+Ingest throughput: ``KiteCapture`` exactly as users run it (KiteFeed, websockets, the WAL
+writer with default settings, books updated) against ``benches/kite_flood.py`` in its own
+process: Kite's wire protocol (credentials checked, JSON subscribe/mode, binary frames,
+heartbeats) serving full-mode frames that the simulator's own generator made once and that
+are cycled, as fast as the socket takes them (the simulator generating live is slower than
+capture and would measure itself). 9000 instruments over 3 connections of 3000, as the
+client shards them. Zero loss is checked, not assumed: the WAL is read back after the
+capture closed and every binary payload must equal, in order and per connection, the frames
+the server sent (and the server's own counts and xxh3 of what it sent). The gate is the
+ratio of medians against a bare websockets client that receives the same stream and
+discards it (the transport ceiling), timed between the capture rounds of the same run; the
+absolute ticks/s is reported against the issue's 500k.
+
+Latency at realistic load: the simulator (``KiteSimServer``, rate 2 ticks/s per instrument,
+9000 instruments) in one process, ``benches/kite_capture_probe.py`` (the capture with
+``latency_samples``) in another, so neither shares the other's GIL. Per message: from
+receipt (websockets handed it to the feed's loop) to the WAL append returning; p50, p99,
+p99.9, max over the window after a warm-up; steady RSS (VmRSS) of the capture process.
+
+    .venv/bin/python -m pytest benches/bench_capture.py --benchmark-only -s \
+        --benchmark-columns=min,median,mean,rounds
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xxhash
+from websockets.asyncio.client import connect
+
+from shrivenq.capture.kite import KiteCapture, KiteCaptureSettings
+from shrivenq.kite.feed import MAX_MESSAGE_BYTES
+from shrivenq.kite.protocol import feed_url, shard, subscription_messages
+from shrivenq.sim.kite_server import DEMO_ACCESS_TOKEN, DEMO_API_KEY, sim_master
+from shrivenq.wal import Kind, WalReader
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from kite_flood import make_frames, save_frames  # noqa: E402
+
+INSTRUMENTS = 9000            # 3 connections of 3000, Kite's limit per API key
+FRAMES_PER_SHARD = 40         # distinct frames generated per connection, then cycled
+QUOTA = 1200                  # frames each connection sends per round
+ROUNDS = 3
+# packets per frame: 500 is how the simulator frames at full rate (max_batch); 50 shows what
+# the per-message cost does to the same client path (reported, not gated)
+FRAME_SIZES = [500, 50]
+
+# Issue #4's targets
+TARGET_TICKS_S = 500_000      # absolute, full mode, on this 2-core machine (reported)
+TARGET_VS_TRANSPORT = 0.20    # capture >= 20% of a bare client's receive rate (gated at half)
+TARGET_P99_US = 50.0          # receipt -> WAL append, at 9000 instruments x 2 ticks/s
+TARGET_RSS_MB = 150.0
+LATENCY_RATE = 2.0            # ticks per instrument per second
+WARMUP_S, WINDOW_S = 5.0, 25.0
+
+
+class FloodServer:
+    """``kite_flood.py`` in a subprocess; ``reports`` collects its per-connection lines."""
+
+    def __init__(self, frames_path: Path, quota: int):
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "kite_flood.py"),
+                                      str(frames_path), str(quota)],
+                                     stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("port "):
+            self.proc.kill()
+            raise RuntimeError(f"flood server did not start: {line!r}")
+        self.root = f"ws://127.0.0.1:{int(line.split()[1])}/"
+        self.reports: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.reports.put(json.loads(line))
+
+    def take(self, n: int, timeout: float = 15.0) -> list[dict]:
+        return sorted((self.reports.get(timeout=timeout) for _ in range(n)),
+                      key=lambda r: r["shard"] if r["shard"] is not None else -1)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def token_modes() -> dict[int, str]:
+    return {int(t): "full" for t in sim_master(INSTRUMENTS).tokens}
+
+
+@pytest.fixture(scope="module", params=FRAME_SIZES, ids=lambda p: f"{p}pkt")
+def flood(request, token_modes, tmp_path_factory):
+    packets = request.param
+    shards = [list(s) for s in shard(token_modes)]
+    per_shard = FRAMES_PER_SHARD * 500 // packets        # the same ticks at any frame size
+    frames = make_frames(INSTRUMENTS, shards, per_shard, packets)
+    path = tmp_path_factory.mktemp("flood") / "frames.npz"
+    save_frames(path, frames)
+    quota = QUOTA * 500 // packets // (2 if packets < 500 else 1)
+    server = FloodServer(path, quota)
+    try:
+        yield server, frames, quota, packets
+    finally:
+        server.close()
+
+
+async def _capture_once(root: str, token_modes: dict[int, str], data_dir: Path,
+                        expected_frames: int) -> tuple[KiteCapture, int]:
+    capture = KiteCapture(KiteCaptureSettings(
+        token_modes=token_modes, data_dir=data_dir, api_key=DEMO_API_KEY,
+        access_token=DEMO_ACCESS_TOKEN, ws_root=root))
+    stop = asyncio.Event()
+
+    async def until_all_received():
+        while (capture.recorder is None or capture.recorder.counters.messages
+               - capture.recorder.counters.heartbeats < expected_frames):
+            await asyncio.sleep(0.005)
+        stop.set()
+
+    watcher = asyncio.create_task(until_all_received())
+    await capture.run(stop)   # returns once the WAL is closed: written, footer, fsynced
+    end = time.monotonic_ns()
+    watcher.cancel()
+    return capture, end
+
+
+async def _bare_once(root: str, token_modes: dict[int, str], quota: int) -> float:
+    """The transport ceiling: the same connections and subscriptions with plain websockets
+    (the feed's connect options), every message received and discarded."""
+    url = feed_url(root, DEMO_API_KEY, DEMO_ACCESS_TOKEN)
+    first: list[int] = []
+
+    async def one(tm: dict[int, str]) -> None:
+        got = 0
+        async with connect(url, max_size=MAX_MESSAGE_BYTES, ping_interval=None,
+                           compression=None, close_timeout=2) as ws:
+            for m in subscription_messages(tm):
+                await ws.send(m)
+            async for message in ws:
+                if len(message) > 1:
+                    if not first:
+                        first.append(time.monotonic_ns())
+                    got += 1
+                    if got == quota:
+                        return
+
+    await asyncio.gather(*(one(tm) for tm in shard(token_modes)))
+    return (time.monotonic_ns() - first[0]) / 1e9
+
+
+def check_wal_holds_exactly_what_was_sent(data_dir: Path, frames: list[list[bytes]],
+                                          quota: int, reports: list[dict]) -> tuple[int, int]:
+    """Every binary payload of the ticks WAL, per connection and in order, against the frames
+    the server sent; counts and xxh3 against the server's own report. Returns (ticks, first
+    receipt mono ns)."""
+    seen = [0] * len(frames)
+    beats = [0] * len(frames)
+    hashes = [xxhash.xxh3_64() for _ in frames]
+    packets = [0] * len(frames)
+    first = None
+    for batch in WalReader(data_dir / "kite", "ticks"):
+        binary = np.flatnonzero(batch.kind == Kind.BINARY)
+        for i in binary.tolist():
+            conn = int(batch.conn[i])
+            payload = batch.payload(i)
+            if len(payload) == 1:
+                beats[conn] += 1
+                continue
+            k = seen[conn]
+            assert k < quota, f"connection {conn}: more frames in the WAL than were sent"
+            want = frames[conn][k % len(frames[conn])]
+            assert payload == want, f"connection {conn}: frame {k} differs from what was sent"
+            hashes[conn].update(payload)
+            packets[conn] += int.from_bytes(payload[:2], "big")
+            seen[conn] = k + 1
+            mono = int(batch.mono_ns[i])
+            first = mono if first is None else min(first, mono)
+    for conn, r in enumerate(reports):
+        assert r["shard"] == conn and r["frames"] == quota == seen[conn], (conn, r, seen)
+        assert r["packets"] == packets[conn] and r["xxh3"] == hashes[conn].hexdigest()
+        # a heartbeat the server sent after the client had already stopped cannot be in it
+        assert beats[conn] <= r["heartbeats"]
+    return sum(packets), first
+
+
+def test_ingest_throughput_vs_bare_websockets(benchmark, flood, token_modes, tmp_path):
+    server, frames, quota, packets = flood
+    n_conn = len(frames)
+    ticks_per_round = quota * packets * n_conn
+    bare_rates: list[float] = []
+    runs: list[tuple[Path, KiteCapture, int]] = []
+    reports: list[list[dict]] = []
+
+    def setup():   # the baseline, timed between the capture rounds
+        if runs:
+            reports.append(server.take(n_conn))   # what the server sent the last capture
+        seconds = asyncio.run(_bare_once(server.root, token_modes, quota))
+        server.take(n_conn)
+        bare_rates.append(ticks_per_round / seconds)
+        data_dir = tmp_path / f"round{len(runs)}"
+        return (data_dir,), {}
+
+    def capture_round(data_dir: Path) -> None:
+        capture, end = asyncio.run(_capture_once(server.root, token_modes, data_dir,
+                                                 quota * n_conn))
+        runs.append((data_dir, capture, end))
+
+    benchmark.pedantic(capture_round, setup=setup, rounds=ROUNDS, iterations=1)
+
+    reports.append(server.take(n_conn))
+    rates, waits = [], []
+    for (data_dir, capture, end), sent in zip(runs, reports, strict=True):
+        ticks, first = check_wal_holds_exactly_what_was_sent(data_dir, frames, quota, sent)
+        summary = capture.summary()
+        assert ticks == ticks_per_round == summary.counters.ticks
+        assert summary.counters.gaps == 0 and summary.counters.malformed_frames == 0
+        rates.append(ticks / ((end - first) / 1e9))
+        waits.append(capture.ticks.stats.queue_full_seconds)
+    rate, bare = statistics.median(rates), statistics.median(bare_rates)
+    ratio = rate / bare
+    benchmark.extra_info.update({
+        "packets_per_frame": packets, "ticks_per_round": ticks_per_round,
+        "capture_ticks_s": round(rate), "bare_ticks_s": round(bare),
+        "ratio": round(ratio, 3), "target_ticks_s": TARGET_TICKS_S,
+        "capture_rounds_ticks_s": [round(r) for r in rates],
+        "bare_rounds_ticks_s": [round(r) for r in bare_rates],
+        "wal_queue_full_s": [round(w, 2) for w in waits], "load": os.getloadavg()[0]})
+    print(f"\ningest, {packets} packets/frame, {ticks_per_round:,} ticks per round, zero loss "
+          f"checked: capture {rate / 1e3:,.0f}k ticks/s (rounds "
+          f"{', '.join(f'{r / 1e3:.0f}k' for r in rates)}; target {TARGET_TICKS_S / 1e3:.0f}k)"
+          f"; bare websockets {bare / 1e3:,.0f}k ticks/s; ratio {ratio:.2f} (target "
+          f"{TARGET_VS_TRANSPORT}); capture waited on the WAL queue "
+          f"{', '.join(f'{w:.2f}' for w in waits)} s; load {os.getloadavg()[0]:.1f}")
+    if packets == 500:
+        assert ratio >= TARGET_VS_TRANSPORT / 2, f"capture only {ratio:.2f}x bare websockets"
+
+
+def test_latency_and_rss_at_realistic_load(benchmark, tmp_path):
+    """9000 instruments x 2 ticks/s over 3 connections, simulator and capture in separate
+    processes; the capture's receipt-to-WAL-append latency and RSS over the window."""
+    sim = subprocess.Popen(
+        [sys.executable, "-c",
+         "import asyncio, sys\n"
+         "from shrivenq.sim.kite_server import run\n"
+         f"asyncio.run(run(port=0, rate={LATENCY_RATE}, instruments={INSTRUMENTS}, "
+         "on_ready=lambda s: print(s.ws_url, flush=True)))"],
+        stdout=subprocess.PIPE, text=True)
+    out = tmp_path / "probe.json"
+    try:
+        root = sim.stdout.readline().strip()
+        assert root.startswith("ws://"), root
+
+        def probe():
+            subprocess.run([sys.executable, str(HERE / "kite_capture_probe.py"), root,
+                            str(tmp_path / "data"), str(INSTRUMENTS), str(WARMUP_S),
+                            str(WINDOW_S), str(out)], check=True, timeout=WARMUP_S + WINDOW_S + 60)
+
+        benchmark.pedantic(probe, rounds=1, iterations=1)
+    finally:
+        sim.terminate()
+        sim.wait(10)
+    r = json.loads(out.read_text())
+    lat = np.array(r["latency_ns"], dtype=np.int64) / 1e3
+    p50, p99, p999 = np.percentile(lat, [50, 99, 99.9])
+    rss = np.array(r["rss_kb"]) / 1024
+    rss_med = float(np.median(rss))
+    assert r["gaps"] == 0 and r["malformed"] == 0 and r["connections"] == 3
+    rate = r["ticks"] / r["window_s"]
+    benchmark.extra_info.update({
+        "messages": len(lat), "ticks_s": round(rate), "p50_us": round(p50, 1),
+        "p99_us": round(p99, 1), "p999_us": round(p999, 1), "max_us": round(lat.max(), 1),
+        "rss_median_mb": round(rss_med, 1), "rss_max_mb": round(float(rss.max()), 1),
+        "rss_before_capture_mb": round(r["rss_imported_kb"] / 1024, 1),
+        "gc_collections": r["gc_collections"], "load": os.getloadavg()[0]})
+    print(f"\nrealistic load: {rate:,.0f} ticks/s in {len(lat):,} messages over "
+          f"{r['window_s']:.0f}s; receipt -> WAL append p50 {p50:.1f} us, p99 {p99:.1f} us "
+          f"(target {TARGET_P99_US:.0f}), p99.9 {p999:.1f} us, max {lat.max():.0f} us; RSS "
+          f"median {rss_med:.1f} MB, max {rss.max():.1f} MB (target {TARGET_RSS_MB:.0f}; "
+          f"{r['rss_imported_kb'] / 1024:.1f} MB before the capture started); gc "
+          f"{r['gc_collections']}; load {os.getloadavg()[0]:.1f}")
+    assert len(lat) > 1000 and rate > 0.8 * INSTRUMENTS * LATENCY_RATE
+    assert rss_med <= 2 * TARGET_RSS_MB, f"steady RSS {rss_med:.0f} MB"
+    assert p99 <= 2 * TARGET_P99_US, f"p99 {p99:.0f} us"
