@@ -27,6 +27,11 @@ from shrivenq.errors import BinanceMessageError
 
 log = logging.getLogger("shrivenq.binance.books")
 
+try:   # the compiled decoder; it declines what it is not sure of, and the twin decides
+    from shrivenq._ext.binance_depth import decode_depth as _fast
+except ImportError:  # pragma: no cover - extensions not built
+    _fast = None
+
 _NONE: tuple = ()
 
 
@@ -95,6 +100,11 @@ class BinanceBooks:
     def on_message(self, raw) -> tuple:
         c = self.counters
         c.messages += 1
+        if _fast is not None and type(raw) is bytes:
+            ev = _fast(raw, self.specs, self.futures)
+            if ev is not None:
+                c.depth += 1
+                return self.syncs[ev.symbol].on_event(ev)
         try:
             stream, data = decode.envelope(raw)
         except BinanceMessageError as exc:

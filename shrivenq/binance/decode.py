@@ -173,3 +173,13 @@ def exchange_info(body, symbols: list[str] | None = None) -> dict[str, SymbolSpe
         if missing:
             raise BinanceMessageError(where, f"unknown symbol(s): {', '.join(missing)}")
     return out
+
+
+def depth_message(raw, specs: dict[str, SymbolSpec], futures: bool) -> DepthEvent | None:
+    """A stream message as a DepthEvent when its stream is a depth stream, else None (the
+    plain-Python twin of ``shrivenq._ext.binance_depth.decode_depth``). Raises
+    BinanceMessageError for a malformed message."""
+    stream, data = envelope(raw)
+    if stream is None or "@depth" not in stream:
+        return None
+    return depth_event(data, specs, futures)

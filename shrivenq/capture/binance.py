@@ -162,7 +162,7 @@ class BinanceCapture:
             return
         self.last_seq = self.ticks.append(Kind.TEXT, payload, wall_ns, mono_ns, conn,
                                           instruments=keys)
-        actions = self.books.on_message(message)
+        actions = self.books.on_message(payload)
         if actions:
             self._act(actions, conn, wall_ns, mono_ns)
         elif keys is not None and "@depth" in message[:40]:

@@ -1,0 +1,426 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Binance depthUpdate messages, decoded straight from the bytes: the hot path of capture
+and replay.
+
+``decode_depth(raw, specs, futures)`` scans a combined-stream message
+(``{"stream": "...@depth...", "data": {"e": "depthUpdate", ...}}``) in one pass and returns
+the same ``DepthEvent`` the plain-Python decoder (``shrivenq.binance.decode``:
+``envelope`` + ``depth_event``) returns for it, or ``None`` when it declines. It declines
+anything outside the plain form Binance sends (escapes or non-ASCII in strings, duplicate
+keys, NaN, exponents or more digits than an int64 holds in a decimal, a field of the
+wrong type, a missing field, an unknown symbol, U > u, nesting deeper than 32, trailing
+bytes) and the caller then runs the plain-Python decoder, which either accepts the message
+(a valid but unusual form) or raises the precise error. So whatever this returns is what
+the twin returns; the tests hold it to that on random and hostile messages.
+"""
+
+from libc.stdint cimport int64_t, uint64_t
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_DecodeASCII
+from cpython.mem cimport PyMem_Realloc
+
+cimport numpy as cnp
+import numpy as np
+
+from shrivenq.binance.decode import DepthEvent
+
+cnp.import_array()
+
+DEF MAX_DEPTH = 32
+DEF MAX_LEVELS = 100000
+
+cdef uint64_t[19] POW10
+cdef int _i
+POW10[0] = 1
+for _i in range(1, 19):
+    POW10[_i] = POW10[_i - 1] * 10
+
+
+cdef inline const char* skip_ws(const char* p, const char* e) noexcept nogil:
+    while p < e and (p[0] == c' ' or p[0] == b'\n' or p[0] == b'\r' or p[0] == b'\t'):
+        p += 1
+    return p
+
+
+cdef inline const char* scan_string(const char* p, const char* e, const char** s,
+                                    Py_ssize_t* n) noexcept nogil:
+    """p at the opening quote. Plain ASCII strings only (no escapes): NULL otherwise."""
+    cdef const char* q
+    cdef unsigned char c
+    if p >= e or p[0] != c'"':
+        return NULL
+    q = p + 1
+    while q < e:
+        c = <unsigned char>q[0]
+        if c == c'"':
+            s[0] = p + 1
+            n[0] = q - p - 1
+            return q + 1
+        if c == c'\\' or c < 0x20 or c >= 0x80:
+            return NULL
+        q += 1
+    return NULL
+
+
+cdef inline const char* scan_uint(const char* p, const char* e, int64_t* out) noexcept nogil:
+    """A JSON integer that is a non-negative int64 written plainly (<= 18 digits)."""
+    cdef const char* q = p
+    cdef uint64_t v = 0
+    cdef int nd = 0
+    if p >= e or p[0] < c'0' or p[0] > c'9':
+        return NULL
+    if p[0] == c'0' and p + 1 < e and p[1] >= c'0' and p[1] <= c'9':
+        return NULL
+    while q < e and q[0] >= c'0' and q[0] <= c'9':
+        v = v * 10 + <uint64_t>(q[0] - c'0')
+        nd += 1
+        q += 1
+        if nd > 18:
+            return NULL
+    if q < e and (q[0] == c'.' or q[0] == c'e' or q[0] == c'E'):
+        return NULL
+    out[0] = <int64_t>v
+    return q
+
+
+cdef const char* skip_number(const char* p, const char* e) noexcept nogil:
+    cdef const char* q = p
+    if q < e and q[0] == c'-':
+        q += 1
+    if q >= e or q[0] < c'0' or q[0] > c'9':
+        return NULL
+    if q[0] == c'0':
+        q += 1
+    else:
+        while q < e and q[0] >= c'0' and q[0] <= c'9':
+            q += 1
+    if q < e and q[0] == c'.':
+        q += 1
+        if q >= e or q[0] < c'0' or q[0] > c'9':
+            return NULL
+        while q < e and q[0] >= c'0' and q[0] <= c'9':
+            q += 1
+    if q < e and (q[0] == c'e' or q[0] == c'E'):
+        q += 1
+        if q < e and (q[0] == c'+' or q[0] == c'-'):
+            q += 1
+        if q >= e or q[0] < c'0' or q[0] > c'9':
+            return NULL
+        while q < e and q[0] >= c'0' and q[0] <= c'9':
+            q += 1
+    return q
+
+
+cdef const char* skip_value(const char* p, const char* e, int depth) noexcept nogil:
+    """Validate and skip any JSON value in the accepted subset; NULL to decline."""
+    cdef const char* s
+    cdef Py_ssize_t n
+    if depth > MAX_DEPTH:
+        return NULL
+    p = skip_ws(p, e)
+    if p >= e:
+        return NULL
+    if p[0] == c'"':
+        return scan_string(p, e, &s, &n)
+    if p[0] == c'{':
+        p = skip_ws(p + 1, e)
+        if p < e and p[0] == c'}':
+            return p + 1
+        while True:
+            p = scan_string(skip_ws(p, e), e, &s, &n)
+            if p == NULL:
+                return NULL
+            p = skip_ws(p, e)
+            if p >= e or p[0] != c':':
+                return NULL
+            p = skip_value(p + 1, e, depth + 1)
+            if p == NULL:
+                return NULL
+            p = skip_ws(p, e)
+            if p < e and p[0] == c',':
+                p += 1
+                continue
+            if p < e and p[0] == c'}':
+                return p + 1
+            return NULL
+    if p[0] == c'[':
+        p = skip_ws(p + 1, e)
+        if p < e and p[0] == c']':
+            return p + 1
+        while True:
+            p = skip_value(p, e, depth + 1)
+            if p == NULL:
+                return NULL
+            p = skip_ws(p, e)
+            if p < e and p[0] == c',':
+                p += 1
+                continue
+            if p < e and p[0] == c']':
+                return p + 1
+            return NULL
+    if e - p >= 4 and p[0] == c't' and p[1] == c'r' and p[2] == c'u' and p[3] == c'e':
+        return p + 4
+    if e - p >= 5 and p[0] == c'f' and p[1] == c'a' and p[2] == c'l' and p[3] == c's' \
+            and p[4] == c'e':
+        return p + 5
+    if e - p >= 4 and p[0] == c'n' and p[1] == c'u' and p[2] == c'l' and p[3] == c'l':
+        return p + 4
+    return skip_number(p, e)
+
+
+cdef inline bint parse_decimal(const char* s, Py_ssize_t n, int scale,
+                               int64_t* out) noexcept nogil:
+    """Plain 'digits[.digits]' at ``scale`` decimals, exactly; False to decline."""
+    cdef Py_ssize_t i = 0
+    cdef uint64_t whole = 0, frac = 0
+    cdef int nw = 0, nf = 0, nz = 0
+    cdef char c
+    if n == 0 or n > 64:
+        return False
+    while i < n and s[i] >= c'0' and s[i] <= c'9':
+        if nw > 0 or s[i] != c'0':
+            nw += 1
+            if nw > 18:
+                return False
+        whole = whole * 10 + <uint64_t>(s[i] - c'0')
+        i += 1
+    cdef Py_ssize_t int_digits = i
+    if i < n:
+        if s[i] != c'.':
+            return False
+        i += 1
+        if int_digits == 0 and i == n:
+            return False          # "." alone
+        while i < n:
+            c = s[i]
+            if c < c'0' or c > c'9':
+                return False
+            if nf < scale:
+                frac = frac * 10 + <uint64_t>(c - c'0')
+                nf += 1
+            elif c != c'0':
+                return False      # more decimal places than the scale: the twin says why
+            i += 1
+    elif int_digits == 0:
+        return False
+    if nw + scale > 18:
+        return False              # might not fit: the twin decides exactly
+    out[0] = <int64_t>(whole * POW10[scale] + frac * POW10[scale - nf])
+    return True
+
+
+cdef int64_t* scratch = NULL
+cdef Py_ssize_t scratch_cap = 0
+
+
+cdef int grow(Py_ssize_t need) except -1:
+    global scratch, scratch_cap
+    cdef Py_ssize_t cap = max(need, 2 * scratch_cap, 256)
+    cdef int64_t* q = <int64_t*>PyMem_Realloc(scratch, cap * sizeof(int64_t))
+    if q == NULL:
+        raise MemoryError()
+    scratch, scratch_cap = q, cap
+    return 0
+
+
+cdef const char* scan_levels(const char* p, const char* e, int ps, int qs,
+                             Py_ssize_t* count) except? NULL:
+    """[["p","q"], ...] into ``scratch`` as (price, qty) pairs; NULL to decline."""
+    cdef const char* s
+    cdef Py_ssize_t n, k = 0
+    cdef int64_t price, qty
+    count[0] = 0
+    p = skip_ws(p, e)
+    if p >= e or p[0] != c'[':
+        return NULL
+    p = skip_ws(p + 1, e)
+    if p < e and p[0] == c']':
+        return p + 1
+    while True:
+        if p >= e or p[0] != c'[':
+            return NULL
+        p = scan_string(skip_ws(p + 1, e), e, &s, &n)
+        if p == NULL or not parse_decimal(s, n, ps, &price):
+            return NULL
+        p = skip_ws(p, e)
+        if p >= e or p[0] != c',':
+            return NULL
+        p = scan_string(skip_ws(p + 1, e), e, &s, &n)
+        if p == NULL or not parse_decimal(s, n, qs, &qty):
+            return NULL
+        p = skip_ws(p, e)
+        if p >= e or p[0] != c']':
+            return NULL
+        if 2 * k + 2 > scratch_cap:
+            grow(2 * k + 2)
+        scratch[2 * k] = price
+        scratch[2 * k + 1] = qty
+        k += 1
+        count[0] = k
+        if k > MAX_LEVELS:
+            return NULL
+        p = skip_ws(p + 1, e)
+        if p < e and p[0] == c',':
+            p = skip_ws(p + 1, e)
+            continue
+        if p < e and p[0] == c']':
+            return p + 1
+        return NULL
+
+
+cdef inline bint key_is(const char* s, Py_ssize_t n, const char* lit, Py_ssize_t m) noexcept nogil:
+    cdef Py_ssize_t i
+    if n != m:
+        return False
+    for i in range(m):
+        if s[i] != lit[i]:
+            return False
+    return True
+
+
+def decode_depth(bytes raw, dict specs, bint futures):
+    """The DepthEvent of a combined-stream depthUpdate message, or None to decline."""
+    cdef const char* base = PyBytes_AS_STRING(raw)
+    cdef const char* e = base + PyBytes_GET_SIZE(raw)
+    cdef const char* p = skip_ws(base, e)
+    cdef const char* s
+    cdef const char* sym_s = NULL
+    cdef const char* b_at = NULL
+    cdef const char* a_at = NULL
+    cdef const char* data_end
+    cdef Py_ssize_t n, sym_n = 0
+    cdef int64_t U = -1, u = -1, pu = -1, E = 0, tmp
+    cdef bint have_stream = False, have_data = False, is_depth = False, have_e = False
+    cdef bint have_E = False
+    cdef int seen_U = 0, seen_u = 0, seen_pu = 0, seen_s = 0, seen_b = 0, seen_a = 0
+    cdef int seen_E = 0, seen_e = 0
+    if p >= e or p[0] != c'{':
+        return None
+    p = skip_ws(p + 1, e)
+    # --- the envelope ----------------------------------------------------------------------
+    while True:
+        p = scan_string(p, e, &s, &n)
+        if p == NULL:
+            return None
+        p = skip_ws(p, e)
+        if p >= e or p[0] != c':':
+            return None
+        p = skip_ws(p + 1, e)
+        if key_is(s, n, b"stream", 6):
+            if have_stream:
+                return None
+            have_stream = True
+            p = scan_string(p, e, &s, &n)
+            if p == NULL:
+                return None
+            # the stream name must contain "@depth"
+            for tmp in range(n - 5):
+                if s[tmp] == c'@' and s[tmp + 1] == c'd' and s[tmp + 2] == c'e' \
+                        and s[tmp + 3] == c'p' and s[tmp + 4] == c't' and s[tmp + 5] == c'h':
+                    is_depth = True
+                    break
+            if not is_depth:
+                return None
+        elif key_is(s, n, b"data", 4):
+            if have_data:
+                return None
+            have_data = True
+            if p >= e or p[0] != c'{':
+                return None
+            p = skip_ws(p + 1, e)
+            if p < e and p[0] == c'}':
+                return None
+            while True:
+                p = scan_string(p, e, &s, &n)
+                if p == NULL:
+                    return None
+                p = skip_ws(p, e)
+                if p >= e or p[0] != c':':
+                    return None
+                p = skip_ws(p + 1, e)
+                if n == 1 and s[0] == c'U':
+                    seen_U += 1
+                    p = scan_uint(p, e, &U)
+                elif n == 1 and s[0] == c'u':
+                    seen_u += 1
+                    p = scan_uint(p, e, &u)
+                elif n == 2 and s[0] == c'p' and s[1] == c'u':
+                    seen_pu += 1
+                    p = scan_uint(p, e, &pu)
+                elif n == 1 and s[0] == c'E':
+                    seen_E += 1
+                    p = scan_uint(p, e, &E)
+                elif n == 1 and s[0] == c'e':
+                    seen_e += 1
+                    p = scan_string(p, e, &s, &n)
+                    if p == NULL or not key_is(s, n, b"depthUpdate", 11):
+                        return None
+                elif n == 1 and s[0] == c's':
+                    seen_s += 1
+                    p = scan_string(p, e, &sym_s, &sym_n)
+                elif n == 1 and s[0] == c'b':
+                    seen_b += 1
+                    b_at = p
+                    p = skip_value(p, e, 2)
+                elif n == 1 and s[0] == c'a':
+                    seen_a += 1
+                    a_at = p
+                    p = skip_value(p, e, 2)
+                else:
+                    p = skip_value(p, e, 2)
+                if p == NULL:
+                    return None
+                p = skip_ws(p, e)
+                if p < e and p[0] == c',':
+                    p = skip_ws(p + 1, e)
+                    continue
+                if p < e and p[0] == c'}':
+                    p += 1
+                    break
+                return None
+        else:
+            p = skip_value(p, e, 1)
+            if p == NULL:
+                return None
+        p = skip_ws(p, e)
+        if p < e and p[0] == c',':
+            p = skip_ws(p + 1, e)
+            continue
+        if p < e and p[0] == c'}':
+            p += 1
+            break
+        return None
+    if skip_ws(p, e) != e or not (have_stream and have_data and is_depth):
+        return None
+    if seen_e != 1 or seen_s != 1 or seen_U != 1 or seen_u != 1 or seen_b != 1 \
+            or seen_a != 1 or seen_E > 1 or seen_pu > (1 if futures else 1):
+        return None
+    if futures and seen_pu != 1:
+        return None
+    if not futures:
+        pu = -1
+    if U > u:
+        return None
+    symbol = PyUnicode_DecodeASCII(sym_s, sym_n, NULL)
+    spec = specs.get(symbol)
+    if spec is None:
+        return None
+    cdef int ps = spec.price_scale, qs = spec.qty_scale
+    if ps > 18 or qs > 18:
+        return None
+    cdef Py_ssize_t nb, na, i
+    if scan_levels(b_at, e, ps, qs, &nb) == NULL:
+        return None
+    cdef cnp.ndarray[int64_t, ndim=1] bp = np.empty(nb, dtype=np.int64)
+    cdef cnp.ndarray[int64_t, ndim=1] bq = np.empty(nb, dtype=np.int64)
+    for i in range(nb):
+        bp[i] = scratch[2 * i]
+        bq[i] = scratch[2 * i + 1]
+    if scan_levels(a_at, e, ps, qs, &na) == NULL:
+        return None
+    cdef cnp.ndarray[int64_t, ndim=1] ap = np.empty(na, dtype=np.int64)
+    cdef cnp.ndarray[int64_t, ndim=1] aq = np.empty(na, dtype=np.int64)
+    for i in range(na):
+        ap[i] = scratch[2 * i]
+        aq[i] = scratch[2 * i + 1]
+    return DepthEvent(symbol, U, u, pu, E, bp, bq, ap, aq)

@@ -1,0 +1,128 @@
+"""The compiled depthUpdate decoder against its plain-Python twin: on Binance's own form it
+always answers, and on any message, valid or hostile, whatever it returns is exactly what
+the twin returns (when it declines, the twin decides and names the error)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from shrivenq._ext.binance_depth import decode_depth
+from shrivenq.binance import decode
+from shrivenq.errors import BinanceMessageError
+from shrivenq.sim.binance_market import BinanceMarket, dumps
+
+
+def same(a, b):
+    return (a[:5] == b[:5] and all(np.array_equal(x, y) and x.dtype == y.dtype
+                                   for x, y in zip(a[5:], b[5:])))
+
+
+def twin(raw, specs, futures):
+    try:
+        return decode.depth_message(raw, specs, futures)
+    except BinanceMessageError as exc:
+        return exc
+
+
+@pytest.mark.parametrize("futures", [False, True], ids=["spot", "usdm"])
+def test_binance_messages_decode_identically_and_never_fall_back(futures):
+    market = BinanceMarket(futures=futures, seed=21)
+    specs = decode.exchange_info(dumps(market.exchange_info()))
+    for k in range(3000):
+        sym = list(specs)[k % len(specs)]
+        data = market.depth_update(sym)
+        raw = dumps({"stream": f"{sym.lower()}@depth@100ms", "data": data}).encode()
+        fast = decode_depth(raw, specs, futures)
+        assert fast is not None, raw
+        assert same(fast, twin(raw, specs, futures))
+
+
+def test_other_streams_are_declined():
+    market = BinanceMarket(seed=3)
+    specs = decode.exchange_info(dumps(market.exchange_info()))
+    for raw in (dumps({"stream": "btcusdt@trade", "data": market.trade("BTCUSDT")}),
+                dumps({"stream": "btcusdt@bookTicker", "data": market.book_ticker("BTCUSDT")}),
+                dumps({"e": "serverShutdown", "E": 1})):
+        assert decode_depth(raw.encode(), specs, False) is None
+
+
+BASE = {"stream": "btcusdt@depth@100ms", "data": {
+    "e": "depthUpdate", "E": 123, "s": "BTCUSDT", "U": 157, "u": 160,
+    "b": [["64000.01000000", "0.10000000"], ["63999.99", "0"]],
+    "a": [["64000.02000000", "1.5"]]}}
+SPECS = {"BTCUSDT": decode.SymbolSpec("BTCUSDT", 2, 5, "0.01", "0.00001")}
+
+
+@pytest.mark.parametrize("text", [
+    # valid but unusual: whitespace, key order, extra keys, nested values, escapes
+    ' { "data" : {"u":160,"U":157,"s":"BTCUSDT","e":"depthUpdate","a":[],"b":[]} , '
+    '"stream" : "btcusdt@depth" } ',
+    '{"stream":"btcusdt@depth@100ms","x":[1,{"y":null}],"data":{"e":"depthUpdate","E":1,'
+    '"T":2.5e3,"s":"BTCUSDT","U":1,"u":1,"b":[["1.00","2"]],"a":[["2","1e-5"]],"z":true}}',
+    '{"stream":"btcusdt@depth","data":{"e":"depth\\u0055pdate","s":"BTCUSDT","U":1,"u":1,'
+    '"b":[],"a":[]}}',
+    '{"stream":"btcusdt@depth","data":{"e":"depthUpdate","s":"BTCUSDT","U":1,"u":1,'
+    '"b":[["1","2",[]]],"a":[]}}',
+    '{"stream":"btcusdt@depth","data":{"e":"depthUpdate","s":"BTCUSDT","U":1,"u":1,"E":-4,'
+    '"b":[],"a":[],"T":NaN}}',
+    '{"stream":"btcusdt@depth","data":{"e":"depthUpdate","s":"BTCUSDT","U":1,"u":1,'
+    '"b":[["123456789012345678.00","1"]],"a":[]}}',
+    # duplicates: JSON says the last one wins
+    '{"stream":"btcusdt@depth","data":{"e":"depthUpdate","s":"BTCUSDT","U":1,"U":2,"u":3,'
+    '"b":[],"a":[]}}',
+    # hostile
+    '{"stream":"btcusdt@depth","data":{"e":"depthUpdate","s":"BTCUSDT","U":5,"u":3,"b":[],'
+    '"a":[]}}',
+    '{"stream":"btcusdt@depth","data":{"e":"depthUpdate","s":"BTCUSDT","U":1,"u":1,'
+    '"b":[["1.001","2"]],"a":[]}}',
+    '{"stream":"btcusdt@depth","data":{"e":"depthUpdate","s":"NOPE","U":1,"u":1,"b":[],'
+    '"a":[]}}',
+    '{"stream":"btcusdt@depth","data":{"e":"depthUpdate","s":"BTCUSDT","U":1,"u":1,"b":[]}}',
+    '{"stream":"btcusdt@depth","data":{"e":"depthUpdate","s":"BTCUSDT","U":01,"u":1,"b":[],'
+    '"a":[]}}',
+    '{"stream":"btcusdt@depth","data":{"e":"depthUpdate","s":"BTCUSDT","U":1,"u":1,"b":[],'
+    '"a":[]}} trailing',
+    '{"stream":"btcusdt@depth","data":{"e":"depthUpdate","s":"BTCUSDT","U":1,"u":1.0,'
+    '"b":[],"a":[]}}',
+    '{"stream":"btcusdt@depth","data":[]}', '{"stream":"btcusdt@depth"}', "", "{", "[]",
+])
+def test_unusual_and_hostile_messages_agree_with_the_twin(text):
+    raw = text.encode()
+    fast = decode_depth(raw, SPECS, False)
+    expected = twin(raw, SPECS, False)
+    if fast is not None:
+        assert same(fast, expected)
+    else:
+        assert expected is None or isinstance(expected, (BinanceMessageError, tuple))
+
+
+def test_random_byte_mutations_never_disagree_with_the_twin():
+    rng = random.Random(8)
+    base = json.dumps(BASE).encode()
+    alphabet = b'{}[]":,.0123456789eE-+ abcdu\\'
+    agreed = declined = 0
+    for _ in range(6000):
+        raw = bytearray(base)
+        for _ in range(rng.randint(1, 3)):
+            i = rng.randrange(len(raw))
+            op = rng.random()
+            if op < 0.4:
+                raw[i] = rng.choice(alphabet)
+            elif op < 0.7:
+                del raw[i]
+            else:
+                raw.insert(i, rng.choice(alphabet))
+        raw = bytes(raw)
+        fast = decode_depth(raw, SPECS, False)
+        if fast is None:
+            declined += 1
+            continue
+        expected = twin(raw, SPECS, False)
+        assert not isinstance(expected, BinanceMessageError), (raw, expected)
+        assert same(fast, expected), raw
+        agreed += 1
+    assert agreed > 100 and declined > 1000
