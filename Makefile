@@ -18,7 +18,7 @@ build: $(STAMP)
 	$(PY) setup.py --quiet build_ext --inplace -j 2
 
 # The main job: capture NIFTY 50 and NIFTY BANK from the built-in simulator for a short
-# while, then check and show what was recorded.
+# while, then check, show and replay what was recorded.
 DEMO_DIR := data/demo
 demo: build
 	rm -rf $(DEMO_DIR)
@@ -26,6 +26,7 @@ demo: build
 		--sim-rate 20 --snapshot-interval 2 --data-dir $(DEMO_DIR)
 	$(VENV)/bin/shrivenq wal verify $(DEMO_DIR)
 	$(VENV)/bin/shrivenq wal inspect $(DEMO_DIR)
+	$(VENV)/bin/shrivenq replay --data-dir $(DEMO_DIR) --verify
 
 test: build
 	$(PY) -m pytest -q tests

@@ -385,11 +385,28 @@ def test_a_path_that_is_not_a_directory_is_a_clear_error(tmp_path):
     assert str(tmp_path / "file") in str(info.value)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
 def test_permission_denied_names_the_path(tmp_path):
-    (tmp_path / "ro").mkdir(mode=0o500)
-    with pytest.raises(WalIOError, match="ro"):
-        WalWriter(tmp_path / "ro", "v")
+    """A real EACCES from the kernel: root ignores directory modes, so the writer runs in a
+    child process that first drops to the unprivileged user nobody."""
+    import subprocess
+    import sys
+
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    # Import everything first: the interpreter's own files may not be readable by nobody.
+    code = ("import os\n"
+            "from shrivenq.errors import WalIOError\n"
+            "from shrivenq.wal import WalWriter\n"
+            "if os.geteuid() == 0: os.setgid(65534); os.setuid(65534)\n"
+            "try:\n"
+            f"    WalWriter({str(ro)!r}, 'v')\n"
+            "except WalIOError as err:\n"
+            "    print('refused:', err)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("refused:") and str(ro) in out.stdout
+    assert "Permission denied" in out.stdout
 
 
 def test_permission_denied_creating_a_segment_surfaces_with_the_path(tmp_path, monkeypatch):
