@@ -372,8 +372,10 @@ def _logging(quiet: bool) -> None:
 
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("websockets").setLevel(logging.WARNING)
-    logging.getLogger("shrivenq.sim").setLevel(logging.WARNING)
+    # websockets' own connection chatter (ours and the in-process simulator's) is noise here;
+    # shrivenq's feed logs every drop and reconnect itself.
+    for name in ("websockets", "shrivenq.kite.feed.ws", "shrivenq.sim", "shrivenq.sim.kite.ws"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def main() -> None:
