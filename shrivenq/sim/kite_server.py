@@ -75,7 +75,7 @@ log = logging.getLogger("shrivenq.sim.kite")
 # websockets logs the handshake's request line, credentials in the query included, at DEBUG:
 # never let it, whatever the root logger's level.
 _ws_log = logging.getLogger("shrivenq.sim.kite.ws")
-_ws_log.setLevel(logging.INFO)
+_ws_log.addFilter(lambda record: record.levelno >= logging.INFO)
 
 DEMO_API_KEY = "shrivenqsimkey01"
 DEMO_API_SECRET = "shrivenq-sim-secret-not-a-real-one"
