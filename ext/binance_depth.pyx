@@ -24,6 +24,8 @@ import numpy as np
 
 from shrivenq.binance.decode import DepthEvent
 
+_tuple_new = tuple.__new__    # a namedtuple without its Python-level __new__
+
 cnp.import_array()
 
 DEF MAX_DEPTH = 32
@@ -168,64 +170,69 @@ cdef const char* skip_value(const char* p, const char* e, int depth) noexcept no
     return skip_number(p, e)
 
 
-cdef inline bint parse_decimal(const char* s, Py_ssize_t n, int scale,
-                               int64_t* out) noexcept nogil:
-    """Plain 'digits[.digits]' at ``scale`` decimals, exactly; False to decline."""
-    cdef Py_ssize_t i = 0
+cdef inline const char* scan_quoted_decimal(const char* p, const char* e, int scale,
+                                            int64_t* out) noexcept nogil:
+    """p at the opening quote of a plain 'digits[.digits]' string: its value at ``scale``
+    decimals, exactly, and the pointer after the closing quote; NULL to decline."""
+    cdef const char* q
+    cdef const char* start
     cdef uint64_t whole = 0, frac = 0
-    cdef int nw = 0, nf = 0, nz = 0
+    cdef int nw = 0, nf = 0, nint = 0
     cdef char c
-    if n == 0 or n > 64:
-        return False
-    while i < n and s[i] >= c'0' and s[i] <= c'9':
-        if nw > 0 or s[i] != c'0':
-            nw += 1
-            if nw > 18:
-                return False
-        whole = whole * 10 + <uint64_t>(s[i] - c'0')
-        i += 1
-    cdef Py_ssize_t int_digits = i
-    if i < n:
-        if s[i] != c'.':
-            return False
-        i += 1
-        if int_digits == 0 and i == n:
-            return False          # "." alone
-        while i < n:
-            c = s[i]
-            if c < c'0' or c > c'9':
-                return False
+    if p >= e or p[0] != c'"':
+        return NULL
+    q = p + 1
+    start = q
+    while q < e and q[0] == c'0':
+        q += 1
+        nint += 1
+    while q < e and q[0] >= c'0' and q[0] <= c'9':
+        whole = whole * 10 + <uint64_t>(q[0] - c'0')
+        nw += 1
+        nint += 1
+        q += 1
+    if nw > 18:
+        return NULL
+    if q < e and q[0] == c'.':
+        q += 1
+        while q < e and q[0] >= c'0' and q[0] <= c'9':
             if nf < scale:
-                frac = frac * 10 + <uint64_t>(c - c'0')
+                frac = frac * 10 + <uint64_t>(q[0] - c'0')
                 nf += 1
-            elif c != c'0':
-                return False      # more decimal places than the scale: the twin says why
-            i += 1
-    elif int_digits == 0:
-        return False
+            elif q[0] != c'0':
+                return NULL       # more decimal places than the scale: the twin says why
+            q += 1
+        if nint == 0 and q - start == 1:
+            return NULL           # "." alone
+    elif nint == 0:
+        return NULL
+    if q >= e or q[0] != c'"' or q - start > 64:
+        return NULL
     if nw + scale > 18:
-        return False              # might not fit: the twin decides exactly
+        return NULL               # might not fit: the twin decides exactly
     out[0] = <int64_t>(whole * POW10[scale] + frac * POW10[scale - nf])
-    return True
+    return q + 1
 
 
-cdef int64_t* scratch = NULL
-cdef Py_ssize_t scratch_cap = 0
+cdef int64_t* scratch[2]           # bids, asks: (price, qty) pairs
+cdef Py_ssize_t scratch_cap[2]
+scratch[0] = scratch[1] = NULL
+scratch_cap[0] = scratch_cap[1] = 0
 
 
-cdef int grow(Py_ssize_t need) except -1:
-    global scratch, scratch_cap
-    cdef Py_ssize_t cap = max(need, 2 * scratch_cap, 256)
-    cdef int64_t* q = <int64_t*>PyMem_Realloc(scratch, cap * sizeof(int64_t))
+cdef int grow(int side, Py_ssize_t need) except -1:
+    cdef Py_ssize_t cap = max(need, 2 * scratch_cap[side], 256)
+    cdef int64_t* q = <int64_t*>PyMem_Realloc(scratch[side], cap * sizeof(int64_t))
     if q == NULL:
         raise MemoryError()
-    scratch, scratch_cap = q, cap
+    scratch[side] = q
+    scratch_cap[side] = cap
     return 0
 
 
 cdef const char* scan_levels(const char* p, const char* e, int ps, int qs,
-                             Py_ssize_t* count) except? NULL:
-    """[["p","q"], ...] into ``scratch`` as (price, qty) pairs; NULL to decline."""
+                             int side, Py_ssize_t* count) except? NULL:
+    """[["p","q"], ...] into ``scratch[side]`` as (price, qty) pairs; NULL to decline."""
     cdef const char* s
     cdef Py_ssize_t n, k = 0
     cdef int64_t price, qty
@@ -239,22 +246,22 @@ cdef const char* scan_levels(const char* p, const char* e, int ps, int qs,
     while True:
         if p >= e or p[0] != c'[':
             return NULL
-        p = scan_string(skip_ws(p + 1, e), e, &s, &n)
-        if p == NULL or not parse_decimal(s, n, ps, &price):
+        p = scan_quoted_decimal(skip_ws(p + 1, e), e, ps, &price)
+        if p == NULL:
             return NULL
         p = skip_ws(p, e)
         if p >= e or p[0] != c',':
             return NULL
-        p = scan_string(skip_ws(p + 1, e), e, &s, &n)
-        if p == NULL or not parse_decimal(s, n, qs, &qty):
+        p = scan_quoted_decimal(skip_ws(p + 1, e), e, qs, &qty)
+        if p == NULL:
             return NULL
         p = skip_ws(p, e)
         if p >= e or p[0] != c']':
             return NULL
-        if 2 * k + 2 > scratch_cap:
-            grow(2 * k + 2)
-        scratch[2 * k] = price
-        scratch[2 * k + 1] = qty
+        if 2 * k + 2 > scratch_cap[side]:
+            grow(side, 2 * k + 2)
+        scratch[side][2 * k] = price
+        scratch[side][2 * k + 1] = qty
         k += 1
         count[0] = k
         if k > MAX_LEVELS:
@@ -290,6 +297,9 @@ def decode_depth(bytes raw, dict specs, bint futures):
     cdef const char* data_end
     cdef Py_ssize_t n, sym_n = 0
     cdef int64_t U = -1, u = -1, pu = -1, E = 0, tmp
+    cdef Py_ssize_t nb = 0, na = 0, i
+    cdef int ps = 0, qs = 0
+    symbol = None
     cdef bint have_stream = False, have_data = False, is_depth = False, have_e = False
     cdef bint have_E = False
     cdef int seen_U = 0, seen_u = 0, seen_pu = 0, seen_s = 0, seen_b = 0, seen_a = 0
@@ -358,14 +368,28 @@ def decode_depth(bytes raw, dict specs, bint futures):
                 elif n == 1 and s[0] == c's':
                     seen_s += 1
                     p = scan_string(p, e, &sym_s, &sym_n)
+                    if p != NULL and seen_s == 1:
+                        symbol = PyUnicode_DecodeASCII(sym_s, sym_n, NULL)
+                        spec = specs.get(symbol)
+                        if spec is None:
+                            return None
+                        ps, qs = spec.price_scale, spec.qty_scale
+                        if not (0 <= ps <= 18 and 0 <= qs <= 18):
+                            return None
                 elif n == 1 and s[0] == c'b':
                     seen_b += 1
-                    b_at = p
-                    p = skip_value(p, e, 2)
+                    if seen_s == 1 and seen_b == 1:     # symbol known: parse in place
+                        p = scan_levels(p, e, ps, qs, 0, &nb)
+                    else:
+                        b_at = p
+                        p = skip_value(p, e, 2)
                 elif n == 1 and s[0] == c'a':
                     seen_a += 1
-                    a_at = p
-                    p = skip_value(p, e, 2)
+                    if seen_s == 1 and seen_a == 1:
+                        p = scan_levels(p, e, ps, qs, 1, &na)
+                    else:
+                        a_at = p
+                        p = skip_value(p, e, 2)
                 else:
                     p = skip_value(p, e, 2)
                 if p == NULL:
@@ -401,26 +425,25 @@ def decode_depth(bytes raw, dict specs, bint futures):
         pu = -1
     if U > u:
         return None
-    symbol = PyUnicode_DecodeASCII(sym_s, sym_n, NULL)
-    spec = specs.get(symbol)
-    if spec is None:
+    if b_at != NULL and scan_levels(b_at, e, ps, qs, 0, &nb) == NULL:
         return None
-    cdef int ps = spec.price_scale, qs = spec.qty_scale
-    if ps > 18 or qs > 18:
+    if a_at != NULL and scan_levels(a_at, e, ps, qs, 1, &na) == NULL:
         return None
-    cdef Py_ssize_t nb, na, i
-    if scan_levels(b_at, e, ps, qs, &nb) == NULL:
-        return None
-    cdef cnp.ndarray[int64_t, ndim=1] bp = np.empty(nb, dtype=np.int64)
-    cdef cnp.ndarray[int64_t, ndim=1] bq = np.empty(nb, dtype=np.int64)
+    cdef cnp.npy_intp nbd = nb, nad = na
+    cdef cnp.ndarray bp = cnp.PyArray_EMPTY(1, &nbd, cnp.NPY_INT64, 0)
+    cdef cnp.ndarray bq = cnp.PyArray_EMPTY(1, &nbd, cnp.NPY_INT64, 0)
+    cdef cnp.ndarray ap = cnp.PyArray_EMPTY(1, &nad, cnp.NPY_INT64, 0)
+    cdef cnp.ndarray aq = cnp.PyArray_EMPTY(1, &nad, cnp.NPY_INT64, 0)
+    cdef int64_t* sb = scratch[0]
+    cdef int64_t* sa = scratch[1]
+    cdef int64_t* dbp = <int64_t*>cnp.PyArray_DATA(bp)
+    cdef int64_t* dbq = <int64_t*>cnp.PyArray_DATA(bq)
+    cdef int64_t* dap = <int64_t*>cnp.PyArray_DATA(ap)
+    cdef int64_t* daq = <int64_t*>cnp.PyArray_DATA(aq)
     for i in range(nb):
-        bp[i] = scratch[2 * i]
-        bq[i] = scratch[2 * i + 1]
-    if scan_levels(a_at, e, ps, qs, &na) == NULL:
-        return None
-    cdef cnp.ndarray[int64_t, ndim=1] ap = np.empty(na, dtype=np.int64)
-    cdef cnp.ndarray[int64_t, ndim=1] aq = np.empty(na, dtype=np.int64)
+        dbp[i] = sb[2 * i]
+        dbq[i] = sb[2 * i + 1]
     for i in range(na):
-        ap[i] = scratch[2 * i]
-        aq[i] = scratch[2 * i + 1]
-    return DepthEvent(symbol, U, u, pu, E, bp, bq, ap, aq)
+        dap[i] = sa[2 * i]
+        daq[i] = sa[2 * i + 1]
+    return _tuple_new(DepthEvent, (symbol, U, u, pu, E, bp, bq, ap, aq))
