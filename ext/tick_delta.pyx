@@ -23,8 +23,10 @@ ids: one key id per packet of every frame, in order, as ``idw`` byte planes (mos
 key kinds: n_keys bytes, the kind code (0..4) of each key in id order.
 key tokens: n_keys u32 as 4 byte planes (MSB plane first).
 key quanta: n_keys u32 as 4 byte planes: each key's quantum q, odd (an even one is an error).
-    q = the odd part of the gcd of the key's first packet's quantum words (quote: 2, 4, 5, 6;
-    full: 2, 4, 5, 6 and the 10 depth quantities), 1 if they are all 0 or for other kinds.
+    The encoder takes, for tokens of a segment that trades in lots (token & 0xFF in 2, 3, 5,
+    6, 7, 12), the odd part of the gcd of the key's first packet's quantum words (quote: 2, 4,
+    5, 6; full: 2, 4, 5, 6 and the 10 depth quantities; 1 if all are 0), else 1; a decoder
+    only reads it.
 firsts: for kind 0..4, for word w = 1..W-1: the residuals of the kind's first packets (one
     per key, in id order) as 4 byte planes of f_k bytes each (f_k = keys of kind k).
 masks: for kind 0..4, for mask byte b = 0..MB-1: one byte per non-first packet of the kind
@@ -614,9 +616,13 @@ cdef inline uint32_t gcd32(uint32_t a, uint32_t b) noexcept nogil:
 
 
 cdef inline uint32_t key_quantum(int k, const uint32_t* cur) noexcept nogil:
-    """Odd part of the gcd of the QUANTUM words (1 if all are 0)."""
-    cdef uint32_t g = 0, x
+    """Odd part of the gcd of the QUANTUM words (1 if all are 0), for the segments that
+    trade in lots (token & 0xFF: nfo 2, cds 3, bfo 5, bcd 6, mcx 7, nco 12); else 1."""
+    cdef uint32_t g = 0, x, seg = cur[0] & 0xFF
     cdef int j
+    if NQUW[k] == 0 or not (seg == 2 or seg == 3 or seg == 5 or seg == 6 or seg == 7
+                            or seg == 12):
+        return 1
     for j in range(NQUW[k]):
         x = cur[QUW[k][j]]
         if x == 0:

@@ -163,9 +163,17 @@ def _predict(rule, w, cur, prev, glob):
     raise AssertionError(rule)
 
 
+#: Kite segments (token & 0xFF) that trade in lots: nfo, cds, bfo, bcd, mcx, nco.
+LOT_SEGMENTS = frozenset({2, 3, 5, 6, 7, 12})
+
+
 def quantum(kind: int, cur: list[int]) -> int:
-    """The key's quantum: the odd part of the gcd of its first packet's QUANTUM_WORDS
-    (1 if they are all 0). F&O quantities are multiples of the lot size."""
+    """The key's quantum: for an instrument of a segment that trades in lots, the odd part of
+    the gcd of its first packet's QUANTUM_WORDS (1 if they are all 0); 1 otherwise (cash
+    equities have lot 1, and round book quantities could suggest a factor their later
+    quantities do not share). This is the encoder's choice: a decoder only reads it."""
+    if not QUANTUM_WORDS[kind] or (cur[0] & 0xFF) not in LOT_SEGMENTS:
+        return 1
     g = 0
     for w in QUANTUM_WORDS[kind]:
         g = math.gcd(g, cur[w])
