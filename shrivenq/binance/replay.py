@@ -97,17 +97,25 @@ def replay_records(records: Iterable) -> BinanceReplay:
 def replay_wal(path, **reader_kw) -> BinanceReplay:
     """Replay the ticks stream under ``path`` (a venue directory, a day, a segment)."""
     rp = BinanceReplay()
+    text = int(Kind.TEXT)
     for batch in WalReader(path, "ticks", **reader_kw).batches():
         kinds = batch.kind.tolist()
-        conns = batch.conn.tolist()
         offsets = batch.offset.tolist()
         lengths = batch.length.tolist()
-        counts = batch.inst_count.tolist()
         data = batch.data
-        feed = rp.feed
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        books = rp.books
         for i, k in enumerate(kinds):
+            if k == text and books is not None:   # the hot path: a stream message
+                o = offsets[i]
+                rp.records += 1
+                out = books.on_message(data[o:o + lengths[i]])
+                if out:
+                    rp.decisions.extend(tuple(a) for a in out)
+                continue
             o = offsets[i]
-            payload = bytes(data[o:o + lengths[i]])
-            keys = batch.instruments(i) if counts[i] else ()
-            feed(k, conns[i], payload, keys)
+            keys = batch.instruments(i) if batch.inst_count[i] else ()
+            rp.feed(k, int(batch.conn[i]), data[o:o + lengths[i]], keys)
+            books = rp.books
     return rp
