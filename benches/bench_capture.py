@@ -53,8 +53,8 @@ from kite_flood import make_frames, save_frames  # noqa: E402
 
 INSTRUMENTS = 9000            # 3 connections of 3000, Kite's limit per API key
 FRAMES_PER_SHARD = 40         # distinct frames generated per connection, then cycled
-QUOTA = 1200                  # frames each connection sends per round
-ROUNDS = 3
+QUOTA = 1000                  # frames each connection sends per round (500-packet frames)
+ROUNDS = 5
 # packets per frame: 500 is how the simulator frames at full rate (max_batch); 50 shows what
 # the per-message cost does to the same client path (reported, not gated)
 FRAME_SIZES = [500, 50]
