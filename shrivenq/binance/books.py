@@ -100,11 +100,11 @@ class BinanceBooks:
     def on_message(self, raw) -> tuple:
         c = self.counters
         c.messages += 1
-        if _fast is not None and type(raw) is bytes:
+        if type(raw) is bytes and _fast is not None:
             ev = _fast(raw, self.specs, self.futures)
             if ev is not None:
                 c.depth += 1
-                return self.syncs[ev.symbol].on_event(ev)
+                return self.syncs[ev[0]].on_event(ev)
         try:
             stream, data = decode.envelope(raw)
         except BinanceMessageError as exc:

@@ -94,13 +94,25 @@ class BookSync:
     # --- inputs ----------------------------------------------------------------------------
 
     def on_event(self, ev: DepthEvent) -> tuple:
-        if self.book_id >= 0:
-            if ev.last_id <= self.book_id:
+        book_id = self.book_id
+        if book_id >= 0:
+            symbol, first, last, prev, _, bp, bq, ap, aq = ev
+            if last <= book_id:
                 self.counters.stale += 1
                 return _NONE
-            if (ev.prev_id == self.book_id) if self.futures else (ev.first_id == self.book_id + 1):
-                self._apply(ev)
-                if self.book.is_crossed():
+            if (prev == book_id) if self.futures else (first == book_id + 1):
+                # _apply, inlined: this is the per-message hot path
+                book = self.book
+                nb, na = len(bp), len(ap)
+                if nb:
+                    book.apply(BID, bp, bq)
+                if na:
+                    book.apply(ASK, ap, aq)
+                self.book_id = last
+                c = self.counters
+                c.applied += 1
+                c.levels += nb + na
+                if book.is_crossed():
                     return self._restart("crossed", ev, ())
                 return _NONE
             return self._restart("sequence", ev, (ev,))
