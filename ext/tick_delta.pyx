@@ -242,6 +242,15 @@ cdef extern from *:
     #endif
         for (; w < n; w++) td_put32(dst + 4 * w, src[w]);
     }
+    static inline int td_ctz64(uint64_t m) {    /* m != 0 */
+    #if defined(__GNUC__)
+        return __builtin_ctzll(m);
+    #else
+        int n = 0;
+        while (!(m & 1)) { m >>= 1; n++; }
+        return n;
+    #endif
+    }
     static inline uint32_t td_rot16(uint32_t x) { return (x << 16) | (x >> 16); }
     static inline uint32_t td_zz(uint32_t d) { return (d << 1) ^ (uint32_t)((int32_t)d >> 31); }
     static inline uint32_t td_unzz(uint32_t z) { return (z >> 1) ^ (0u - (z & 1u)); }
@@ -459,14 +468,12 @@ cdef extern from *:
         int s, w, k;
         uint64_t m = 0;
         for (s = 0; s < 7; s++) m |= (uint64_t)mk[s] << (8 * s);
-        #pragma GCC unroll 56
-        for (s = 0; s < 56; s++) {
-            int w2 = TD_FULL_SLOTS[s];
-            if (!w2) continue;
-            uint32_t bit = (uint32_t)(m >> s) & 1u;
-            const uint32_t* x = rp[w2];
-            r[w2] = *x & (0u - bit);
-            rp[w2] = x + bit;
+        m &= 0x0003ff0fffff7fffULL;         /* padding bits (rejected earlier) never count */
+        memset(r, 0, sizeof(r));
+        while (m) {                         /* only the set bits: most residuals are zero */
+            int w2 = TD_FULL_SLOTS[td_ctz64(m)];
+            m &= m - 1;
+            r[w2] = *rp[w2]++;
         }
         memcpy(p, st, sizeof(p));
         d[0] = 0;
