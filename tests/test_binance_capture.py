@@ -315,3 +315,43 @@ def test_replay_starts_over_at_each_session_and_refuses_records_without_one(tmp_
     assert rp.sessions == 2
     with pytest.raises(ReplayError, match="SESSION_START"):
         replay_records([Record(Kind.TEXT, 1, 1, 0, 0, b"{}", ())])
+
+
+def test_an_unreachable_rest_api_is_an_exchange_error_before_anything_is_written(tmp_path):
+    import socket
+
+    from shrivenq.errors import ExchangeError
+
+    with socket.socket() as sock:        # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    data = tmp_path / "data"
+    capture = BinanceCapture(BinanceCaptureSettings(
+        symbols=SYMBOLS, data_dir=data, ws_root=f"ws://127.0.0.1:{port}",
+        rest_root=f"http://127.0.0.1:{port}"))
+    with pytest.raises(ExchangeError, match="exchangeInfo failed"):
+        asyncio.run(capture.run())
+    assert not data.exists()
+
+
+def test_a_wal_that_fails_mid_capture_ends_it_with_the_error(tmp_path):
+    from shrivenq.errors import WalError
+
+    async def main():
+        async with BinanceSimServer(interval=0.01) as sim:
+            capture = BinanceCapture(settings(tmp_path, sim))
+            task = asyncio.create_task(capture.run())
+            await until(lambda: capture.ticks is not None and capture.books.counters.depth > 5)
+            real = capture.ticks.append
+
+            def broken(kind, *args, **kw):
+                if kind == Kind.TEXT:
+                    raise WalError("disk full (injected)")
+                return real(kind, *args, **kw)
+
+            capture.ticks.append = broken
+            with pytest.raises(WalError, match="disk full"):
+                await asyncio.wait_for(task, 20)
+
+    asyncio.run(main())
+    assert verify(tmp_path).clean      # what was written before is closed and readable

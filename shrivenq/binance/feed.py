@@ -269,6 +269,10 @@ class BinanceFeed:
                     await asyncio.gather(link.reader, return_exceptions=True)
                 else:
                     await asyncio.gather(link.reader, return_exceptions=True)
+                    exc = None if link.reader.cancelled() else link.reader.exception()
+                    if exc is not None and not isinstance(
+                            exc, (ConnectionClosed, OSError, asyncio.TimeoutError)):
+                        raise exc   # the sink failed (a full disk): not the network's fault
                     reason = link.close_reason()
                 if link.delivered:
                     backoff.reset()   # only a connection that delivered counts as healthy
