@@ -138,3 +138,19 @@ def test_faults_lose_duplicate_and_swap_depth_events_and_announce_shutdown():
                 assert ws.close_code == 1001
             assert sim.lost_events == 1
     run(main())
+
+
+def test_run_binance_sim_refuses_a_bad_market_and_a_busy_port():
+    import socket
+
+    from shrivenq.errors import ConfigError
+    from shrivenq.sim.binance_server import run_binance_sim
+
+    with pytest.raises(ConfigError, match="--market"):
+        run_binance_sim(market="coinm")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}"):
+            run_binance_sim(port=port, rest_port=0)

@@ -325,6 +325,18 @@ class BinanceCapture:
             stop_reason=reason)
 
 
+def status_text(capture: BinanceCapture) -> str:
+    """One status line: connections, books in sync, messages, gaps, WAL size."""
+    up = sum(1 for st in capture.feed.stats if st.connected)
+    synced = sum(1 for s in capture.books.syncs.values() if s.synced)
+    c = capture.books.counters
+    wal = capture.ticks.stats.bytes_written if capture.ticks is not None else 0
+    return (f"binance {capture.market} {up}/{len(capture.feed.stats)} conn · "
+            f"{synced}/{len(capture.symbols)} books in sync · {c.messages:,} messages · "
+            f"gaps {len(capture.feed_gaps)} feed, {len(capture.book_gaps)} book · "
+            f"WAL {wal / 1e6:.1f} MB")
+
+
 def format_summary(s: BinanceCaptureSummary, data_dir: Path) -> str:
     m = s.messages
     synced = sum(1 for c in s.sync.values() if c["syncs"])

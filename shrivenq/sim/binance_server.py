@@ -602,3 +602,30 @@ async def serve_forever(host: str = "127.0.0.1", port: int = 9443, rest_port: in
         if on_ready is not None:
             on_ready(server)
         await asyncio.Future()
+
+
+def run_binance_sim(host: str = "127.0.0.1", port: int = 9443, rest_port: int | None = None,
+                    market: str = "spot", seed: int = 1, interval: float = 0.1,
+                    out=None) -> int:
+    """The whole of ``shrivenq sim binance``: print the banner, serve until Ctrl-C, return 0.
+    A bad market or interval, or a port that cannot be listened on, is ConfigError."""
+    import sys
+
+    from shrivenq.errors import ConfigError
+
+    out = out or sys.stdout
+    if market not in PATHS:
+        raise ConfigError(f"--market {market!r} is not one of {', '.join(PATHS)}")
+    if not interval > 0:
+        raise ConfigError(f"--interval must be positive seconds, not {interval}")
+
+    def ready(server: BinanceSimServer) -> None:
+        print(banner(server), file=out, flush=True)
+
+    try:
+        asyncio.run(serve_forever(host, port, rest_port, market, seed, interval, ready))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return 0
