@@ -128,9 +128,11 @@ def test_live_books_equal_the_true_books_and_replay_rebuilds_them_exactly(tmp_pa
     assert verify(tmp_path).clean
 
 
-def test_lost_duplicated_reordered_and_crossing_events_are_gaps_then_exact_resyncs(tmp_path):
+@pytest.mark.parametrize("market", ["spot", "usdm"])
+def test_lost_duplicated_reordered_and_crossing_events_are_gaps_then_exact_resyncs(tmp_path,
+                                                                                  market):
     async def main():
-        async with BinanceSimServer(interval=0.01) as sim:
+        async with BinanceSimServer(interval=0.01, market=market) as sim:
             async def during(capture, sim):
                 sim.p_dup = 0.05
                 await asyncio.sleep(0.3)
@@ -150,7 +152,7 @@ def test_lost_duplicated_reordered_and_crossing_events_are_gaps_then_exact_resyn
     reasons = {g["reason"] for g in summary.book_gaps}
     assert {"sequence", "crossed"} <= reasons and summary.lost_anything
     assert checker.checks > 50
-    wal_reasons = gap_reasons(wal_of(tmp_path))
+    wal_reasons = gap_reasons(wal_of(tmp_path, market))
     assert any("ETHUSDT: crossed" in r for r in wal_reasons)
     assert sum(": sequence" in r for r in wal_reasons) >= 2
     syncs = sum(d[0] == SYNCED for d in capture.decisions)
