@@ -2,7 +2,15 @@
 kept provably in sync with the exchange (docs/BINANCE.md).
 
     decimal     exact decimal strings <-> fixed-point integers
-    decode      stream envelopes, depthUpdate, REST snapshots, exchangeInfo (plain Python)
+    decode      stream envelopes, depthUpdate, REST snapshots, exchangeInfo (plain Python;
+                shrivenq._ext.binance_depth is its compiled twin for depth messages)
     sync        BookSync: the sans-I/O sync state machine (one per symbol)
     reference   ReferenceSync: an independent twin of it, for the property tests
+    books       BinanceBooks: WAL inputs -> books; shared by capture and replay
+    streams     stream names, connection plans, URLs
+    feed        BinanceFeed: the asyncio websockets layer (reconnects, handovers, gaps)
+    rest        python-binance wiring, the request-weight pacer, the snapshot fetcher
+    replay      replay_wal / replay_records: the same books again from the WAL
+
+Capture is ``shrivenq.capture.binance``; the simulator ``shrivenq.sim.binance_server``.
 """
