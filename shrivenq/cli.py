@@ -186,6 +186,22 @@ def sim_kite(
         _kite_fail("sim kite", f"cannot listen on {host}: {err.strerror or err}")
 
 
+@sim_app.command("binance")
+def sim_binance(
+    port: int = typer.Option(9443, help="Streams WebSocket port."),
+    rest_port: Optional[int] = typer.Option(None, help="REST port (default: --port + 1)."),
+    market: str = typer.Option("spot", help="spot or usdm."),
+    interval: float = typer.Option(0.1, help="Seconds between market updates."),
+    seed: int = typer.Option(1, help="Market seed."),
+) -> None:
+    """Run a Binance simulator (REST + combined streams) until Ctrl-C."""
+    from shrivenq.sim.binance_server import run_binance_sim
+
+    _logging(quiet=False)
+    _exit_with("sim binance", lambda _: run_binance_sim(
+        port=port, rest_port=rest_port, market=market, seed=seed, interval=interval), None)
+
+
 wal_app = typer.Typer(help="The write-ahead log: inspect and verify what was captured.",
                       no_args_is_help=True, add_completion=False)
 app.add_typer(wal_app, name="wal")
@@ -289,7 +305,8 @@ def capture_run(
     symbols: str = typer.Option("", help='Comma-separated names, e.g. "NIFTY 50,NIFTY BANK".'),
     tokens: str = typer.Option("", help="Comma-separated instrument tokens, e.g. 256265,260105."),
     mode: str = typer.Option("full", help="full, quote or ltp."),
-    exchange: str = typer.Option("kite", help="kite (binance: issue #6, not built yet)."),
+    exchange: str = typer.Option("kite", help="kite or binance."),
+    market: str = typer.Option("spot", help="Binance: spot or usdm (USD-M futures)."),
     data_dir: Path = typer.Option(Path("data"), help="Where the WAL goes."),
     cache_dir: Path = typer.Option(Path("cache"), help="Instrument master and token cache."),
     duration: Optional[float] = typer.Option(None, help="Stop after this many seconds."),
@@ -301,7 +318,8 @@ def capture_run(
     fsync: str = typer.Option("interval:1000",
                               help="every-block, interval:MS, on-rotate or never."),
     metrics_port: Optional[int] = typer.Option(None, help="Serve /metrics and /health here."),
-    watchdog: float = typer.Option(5.0, help="Reconnect after this many silent seconds."),
+    watchdog: Optional[float] = typer.Option(None, help="Reconnect after this many silent "
+                                             "seconds (default 5 for Kite, 30 for Binance)."),
     quiet: bool = typer.Option(False, "--quiet", help="No live status line (for services)."),
 ) -> None:
     """Record every tick of the subscribed instruments into the WAL until stopped.
@@ -310,12 +328,8 @@ def capture_run(
     from shrivenq.capture.runner import CaptureRequest, run_capture
 
     _logging(quiet)
-    if exchange != "kite":
-        typer.echo(f"shrivenq capture run: --exchange {exchange} is not built yet (issue #6); "
-                   "only kite is", err=True)
-        raise typer.Exit(1)
     req = CaptureRequest(
-        symbols=_split(symbols), tokens=_split(tokens), mode=mode, data_dir=data_dir,
+        exchange=exchange, market=market, symbols=_split(symbols), tokens=_split(tokens), mode=mode, data_dir=data_dir,
         cache_dir=cache_dir, duration=duration, until=until, sim=sim, sim_rate=sim_rate,
         snapshot_interval=snapshot_interval, segment_size=segment_size, fsync=fsync,
         metrics_port=metrics_port, watchdog=watchdog, quiet=quiet)
@@ -337,6 +351,8 @@ def replay(
                                 "every snapshot in range; exit 4 on a difference."),
     skip_corrupt: bool = typer.Option(False, "--skip-corrupt", help="Skip (and report) "
                                       "damaged blocks instead of stopping."),
+    exchange: str = typer.Option("kite", help="kite or binance."),
+    market: str = typer.Option("spot", help="Binance: spot or usdm."),
 ) -> None:
     """Rebuild the books from the recorded ticks, deterministically.
 
@@ -346,7 +362,8 @@ def replay(
     _logging(quiet=True)
     req = ReplayRequest(start=start, end=end, symbols=_split(symbols), tokens=_split(tokens),
                         data_dir=data_dir, cache_dir=cache_dir, every=every, out=out,
-                        verify=verify, skip_corrupt=skip_corrupt)
+                        verify=verify, skip_corrupt=skip_corrupt, exchange=exchange,
+                        market=market)
     _exit_with("replay", run_replay, req)
 
 

@@ -47,11 +47,11 @@ def parse_size(text: str) -> int:
     return size
 
 
-def seconds_until(text: str, now: datetime | None = None) -> float:
-    """Seconds from now until a wall-clock time: 'HH:MM' (IST, today), 'HH:MM+05:30', or an
-    ISO datetime. A time already past is an error, not tomorrow."""
-    now = now or datetime.now(IST)
-    target = parse_datetime(text, "--until", IST, day=now.astimezone(IST).date())
+def seconds_until(text: str, now: datetime | None = None, tz=IST) -> float:
+    """Seconds from now until a wall-clock time: 'HH:MM' (in ``tz``, today), 'HH:MM+05:30', or
+    an ISO datetime. A time already past is an error, not tomorrow."""
+    now = now or datetime.now(tz)
+    target = parse_datetime(text, "--until", tz, day=now.astimezone(tz).date())
     seconds = (target - now).total_seconds()
     if seconds <= 0:
         raise ConfigError(f"--until {text} has already passed ({target.isoformat()})")
@@ -60,6 +60,8 @@ def seconds_until(text: str, now: datetime | None = None) -> float:
 
 @dataclass
 class CaptureRequest:
+    exchange: str = "kite"
+    market: str = "spot"          # Binance: spot or usdm
     symbols: list[str] = field(default_factory=list)
     tokens: list[str] = field(default_factory=list)
     mode: str = "full"
@@ -73,7 +75,7 @@ class CaptureRequest:
     segment_size: str = "100MB"
     fsync: str = "interval:1000"
     metrics_port: int | None = None
-    watchdog: float = 5.0
+    watchdog: float | None = None  # None: 5 s for Kite, 30 s for Binance
     quiet: bool = False
 
 
@@ -113,7 +115,7 @@ def _check(req: CaptureRequest) -> None:
         raise ConfigError("give --duration or --until, not both")
     if req.snapshot_interval <= 0:
         raise ConfigError(f"--snapshot-interval must be positive, not {req.snapshot_interval}")
-    if req.watchdog <= 0:
+    if req.watchdog is not None and req.watchdog <= 0:
         raise ConfigError(f"--watchdog must be positive, not {req.watchdog}")
     if req.metrics_port is not None and not 0 <= req.metrics_port <= 65535:
         raise ConfigError(f"--metrics-port {req.metrics_port} is not a TCP port")
@@ -204,6 +206,10 @@ def run_capture(req: CaptureRequest, out: TextIO | None = None) -> int:
     raise ShrivenqError before anything is connected or written."""
     out = out or sys.stdout
     _check(req)
+    if req.exchange == "binance":
+        return _run_binance(req, out)
+    if req.exchange != "kite":
+        raise ConfigError(f"--exchange {req.exchange!r} is not one of kite, binance")
     segment_bytes = parse_size(req.segment_size)
     duration = req.duration if req.until is None else seconds_until(req.until)
     sim_ctx = None
@@ -226,7 +232,8 @@ def run_capture(req: CaptureRequest, out: TextIO | None = None) -> int:
     settings = KiteCaptureSettings(
         token_modes=token_modes, data_dir=req.data_dir, api_key=api_key,
         access_token=access_token, duration=duration, snapshot_interval=req.snapshot_interval,
-        segment_bytes=segment_bytes, fsync=req.fsync, watchdog=req.watchdog,
+        segment_bytes=segment_bytes, fsync=req.fsync,
+        watchdog=5.0 if req.watchdog is None else req.watchdog,
         session_note=[f"mode={req.mode}", *names[:50]])
     if sim_ctx is None:
         return _run(settings, req, out)
@@ -234,6 +241,28 @@ def run_capture(req: CaptureRequest, out: TextIO | None = None) -> int:
         settings.ws_root = sim.ws_url
         print(f"simulator on {sim.ws_url} (demo credentials)", file=sys.stderr)
         return _run(settings, req, out)
+
+
+def _run_binance(req: CaptureRequest, out: TextIO) -> int:
+    """Binance capture: symbols straight from the exchange's exchangeInfo; times in UTC."""
+    from shrivenq.capture.binance import BinanceCaptureSettings, run_binance_capture
+    from shrivenq.timeutil import UTC
+
+    for given, option in ((req.tokens, "--tokens"), (req.metrics_port is not None, "--metrics-port"),
+                          (req.mode != "full", "--mode")):
+        if given:
+            raise ConfigError(f"{option} is for Kite; Binance capture records depth, trades and "
+                              "best bid/offer of --symbols")
+    if not req.symbols:
+        raise ConfigError("nothing to capture: give --symbols, e.g. BTCUSDT,ETHUSDT")
+    duration = req.duration if req.until is None else seconds_until(req.until, tz=UTC)
+    settings = BinanceCaptureSettings(
+        symbols=[s.upper() for s in req.symbols], data_dir=req.data_dir, market=req.market,
+        duration=duration, segment_bytes=parse_size(req.segment_size), fsync=req.fsync,
+        session_note=[])
+    if req.watchdog is not None:
+        settings.watchdog = req.watchdog
+    return run_binance_capture(settings, sim=req.sim, out=out)
 
 
 def _run(settings: KiteCaptureSettings, req: CaptureRequest, out: TextIO) -> int:
