@@ -22,6 +22,7 @@ from cpython.datetime cimport import_datetime
 from cpython.dict cimport PyDict_Copy, PyDict_SetItem
 from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.ref cimport Py_INCREF
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 
 cimport numpy as cnp
 import numpy as np
@@ -295,6 +296,41 @@ def parse_frame_into(const uint8_t[::1] frame not None, cnp.ndarray out not None
         raise ValueError(f"start {start} outside the output array of {out.shape[0]} rows")
     return _parse(frame, (<TickRow*>cnp.PyArray_DATA(out)) + start, out.shape[0] - start,
                   _Issues(False))
+
+
+def frame_keys(const uint8_t[::1] frame not None):
+    """The instrument tokens of a frame's packets as little-endian u64 bytes: the WAL's
+    instrument-key format, made by walking the packet headers alone. Never raises: a
+    malformed frame gives the tokens of the well-formed packets before the fault (packets
+    of unknown length are skipped, as the parser skips them)."""
+    cdef Py_ssize_t n = frame.shape[0], pos = 2, i, k = 0
+    cdef uint16_t count, plen
+    cdef const uint8_t* base
+    cdef bytes out
+    cdef uint8_t* o
+    cdef uint32_t token
+    if n < 2:
+        return b""
+    base = &frame[0]
+    count = be16(base)
+    out = PyBytes_FromStringAndSize(NULL, _row_bound_at(base, n) * 8)
+    o = <uint8_t*>PyBytes_AS_STRING(out)
+    for i in range(count):
+        if pos + 2 > n:
+            break
+        plen = be16(base + pos)
+        if pos + 2 + plen > n:
+            break
+        if kind_for_length(plen) != 0:
+            token = be32(base + pos + 2)
+            memset(o + 8 * k, 0, 8)
+            o[8 * k] = token & 0xFF
+            o[8 * k + 1] = (token >> 8) & 0xFF
+            o[8 * k + 2] = (token >> 16) & 0xFF
+            o[8 * k + 3] = token >> 24
+            k += 1
+        pos += 2 + plen
+    return out if 8 * k == len(out) else out[:8 * k]
 
 
 def frame_row_bound(const uint8_t[::1] frame not None):

@@ -15,7 +15,7 @@ from kiteconnect import KiteTicker
 from shrivenq.errors import KiteFrameError, ProtocolError, ShrivenqError
 from shrivenq.kite import (
     KIND_FULL, KIND_INDEX_FULL, KIND_INDEX_QUOTE, KIND_LTP, KIND_QUOTE, TICK_DTYPE, MessageKind,
-    classify, frame_row_bound, parse_frame, parse_frame_into, parse_frame_lenient, parse_text,
+    classify, frame_keys, frame_row_bound, parse_frame, parse_frame_into, parse_frame_lenient, parse_text,
     parse_ticks,
 )
 from shrivenq.kite.reference import reference_parse_frame
@@ -305,6 +305,8 @@ def _check_hostile(frame: bytes) -> None:
     lenient, issues = parse_frame_lenient(frame)
     assert all(0 <= e.offset <= len(frame) for e in issues)
     assert len(lenient) <= frame_row_bound(frame)
+    # The WAL's instrument keys come from a header-only walk with the same skip rules.
+    assert np.frombuffer(frame_keys(frame), "<u8").tolist() == lenient["token"].tolist()
 
 
 @settings(max_examples=1500, deadline=None)

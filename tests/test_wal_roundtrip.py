@@ -517,3 +517,17 @@ def test_kinds_storage_does_not_know_keep_any_version(tmp_path):
         w.append(200, b"a caller's own kind", T0, 0, version=9)
     b = read_wal(tmp_path / "v")
     assert b.kind.tolist() == [200] and b.version.tolist() == [9]
+
+
+def test_instrument_keys_may_come_packed_as_little_endian_u64_bytes(tmp_path):
+    keys = [256265, 260105, 2**40 + 7]
+    packed = np.array(keys, dtype="<u8").tobytes()
+    with WalWriter(tmp_path, "v") as w:
+        w.append(Kind.BINARY, b"ints", T0, 0, instruments=keys)
+        w.append(Kind.BINARY, b"bytes", T0 + 1, 1, instruments=packed)
+        with pytest.raises(ValueError, match="multiple of 8"):
+            w.append(Kind.BINARY, b"ragged", T0 + 2, 2, instruments=packed[:-1])
+    batch = read_wal(tmp_path / "v")
+    assert batch.payloads() == [b"ints", b"bytes"]
+    assert batch.instruments(0).tolist() == batch.instruments(1).tolist() == keys
+    assert len(read_wal(tmp_path / "v", instruments=[2**40 + 7])) == 2

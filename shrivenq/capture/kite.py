@@ -4,10 +4,10 @@
 set (the CLI sets it on SIGINT/SIGTERM), then unsubscribes, drains, snapshots the books,
 closes both WAL streams cleanly and returns a ``CaptureSummary``.
 
-Per message, on the event loop: the frame is parsed leniently (it cannot fail and costs about
-30 ns a packet; its tokens index the WAL record), the raw bytes are appended to the ticks
-stream, and only then are the books updated. A malformed frame is stored and counted like
-any other; nothing the exchange sent is dropped.
+Per message, on the event loop: the raw bytes are appended to the ticks stream first, indexed
+by the packets' tokens (read from the packet headers alone, which cannot fail); only then is
+the frame parsed and are the books updated. A malformed frame is stored and counted like any
+other; nothing the exchange sent is dropped.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from shrivenq import __version__
 from shrivenq.books import KiteBooks
 from shrivenq.books.snapshot import encode_kite_snapshot
 from shrivenq.errors import ProtocolError, ShrivenqError
-from shrivenq.kite import parse_frame_lenient, parse_text
+from shrivenq.kite import frame_keys, parse_frame_lenient, parse_text
 from shrivenq.kite.feed import FeedEvent, KiteFeed
 from shrivenq.kite.protocol import redacted
 from shrivenq.wal import IST, Kind, WalWriter
@@ -180,12 +180,13 @@ class KiteRecorder:
             if self.latency is not None:
                 self.latency.add(time.monotonic_ns() - mono_ns)
             return
-        rows, issues = parse_frame_lenient(message)
-        self.ticks.append(
-            Kind.BINARY, message, wall_ns, mono_ns, conn,
-            instruments=rows["token"] if len(rows) else None)
+        # The WAL first: only the tokens are read for its instrument index (a walk over the
+        # packet headers); the full parse and the books follow the append.
+        keys = frame_keys(message)
+        self.ticks.append(Kind.BINARY, message, wall_ns, mono_ns, conn, instruments=keys or None)
         if self.latency is not None:
             self.latency.add(time.monotonic_ns() - mono_ns)
+        rows, issues = parse_frame_lenient(message)
         if issues:
             c.malformed_frames += 1
             log.warning("connection %d: malformed frame stored raw (%d bytes): %s", conn,

@@ -58,6 +58,7 @@ from shrivenq._ext.kite_frame import (
     MODE_LTP,
     MODE_QUOTE,
     TICK_DTYPE,
+    frame_keys,
     frame_row_bound,
     parse_frame,
     parse_frame_into,
@@ -70,6 +71,6 @@ __all__ = [
     "FIELD_DEPTH", "FIELD_EXCHANGE_TIMESTAMP", "FIELD_FULL", "FIELD_LTP", "FIELD_OHLC",
     "FIELD_QUOTE", "KIND_FULL", "KIND_INDEX_FULL", "KIND_INDEX_QUOTE", "KIND_LTP",
     "KIND_QUOTE", "MODE_FULL", "MODE_LTP", "MODE_QUOTE", "TICK_DTYPE", "MessageKind",
-    "TextMessage", "classify", "frame_row_bound", "parse_frame", "parse_frame_into",
+    "TextMessage", "classify", "frame_keys", "frame_row_bound", "parse_frame", "parse_frame_into",
     "parse_frame_lenient", "parse_text", "parse_ticks",
 ]

@@ -107,7 +107,14 @@ _KEY_STRUCTS: dict[int, struct.Struct] = {}
 
 
 def _pack_keys(instruments) -> bytes:
-    """Instrument keys as little-endian u64 bytes; ValueError if one is not in [0, 2**64)."""
+    """Instrument keys as little-endian u64 bytes; ValueError if one is not in [0, 2**64).
+    Keys already packed that way (``bytes``, a multiple of 8 long) are taken as they are,
+    which is the cheapest form for a caller on a latency-sensitive path."""
+    if isinstance(instruments, bytes):
+        if len(instruments) % 8:
+            raise ValueError(f"packed instrument keys must be a multiple of 8 bytes, not "
+                             f"{len(instruments)}")
+        return instruments
     if isinstance(instruments, np.ndarray):
         if instruments.dtype.kind not in "ui":
             raise ValueError(f"instruments must be integers, not {instruments.dtype}")
@@ -280,7 +287,8 @@ class WalWriter:
     def append(self, kind: int, payload: bytes, wall_ns: int, mono_ns: int, conn: int = 0,
                instruments=None, version: int | None = None) -> int:
         """Queue one record; returns its sequence number (0 for this writer's first).
-        ``instruments``: the instrument keys (ints) this record concerns, or None."""
+        ``instruments``: the instrument keys (ints, an integer array, or bytes of
+        little-endian u64) this record concerns, or None."""
         if version is None:
             version = RECORD_VERSION.get(kind, 1)
         if not isinstance(payload, bytes):
