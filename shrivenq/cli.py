@@ -14,18 +14,6 @@ app = typer.Typer(
 )
 
 
-def _not_built(group: str, issue: int) -> typer.Typer:
-    sub = typer.Typer(help=f"(not built yet: issue #{issue})", add_completion=False)
-
-    @sub.callback(invoke_without_command=True, context_settings={
-        "allow_extra_args": True, "ignore_unknown_options": True})
-    def _stub(ctx: typer.Context) -> None:
-        typer.echo(f"shrivenq {group}: not built yet (issue #{issue})", err=True)
-        raise typer.Exit(2)
-
-    return sub
-
-
 # --- Kite login, instrument master and simulator (issue #4) ---------------------------------
 
 auth_app = typer.Typer(help="Kite Connect login and the cached access token.",
