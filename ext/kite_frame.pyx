@@ -22,7 +22,7 @@ from cpython.datetime cimport import_datetime
 from cpython.dict cimport PyDict_Copy, PyDict_SetItem
 from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.ref cimport Py_INCREF
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 
 cimport numpy as cnp
 import numpy as np
@@ -298,20 +298,29 @@ def parse_frame_into(const uint8_t[::1] frame not None, cnp.ndarray out not None
                   _Issues(False))
 
 
-def frame_keys(const uint8_t[::1] frame not None):
+def frame_keys(frame not None):
     """The instrument tokens of a frame's packets as little-endian u64 bytes: the WAL's
-    instrument-key format, made by walking the packet headers alone. Never raises: a
-    malformed frame gives the tokens of the well-formed packets before the fault (packets
-    of unknown length are skipped, as the parser skips them)."""
-    cdef Py_ssize_t n = frame.shape[0], pos = 2, i, k = 0
+    instrument-key format, made by walking the packet headers alone. Never raises for a
+    malformed frame: it gives the tokens of the well-formed packets before the fault
+    (packets of unknown length are skipped, as the parser skips them).
+
+    It runs between a message's receipt and its WAL append, so a ``bytes`` frame (what
+    websockets hands over) is read in place, without acquiring a buffer view."""
+    cdef const uint8_t[::1] view
+    if type(frame) is bytes:
+        return _frame_keys(<const uint8_t*>PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame))
+    view = frame
+    return _frame_keys(&view[0] if view.shape[0] else NULL, view.shape[0])
+
+
+cdef bytes _frame_keys(const uint8_t* base, Py_ssize_t n):
+    cdef Py_ssize_t pos = 2, i, k = 0
     cdef uint16_t count, plen
-    cdef const uint8_t* base
     cdef bytes out
     cdef uint8_t* o
     cdef uint32_t token
     if n < 2:
         return b""
-    base = &frame[0]
     count = be16(base)
     out = PyBytes_FromStringAndSize(NULL, _row_bound_at(base, n) * 8)
     o = <uint8_t*>PyBytes_AS_STRING(out)
@@ -330,7 +339,7 @@ def frame_keys(const uint8_t[::1] frame not None):
             o[8 * k + 3] = token >> 24
             k += 1
         pos += 2 + plen
-    return out if 8 * k == len(out) else out[:8 * k]
+    return out if 8 * k == PyBytes_GET_SIZE(out) else out[:8 * k]
 
 
 def frame_row_bound(const uint8_t[::1] frame not None):
