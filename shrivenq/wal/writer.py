@@ -209,6 +209,7 @@ class WalWriter:
         self.root = Path(root)
         self.venue, self.stream = venue, stream
         self.tz_offset_s = layout.tz_offset_seconds(tz)
+        self._tz_offset_ns = self.tz_offset_s * 1_000_000_000
         self.policy = FsyncPolicy.parse(fsync)
         self.block_bytes, self.flush_interval = int(block_bytes), float(flush_interval)
         self.segment_bytes, self.queue_blocks = int(segment_bytes), int(queue_blocks)
@@ -241,7 +242,8 @@ class WalWriter:
             os.close(self._lock_fd)
             raise
 
-        self._cv = threading.Condition(threading.RLock())
+        self._mutex = threading.RLock()
+        self._cv = threading.Condition(self._mutex)   # same lock: hold either, hold both
         self._rows: list[tuple] = []     # single appends not yet turned into a part
         self._parts: list = []           # lists of rows and Columns chunks, in order
         self._open_count = 0
@@ -289,23 +291,28 @@ class WalWriter:
         """Queue one record; returns its sequence number (0 for this writer's first).
         ``instruments``: the instrument keys (ints, an integer array, or bytes of
         little-endian u64) this record concerns, or None."""
+        # This runs between a message's receipt and its append on the capture loop, mostly
+        # with cold caches, so it keeps to few steps: the common forms are tested first and
+        # the lock is the condition's RLock entered directly (Condition.__enter__ is Python).
         if version is None:
             version = RECORD_VERSION.get(kind, 1)
-        if not isinstance(payload, bytes):
+        if type(payload) is not bytes:
             payload = bytes(payload)
-        if instruments is not None:
+        if instruments is not None and (type(instruments) is not bytes or len(instruments) & 7):
             # Packed to bytes here: a copy (the caller may reuse its buffer), and a bad key is
             # the caller's ValueError, not a dead writer thread.
             instruments = _pack_keys(instruments)
-        day = (wall_ns + self.tz_offset_s * 1_000_000_000) // layout.DAY_NS
-        with self._cv:
-            self._check()
-            if self._day is None:
-                self._day = day
-            elif day > self._day:
-                if self._open_count:
-                    self._seal()
-                self._day = day
+        day = (wall_ns + self._tz_offset_ns) // layout.DAY_NS
+        with self._mutex:
+            if self._error is not None or self._closed:
+                self._check()
+            if day != self._day:
+                if self._day is None:
+                    self._day = day
+                elif day > self._day:
+                    if self._open_count:
+                        self._seal()
+                    self._day = day
             if not self._open_count:
                 self._open_since = time.monotonic()
                 self._cv.notify_all()       # the writer thread times the flush interval
@@ -317,8 +324,8 @@ class WalWriter:
             self._open_count += 1
             self._open_bytes += len(payload)
             seq = self._appended
-            self._appended += 1
-            self.stats.appended_records = self._appended
+            self._appended = seq + 1
+            self.stats.appended_records = seq + 1
             if self._open_bytes >= self.block_bytes:
                 self._seal()
         if self._deferred is not None:
