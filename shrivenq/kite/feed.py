@@ -213,11 +213,11 @@ class KiteFeed:
         try:
             async for message in ws:
                 wall, mono = now()
+                on_message(conn, message, wall, mono)   # the WAL first, bookkeeping after
                 stats.last_message_wall_ns = wall
                 stats.last_message_mono_ns = mono
                 stats.messages += 1
                 stats.bytes += len(message)
-                on_message(conn, message, wall, mono)
                 if first:
                     backoff.reset()  # only a connection that delivers counts as healthy
                     first = False
