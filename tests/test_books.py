@@ -37,6 +37,34 @@ def test_ladder_equals_sortedcontainers_reference_after_every_update(ops, capaci
         assert [tuple(x) for x in ladder.top(side, 3).tolist()] == ref.top(side, 3)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_deep_ladders_equal_the_reference(seed):
+    """Books of up to a few thousand levels, updated mostly near the top and sometimes deep
+    (the search bisects the top levels and gallops below them), prices at int64's ends."""
+    rng = np.random.default_rng(seed)
+    ladder, ref = L2Ladder(4), ReferenceLadder()
+    extremes = [-2**63, 2**63 - 1, -2**63 + 1, 2**63 - 2]
+    for step in range(6000):
+        side = int(rng.integers(2))
+        if step < 2500:
+            price = int(rng.integers(0, 3000))
+        elif rng.random() < 0.01:
+            price = extremes[int(rng.integers(4))]
+        else:   # near the touch or anywhere
+            best = ref.best_bid() if side == BID else ref.best_ask()
+            top = best[0] if best else 1500
+            far = int(rng.integers(0, 3000)) if rng.random() < 0.2 else int(rng.integers(0, 80))
+            price = top - far if side == BID else top + far
+        qty = 0 if rng.random() < 0.3 else int(rng.integers(1, 10**9))
+        ladder.set_level(side, price, qty)
+        ref.set_level(side, price, qty)
+        if step % 97 == 0:
+            assert ladder.best_bid() == ref.best_bid() and ladder.best_ask() == ref.best_ask()
+    assert ladder.depth(BID) > 500
+    for side in (BID, ASK):
+        assert [tuple(x) for x in ladder.levels(side).tolist()] == ref.top(side, 10**6)
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 30), st.sampled_from([0, 5, 9])), max_size=200))
 def test_batched_apply_equals_one_by_one(ops):

@@ -1,0 +1,41 @@
+# cython: language_level=3
+"""The C-level API of ``shrivenq._ext.l2_ladder.L2Ladder``, for other compiled modules (the
+Binance depth decoder applies a message's levels straight from its scratch arrays).
+
+    from shrivenq._ext.l2_ladder cimport L2Ladder
+
+Cython resolves that cimport to ``shrivenq/_ext/l2_ladder.pxd`` on its include path (ext/):
+``ext/shrivenq/_ext/l2_ladder.pxd`` is a symlink to this file, so the cimporting module
+imports the type from the right module at run time (a plain ``from l2_ladder cimport``
+would look for a top-level module ``l2_ladder``), and this file stays next to its .pyx, where
+Cython's rebuild check looks for it.
+"""
+
+from libc.stdint cimport int64_t
+
+
+cdef struct Level:
+    int64_t price
+    int64_t qty
+
+
+cdef struct Side:
+    Level* levels       # ascending "goodness": bids ascending, asks descending; best at [n-1]
+    Py_ssize_t n
+    Py_ssize_t cap
+    bint is_bid
+
+
+cdef class L2Ladder:
+    cdef Side sides[2]
+
+    cdef Side* _side(self, int side) except NULL
+
+    # Both sides of one depth message from interleaved (price, quantity) pairs: ``bids``
+    # holds ``nb`` pairs, ``asks`` ``na``. Both are checked (no negative quantity) before
+    # either side changes: a bad batch raises ValueError and leaves the book as it was.
+    cdef int apply_pairs(self, const int64_t* bids, Py_ssize_t nb, const int64_t* asks,
+                         Py_ssize_t na) except -1
+
+    # Best bid >= best ask (both sides non-empty).
+    cdef bint crossed(self) noexcept
