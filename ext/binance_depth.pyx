@@ -12,14 +12,26 @@ wrong type, a missing field, an unknown symbol, U > u, nesting deeper than 32, t
 bytes) and the caller then runs the plain-Python decoder, which either accepts the message
 (a valid but unusual form) or raises the precise error. So whatever this returns is what
 the twin returns; the tests hold it to that on random and hostile messages.
+
+``on_depth(raw, specs, futures, syncs)`` is the hot path of ``BinanceBooks.on_message``: the
+same decoding, then the common case of ``BookSync.on_event`` (a synced book, a stale or a
+continuing event) done in C, the levels applied straight into the ``L2Ladder`` (through its
+C-level API, l2_ladder.pxd) from the scratch arrays; every other case gets the DepthEvent.
 """
 
 from libc.stdint cimport int64_t, uint64_t
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
-from cpython.unicode cimport PyUnicode_DecodeASCII
+from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
+from cpython.unicode cimport PyUnicode_DATA, PyUnicode_DecodeASCII, PyUnicode_GET_LENGTH
+from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.mem cimport PyMem_Realloc
+from libc.string cimport memcmp, memcpy, memset
+
+from shrivenq._ext.l2_ladder cimport L2Ladder
 
 cimport numpy as cnp
+import sys
+
 import numpy as np
 
 from shrivenq.binance.decode import DepthEvent
@@ -170,10 +182,89 @@ cdef const char* skip_value(const char* p, const char* e, int depth) noexcept no
     return skip_number(p, e)
 
 
+# --- eight digits at a time ------------------------------------------------------------------
+# A decimal such as "64199.93000000" is two runs of digits. On a little-endian machine eight
+# bytes loaded as one uint64 hold the first character in the lowest byte, so a run can be
+# measured and converted with a few integer operations instead of a multiply-add chain per
+# digit (the scan's cost). Anything these do not cover goes to the per-character scan.
+
+cdef extern from *:
+    int __builtin_ctzll(unsigned long long) nogil
+
+cdef uint64_t ASCII_ZEROS = 0x3030303030303030ULL
+cdef bint LITTLE_ENDIAN = sys.byteorder == "little"
+
+
+cdef inline uint64_t load8(const char* p) noexcept nogil:
+    cdef uint64_t x
+    memcpy(&x, p, 8)
+    return x
+
+
+cdef inline int digits8(uint64_t x) noexcept nogil:
+    """How many of the 8 bytes are ASCII digits before the first that is not (0-8). A
+    byte's high nibble must be 3 and that of byte + 6 too; a carry out of a byte >= 0xFA
+    only disturbs the bytes after that non-digit, which do not count."""
+    cdef uint64_t t = ((x & 0xF0F0F0F0F0F0F0F0ULL)
+                       | (((x + 0x0606060606060606ULL) & 0xF0F0F0F0F0F0F0F0ULL) >> 4))
+    t ^= 0x3333333333333333ULL
+    if t == 0:
+        return 8
+    return __builtin_ctzll(t) >> 3
+
+
+cdef inline uint64_t value8(uint64_t d) noexcept nogil:
+    """The number written by 8 digit values (0-9, one a byte, the first in the lowest)."""
+    d = d * 10 + (d >> 8)
+    return (((d & 0x000000FF000000FFULL) * (100 + (1000000ULL << 32)))
+            + (((d >> 16) & 0x000000FF000000FFULL) * (1 + (10000ULL << 32)))) >> 32
+
+
+cdef inline uint64_t leading_value(uint64_t x, int k) noexcept nogil:
+    """The number written by the first k (1-8) bytes of x, all digits: they are shifted to
+    the top, so the bytes below read as leading zeros (a non-digit's borrow only reaches the
+    bytes after it, shifted out)."""
+    return value8((x - ASCII_ZEROS) << (8 * (8 - k)))
+
+
 cdef inline const char* scan_quoted_decimal(const char* p, const char* e, int scale,
                                             int64_t* out) noexcept nogil:
     """p at the opening quote of a plain 'digits[.digits]' string: its value at ``scale``
-    decimals, exactly, and the pointer after the closing quote; NULL to decline."""
+    decimals, exactly, and the pointer after the closing quote; NULL to decline. The common
+    form (1-8 whole digits, optionally '.' and 1-8 more) is read eight bytes at a time."""
+    cdef const char* q = p + 1
+    cdef const char* r
+    cdef int k, f
+    cdef uint64_t x, whole, frac, d
+    if LITTLE_ENDIAN and e - q >= 17 and p[0] == c'"':
+        x = load8(q)
+        k = digits8(x)
+        if k > 0 and k + scale <= 18:
+            if q[k] == c'"':
+                out[0] = <int64_t>(leading_value(x, k) * POW10[scale])
+                return q + k + 1
+            if q[k] == c'.':
+                r = q + k + 1
+                x = load8(r)
+                f = digits8(x)
+                if f > 0 and r[f] == c'"':
+                    whole = leading_value(load8(q), k)
+                    if f <= scale:
+                        frac = leading_value(x, f) * POW10[scale - f]
+                    else:
+                        # digits past the scale must all be zeros: bytes scale .. f-1
+                        d = (x - ASCII_ZEROS) & (~0ULL >> (8 * (8 - f)))
+                        if (d >> (8 * scale)) != 0:
+                            return NULL   # more decimal places than the scale: the twin says why
+                        frac = leading_value(x, scale) if scale else 0
+                    out[0] = <int64_t>(whole * POW10[scale] + frac)
+                    return r + f + 1
+    return scan_decimal_chars(p, e, scale, out)
+
+
+cdef const char* scan_decimal_chars(const char* p, const char* e, int scale,
+                                    int64_t* out) noexcept nogil:
+    """scan_quoted_decimal, a character at a time: any length, any form it accepts."""
     cdef const char* q
     cdef const char* start
     cdef uint64_t whole = 0, frac = 0
@@ -275,6 +366,60 @@ cdef const char* scan_levels(const char* p, const char* e, int ps, int qs,
         return NULL
 
 
+# --- symbols: the last few seen, so that a message's symbol costs no new string, no hashing
+# and no reading of its spec's scales. A slot holds references to the str and to the spec it
+# was looked up with; a hit still looks the str up in ``specs`` (its hash is cached) and
+# uses the slot's scales only when that gives the very same spec object.
+
+cdef enum:
+    SYM_SLOTS = 16
+
+cdef PyObject* sym_str[SYM_SLOTS]
+cdef PyObject* sym_spec[SYM_SLOTS]
+cdef int sym_ps[SYM_SLOTS]
+cdef int sym_qs[SYM_SLOTS]
+for _i in range(SYM_SLOTS):
+    sym_str[_i] = sym_spec[_i] = NULL
+
+
+cdef object symbol_spec(const char* s, Py_ssize_t n, dict specs, int* ps, int* qs):
+    """The symbol named by the ASCII bytes s[:n] as a str, its price and quantity scales
+    into ``ps`` and ``qs``; None when ``specs`` has no spec for it or its scales are out of
+    range."""
+    cdef unsigned int slot = <unsigned int>n * 7
+    cdef PyObject* cached
+    cdef bint hit = False
+    cdef int p_, q_
+    if n:
+        slot += 3 * <unsigned char>s[0] + <unsigned char>s[n - 1]
+    slot &= SYM_SLOTS - 1
+    cached = sym_str[slot]
+    if (cached != NULL and PyUnicode_GET_LENGTH(<object>cached) == n
+            and memcmp(PyUnicode_DATA(<object>cached), s, n) == 0):
+        symbol = <object>cached
+        hit = True
+    else:
+        symbol = PyUnicode_DecodeASCII(s, n, NULL)
+    spec = specs.get(symbol)
+    if spec is None:
+        return None
+    if hit and <PyObject*>spec == sym_spec[slot]:
+        ps[0], qs[0] = sym_ps[slot], sym_qs[slot]
+        return symbol
+    p_, q_ = spec.price_scale, spec.qty_scale
+    if not (0 <= p_ <= 18 and 0 <= q_ <= 18):
+        return None
+    Py_XDECREF(sym_str[slot])
+    Py_XDECREF(sym_spec[slot])
+    Py_INCREF(symbol)
+    Py_INCREF(spec)
+    sym_str[slot] = <PyObject*>symbol
+    sym_spec[slot] = <PyObject*>spec
+    sym_ps[slot], sym_qs[slot] = p_, q_
+    ps[0], qs[0] = p_, q_
+    return symbol
+
+
 cdef inline bint key_is(const char* s, Py_ssize_t n, const char* lit, Py_ssize_t m) noexcept nogil:
     cdef Py_ssize_t i
     if n != m:
@@ -285,8 +430,15 @@ cdef inline bint key_is(const char* s, Py_ssize_t n, const char* lit, Py_ssize_t
     return True
 
 
-def decode_depth(bytes raw, dict specs, bint futures):
-    """The DepthEvent of a combined-stream depthUpdate message, or None to decline."""
+cdef struct Head:
+    int64_t U, u, pu, E
+    Py_ssize_t nb, na       # pairs in scratch[0] (bids) and scratch[1] (asks)
+
+
+cdef object scan_depth(bytes raw, dict specs, bint futures, Head* h):
+    """Decode the whole message: its ids into ``h``, its levels into the scratch arrays. The
+    symbol (str) when it decoded cleanly, None to decline. Nothing outside this module
+    changes, so a message that is declined half way has touched no book."""
     cdef const char* base = PyBytes_AS_STRING(raw)
     cdef const char* e = base + PyBytes_GET_SIZE(raw)
     cdef const char* p = skip_ws(base, e)
@@ -369,12 +521,8 @@ def decode_depth(bytes raw, dict specs, bint futures):
                     seen_s += 1
                     p = scan_string(p, e, &sym_s, &sym_n)
                     if p != NULL and seen_s == 1:
-                        symbol = PyUnicode_DecodeASCII(sym_s, sym_n, NULL)
-                        spec = specs.get(symbol)
-                        if spec is None:
-                            return None
-                        ps, qs = spec.price_scale, spec.qty_scale
-                        if not (0 <= ps <= 18 and 0 <= qs <= 18):
+                        symbol = symbol_spec(sym_s, sym_n, specs, &ps, &qs)
+                        if symbol is None:
                             return None
                 elif n == 1 and s[0] == c'b':
                     seen_b += 1
@@ -429,6 +577,13 @@ def decode_depth(bytes raw, dict specs, bint futures):
         return None
     if a_at != NULL and scan_levels(a_at, e, ps, qs, 1, &na) == NULL:
         return None
+    h.U, h.u, h.pu, h.E, h.nb, h.na = U, u, pu, E, nb, na
+    return symbol
+
+
+cdef object make_event(str symbol, const Head* h):
+    """The DepthEvent of a decoded message: four new arrays from the scratch pairs."""
+    cdef Py_ssize_t i, nb = h.nb, na = h.na
     cdef cnp.npy_intp nbd = nb, nad = na
     cdef cnp.ndarray bp = cnp.PyArray_EMPTY(1, &nbd, cnp.NPY_INT64, 0)
     cdef cnp.ndarray bq = cnp.PyArray_EMPTY(1, &nbd, cnp.NPY_INT64, 0)
@@ -446,4 +601,60 @@ def decode_depth(bytes raw, dict specs, bint futures):
     for i in range(na):
         dap[i] = sa[2 * i]
         daq[i] = sa[2 * i + 1]
-    return _tuple_new(DepthEvent, (symbol, U, u, pu, E, bp, bq, ap, aq))
+    return _tuple_new(DepthEvent, (symbol, h.U, h.u, h.pu, h.E, bp, bq, ap, aq))
+
+
+def decode_depth(bytes raw, dict specs, bint futures):
+    """The DepthEvent of a combined-stream depthUpdate message, or None to decline."""
+    cdef Head h
+    memset(&h, 0, sizeof(h))
+    symbol = scan_depth(raw, specs, futures, &h)
+    if symbol is None:
+        return None
+    return make_event(symbol, &h)
+
+
+def on_depth(bytes raw, dict specs, bint futures, dict syncs):
+    """Decode a depth message and hand it to its symbol's ``BookSync`` (``syncs[symbol]``):
+    what ``syncs[symbol].on_event(decode_depth(raw, specs, futures))`` does, returning the
+    same actions, or None (nothing changed anywhere) when the decoder declines.
+
+    The common case is done here in C, with no event built: the book is synced (an
+    ``L2Ladder`` and an int64 update id) and the event is stale (``u <=`` the id: the sync's
+    ``stale`` counter) or continues the book (spot ``U == id + 1``, USD-M ``pu == id``): the
+    decoded levels go straight into the ladder, then the id and the ``applied`` and
+    ``levels`` counters move exactly as ``BookSync.on_event`` moves them, and a book that
+    is now crossed goes to ``BookSync._restart`` as there. Anything else (not synced, a
+    sequence gap, a book of another type) is the DepthEvent handed to ``sync.on_event``,
+    so the plain-Python sync decides every unusual case.
+    """
+    cdef Head h
+    cdef int overflow = 0
+    cdef long long book_id
+    cdef L2Ladder book
+    memset(&h, 0, sizeof(h))
+    symbol = scan_depth(raw, specs, futures, &h)
+    if symbol is None:
+        return None
+    sync = syncs[symbol]
+    bid_obj = sync.book_id
+    book_obj = sync.book
+    if type(bid_obj) is not int or type(book_obj) is not L2Ladder:
+        return sync.on_event(make_event(symbol, &h))
+    book_id = PyLong_AsLongLongAndOverflow(bid_obj, &overflow)
+    if overflow or book_id < 0:
+        return sync.on_event(make_event(symbol, &h))
+    if h.u <= book_id:
+        sync.counters.stale += 1
+        return ()
+    if not ((h.pu == book_id) if sync.futures else (h.U - 1 == book_id)):
+        return sync.on_event(make_event(symbol, &h))   # a sequence gap: the sync decides
+    book = <L2Ladder>book_obj
+    book.apply_pairs(scratch[0], h.nb, scratch[1], h.na)
+    sync.book_id = h.u
+    c = sync.counters
+    c.applied += 1
+    c.levels += h.nb + h.na
+    if book.crossed():
+        return sync._restart("crossed", make_event(symbol, &h), ())
+    return ()

@@ -27,8 +27,9 @@ from shrivenq.errors import BinanceMessageError
 
 log = logging.getLogger("shrivenq.binance.books")
 
-try:   # the compiled decoder; it declines what it is not sure of, and the twin decides
-    from shrivenq._ext.binance_depth import decode_depth as _fast
+try:   # the compiled decoder and sync fast path; it declines what it is not sure of (having
+    #     changed nothing), and the twin decides
+    from shrivenq._ext.binance_depth import on_depth as _fast
 except ImportError:  # pragma: no cover - extensions not built
     _fast = None
 
@@ -48,8 +49,12 @@ class MessageCounters:
 
 
 class BinanceBooks:
-    def __init__(self, market: str, symbols: list[str] | None = None):
+    """``fast=False`` turns the compiled path off: every message goes through the plain-
+    Python decoder and ``BookSync.on_event`` (the tests hold the two to the same results)."""
+
+    def __init__(self, market: str, symbols: list[str] | None = None, fast: bool = True):
         self.market = market
+        self._fast = _fast if fast else None
         self.futures = market == "usdm"
         self.wanted = None if symbols is None else [s.upper() for s in symbols]
         self.specs: dict[str, decode.SymbolSpec] = {}
@@ -100,11 +105,13 @@ class BinanceBooks:
     def on_message(self, raw) -> tuple:
         c = self.counters
         c.messages += 1
-        if type(raw) is bytes and _fast is not None:
-            ev = _fast(raw, self.specs, self.futures)
-            if ev is not None:
+        fast = self._fast
+        if fast is not None and type(raw) is bytes:
+            # decode + syncs[symbol].on_event(event), the common case in C
+            out = fast(raw, self.specs, self.futures, self.syncs)
+            if out is not None:
                 c.depth += 1
-                return self.syncs[ev[0]].on_event(ev)
+                return out
         try:
             stream, data = decode.envelope(raw)
         except BinanceMessageError as exc:

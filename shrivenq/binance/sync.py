@@ -94,6 +94,10 @@ class BookSync:
     # --- inputs ----------------------------------------------------------------------------
 
     def on_event(self, ev: DepthEvent) -> tuple:
+        # The synced branch below (stale, or applied then the crossed check) has a compiled
+        # twin, ``shrivenq._ext.binance_depth.on_depth``, which BinanceBooks uses: it reads
+        # and writes book_id, book, futures and the applied/levels/stale counters, calls
+        # _restart("crossed", ...) itself, and hands every other case here. Change both.
         book_id = self.book_id
         if book_id >= 0:
             symbol, first, last, prev, _, bp, bq, ap, aq = ev

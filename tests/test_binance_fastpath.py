@@ -1,0 +1,237 @@
+"""The compiled depth fast path (``shrivenq._ext.binance_depth.on_depth``: decode, check the
+sequence and apply into the ladder from C) against the plain path (the Python decoder, then
+``BookSync.on_event``), message by message: on random streams with gaps, duplicates,
+reordering, crossed books, lagging, crossed and broken snapshots, disconnects, ids beyond
+int64 and hostile or unusual messages, both reach the same books, update ids, actions and
+counters after every input."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from shrivenq.binance import sync as sync_mod
+from shrivenq.binance.books import BinanceBooks
+from shrivenq.binance.decimal import format_fixed
+from shrivenq.sim.binance_market import BinanceMarket, dumps
+
+SYMBOLS = ["BTCUSDT", "ETHUSDT"]
+
+
+def snapshot_of(sync):
+    return (sync.book_id, sync.book.state_bytes(), sync.counters.as_dict(), len(sync.buffer),
+            [tuple(e[:5]) for e in sync.buffer], sync.fetching,
+            None if sync.pending is None else sync.pending.last_update_id)
+
+
+def state_of(books):
+    return ({sym: snapshot_of(s) for sym, s in books.syncs.items()},
+            books.counters.as_dict(), books.last_error)
+
+
+class Pair:
+    """The same inputs into a fast and a plain BinanceBooks; every result compared."""
+
+    def __init__(self, market: str):
+        self.fast = BinanceBooks(market, SYMBOLS)
+        self.plain = BinanceBooks(market, SYMBOLS, fast=False)
+        self.actions: list[tuple] = []
+
+    def feed(self, method: str, *args):
+        got = getattr(self.fast, method)(*args)
+        want = getattr(self.plain, method)(*args)
+        assert [tuple(a) for a in (got or ())] == [tuple(a) for a in (want or ())], \
+            (method, args[-1][:200] if args and isinstance(args[-1], bytes) else args)
+        assert state_of(self.fast) == state_of(self.plain), (method, args)
+        self.actions.extend(tuple(a) for a in (got or ()))
+        return got or ()
+
+
+def hostile(raw: bytes, data: dict, rng: random.Random, spec_scale: int) -> bytes:
+    """One of the ways a depth message can be unusual or wrong."""
+    stream = f"{data['s'].lower()}@depth@100ms"
+    kind = rng.randrange(12)
+    d = dict(data)
+    if kind == 0:     # a negative quantity on the last level: nothing may be half-applied
+        side = "a" if d["a"] else "b"
+        d[side] = d[side][:-1] + [[d[side][-1][0], "-1.00000000"]] if d[side] else d[side]
+    elif kind == 1:   # more decimal places than the scale
+        d["b"] = d["b"] + [["1." + "1" * (spec_scale + 1), "1"]]
+    elif kind == 2:   # U > u
+        d["U"], d["u"] = d["u"] + 5, d["u"]
+    elif kind == 3:   # ids beyond what the compiled decoder reads (and beyond int64)
+        d["U"], d["u"] = d["U"] + 10**19, d["u"] + 10**19
+        if "pu" in d:
+            d["pu"] += 10**19
+    elif kind == 4:   # an unknown symbol
+        d["s"] = "NOPEUSDT"
+    elif kind == 5:   # valid but unusual: whitespace and key order (the compiled path declines)
+        return json.dumps({"data": d, "stream": stream}, indent=1).encode()
+    elif kind == 6:   # an escaped event type: valid JSON, declined by the compiled decoder
+        return dumps({"stream": stream, "data": d}).replace(
+            '"depthUpdate"', '"depth\\u0055pdate"').encode()
+    elif kind == 7:   # a missing field
+        del d["a"]
+    elif kind == 8:   # decimals in exponent form: valid, declined by the compiled decoder
+        d["b"] = [[p, "1E-2"] for p, _ in d["b"][:3]]
+    elif kind == 9:   # byte mutations
+        b = bytearray(raw)
+        for _ in range(rng.randint(1, 3)):
+            i = rng.randrange(len(b))
+            b[i] = rng.choice(b'{}[]":,.0123456789eE-+ abcdu\\')
+        return bytes(b)
+    elif kind == 10:  # not a depth message at all
+        return b"[1, 2, 3]"
+    else:             # a duplicate key: the last one wins
+        return raw.replace(b'"U":', b'"U":0,"U":', 1)
+    return dumps({"stream": stream, "data": d}).encode()
+
+
+def run(seed: int, futures: bool, events: int = 800, p_drop=0.01, p_dup=0.03, p_swap=0.02,
+        p_cross=0.004, p_hostile=0.02, p_lag=0.3, p_bad_snapshot=0.05, p_disconnect=0.003):
+    rng = random.Random(seed)
+    market = BinanceMarket(futures=futures, seed=seed, depth=25)
+    pair = Pair("usdm" if futures else "spot")
+    pair.feed("on_exchange_info", dumps(market.exchange_info()).encode())
+    url = "wss://x/stream?streams=" + "/".join(f"{s.lower()}@depth@100ms" for s in SYMBOLS)
+    pair.feed("on_connect", 1, url)
+    specs = pair.fast.specs
+    wanted: dict[str, int] = {}      # symbol -> input count at which its snapshot arrives
+    outbox: list[bytes] = []
+    recent: list[bytes] = []
+    n = 0
+
+    def deliver(raw: bytes):
+        nonlocal n
+        n += 1
+        for a in pair.feed("on_message", raw):
+            if a[0] == sync_mod.FETCH:
+                wanted[a[1]] = n + rng.randint(0, 4)
+        for sym, at in list(wanted.items()):
+            if n < at:
+                continue
+            del wanted[sym]
+            truth = market.books[sym]
+            last = truth.last_id
+            if rng.random() < p_lag:
+                last = truth.history[max(0, len(truth.history) - 1 - rng.randint(1, 30))][0]
+            doc = market.snapshot(sym, at=last)
+            r = rng.random()
+            if r < p_bad_snapshot:
+                body = b"<html>502</html>"
+            elif r < 2 * p_bad_snapshot and doc["asks"]:     # crossed
+                doc["bids"].insert(0, [doc["asks"][0][0], "1.00000000"])
+                body = dumps(doc).encode()
+            else:
+                body = dumps(doc).encode()
+            for a in pair.feed("on_snapshot", sym, body):
+                if a[0] == sync_mod.FETCH:
+                    wanted[a[1]] = n + 1
+
+    for _ in range(events):
+        sym = rng.choice(SYMBOLS)
+        r = rng.random()
+        if r < 0.05:
+            outbox.append(dumps({"stream": f"{sym.lower()}@trade",
+                                 "data": market.trade(sym)}).encode())
+        elif r < 0.08:
+            outbox.append(dumps({"stream": f"{sym.lower()}@bookTicker",
+                                 "data": market.book_ticker(sym)}).encode())
+        else:
+            data = market.depth_update(sym)
+            spec = specs[sym]
+            if rng.random() < p_cross:   # an exchange bug: a bid at the best ask
+                truth = market.books[sym]
+                best_ask = min(truth.asks) if truth.asks else truth.mid
+                data = dict(data, b=data["b"] + [[format_fixed(best_ask, spec.price_scale), "1"]])
+            raw = dumps({"stream": f"{sym.lower()}@depth@100ms", "data": data}).encode()
+            if rng.random() < p_hostile:
+                raw = hostile(raw, data, rng, spec.price_scale)
+            recent = (recent + [raw])[-6:]
+            if rng.random() >= p_drop:
+                outbox.append(raw)
+            if rng.random() < p_dup:
+                outbox.append(rng.choice(recent))
+        if len(outbox) > 1 and rng.random() < p_swap:
+            outbox[-1], outbox[-2] = outbox[-2], outbox[-1]
+        while len(outbox) > 1:
+            deliver(outbox.pop(0))
+        if rng.random() < p_disconnect:
+            pair.feed("on_disconnect", 1, "drop")
+            pair.feed("on_connect", 1, url)
+    for raw in outbox:
+        deliver(raw)
+    return pair
+
+
+@pytest.mark.parametrize("futures", [False, True], ids=["spot", "usdm"])
+def test_a_clean_stream_is_applied_by_the_fast_path_with_the_same_results(futures, monkeypatch):
+    calls = []
+    original = sync_mod.BookSync.on_event
+
+    def counting(self, ev):
+        calls.append(ev)
+        return original(self, ev)
+
+    monkeypatch.setattr(sync_mod.BookSync, "on_event", counting)
+    pair = run(1, futures, events=600, p_drop=0, p_dup=0, p_swap=0, p_cross=0, p_hostile=0,
+               p_lag=0, p_bad_snapshot=0, p_disconnect=0)
+    fast = pair.fast.syncs
+    assert all(s.synced for s in fast.values())
+    applied = sum(s.counters.applied for s in fast.values())
+    plain_calls = pair.plain.counters.depth   # the plain books call on_event for every event
+    assert applied > 400 and len(calls) - plain_calls < 10   # the fast one hardly ever does
+
+
+@pytest.mark.parametrize("futures", [False, True], ids=["spot", "usdm"])
+def test_duplicates_and_late_events_are_counted_stale_the_same_way(futures):
+    pair = run(2, futures, p_drop=0, p_dup=0.3, p_swap=0.1, p_cross=0, p_hostile=0)
+    stale = sum(s.counters.stale for s in pair.fast.syncs.values())
+    assert stale > 50
+
+
+@pytest.mark.parametrize("futures", [False, True], ids=["spot", "usdm"])
+def test_crossing_updates_are_gaps_and_resyncs_the_same_way(futures):
+    pair = run(3, futures, events=1000, p_cross=0.03)
+    assert any(a[0] == sync_mod.GAP and a[2] == "crossed" for a in pair.actions)
+
+
+@pytest.mark.parametrize("futures", [False, True], ids=["spot", "usdm"])
+def test_a_book_id_beyond_int64_goes_the_plain_way(futures):
+    """Ids of 20 digits are the Python decoder's, and so is a book at such an id: the events
+    the compiled decoder reads after it are handed to BookSync.on_event."""
+    market = BinanceMarket(futures=futures, seed=5, depth=10)
+    pair = Pair("usdm" if futures else "spot")
+    pair.feed("on_exchange_info", dumps(market.exchange_info()).encode())
+    big = 10**19
+    data = market.depth_update("BTCUSDT")
+
+    def msg(first, last, prev):
+        d = dict(data, U=first, u=last)
+        if futures:
+            d["pu"] = prev
+        return dumps({"stream": "btcusdt@depth@100ms", "data": d}).encode()
+
+    assert [a[0] for a in pair.feed("on_message", msg(big + 1, big + 2, big))] == ["fetch"]
+    doc = market.snapshot("BTCUSDT")
+    doc["lastUpdateId"] = big
+    assert [a[0] for a in pair.feed("on_snapshot", "BTCUSDT", dumps(doc).encode())] == ["synced"]
+    assert pair.fast.syncs["BTCUSDT"].book_id == big + 2
+    assert pair.feed("on_message", msg(5, 6, 4)) == ()          # stale, decided in Python
+    assert pair.fast.syncs["BTCUSDT"].counters.stale == 1
+    actions = pair.feed("on_message", msg(big + 3, big + 4, big + 2))   # applied, in Python
+    assert actions == () and pair.fast.syncs["BTCUSDT"].book_id == big + 4
+    pair.feed("on_message", msg(big + 9, big + 10, big + 8))    # a gap
+    assert [a[:3] for a in pair.actions[-2:]] == [("gap", "BTCUSDT", "sequence"),
+                                                  ("fetch", "BTCUSDT", "resync")]
+
+
+@pytest.mark.parametrize("futures", [False, True], ids=["spot", "usdm"])
+@pytest.mark.parametrize("seed", range(10))
+def test_random_hostile_streams_agree_with_the_plain_path(seed, futures):
+    pair = run(100 + seed, futures, p_drop=0.02, p_dup=0.05, p_swap=0.03,
+               p_cross=0.01 if seed % 2 else 0.0, p_hostile=0.05, p_disconnect=0.005)
+    kinds = {a[0] for a in pair.actions}
+    assert sync_mod.SYNCED in kinds
