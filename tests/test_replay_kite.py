@@ -96,6 +96,20 @@ def test_replaying_twice_writes_identical_files(day, tmp_path):
         assert first.read_bytes() == second.read_bytes() and first.stat().st_size > 1000
 
 
+def test_decoding_blocks_ahead_on_threads_replays_the_very_same_ticks_and_books(day):
+    def run(workers):
+        replay = KiteReplay(day, workers=workers)
+        batches = list(replay.ticks(books=True, verify=True))
+        return replay.result, [(b.rows.tobytes(), b.wall_ns.tobytes(), b.books.tobytes())
+                               for b in batches]
+
+    (one, ticks_one), (three, ticks_three) = run(1), run(3)
+    assert ticks_one == ticks_three and len(ticks_one) > 5
+    assert (one.ticks, one.snapshots_checked, one.gaps) == (three.ticks,
+                                                              three.snapshots_checked, three.gaps)
+    assert not one.mismatches and not three.mismatches
+
+
 def test_output_formats_hold_the_same_rows(day, tmp_path):
     import pandas as pd
 

@@ -177,11 +177,15 @@ def _diff(replayed: np.ndarray, stored: np.ndarray) -> list[str]:
 class KiteReplay:
     """Replays one data directory's Kite ticks. Each ``ticks()`` call is an independent pass."""
 
-    def __init__(self, data_dir: str | Path, on_corrupt: str = "raise"):
+    def __init__(self, data_dir: str | Path, on_corrupt: str = "raise",
+                 workers: int | None = None):
+        """``workers``: threads decoding the WAL's blocks ahead of the books (see
+        ``WalReader``; None lets the reader choose by the cores available)."""
         self.vdir = venue_dir(data_dir)
         if not _has_stream(self.vdir, "ticks"):
             raise ReplayError(f"no ticks stream under {self.vdir}")
         self.on_corrupt = on_corrupt
+        self.workers = workers
         self.result = ReplayResult()
 
     def _seed(self, start_ns: int | None) -> tuple[KiteSnapshot | None, int | None]:
@@ -213,7 +217,7 @@ class KiteReplay:
         # used only when not verifying; rows are filtered after parsing either way.
         reader = WalReader(self.vdir, "ticks", start_ns=read_from, end_ns=end_ns,
                            instruments=None if verify or token_filter is None else token_filter,
-                           on_corrupt=self.on_corrupt)
+                           on_corrupt=self.on_corrupt, workers=self.workers)
         try:
             for batch in reader:
                 kind = batch.kind

@@ -164,6 +164,17 @@ class TornTail:
                 f"{self.offset}) are a torn write; not read")
 
 
+def default_workers() -> int:
+    """Block-decoding threads when a caller does not say: two where this process may run on
+    two cores or more (zstd and the tick codec release the GIL, so decoding the next blocks
+    overlaps whatever consumes this one), else one."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return 2 if cores >= 2 else 1
+
+
 class WalReader:
     """Iterate the records of one venue/stream in append order, across segments and days.
 
@@ -174,11 +185,12 @@ class WalReader:
     ``instruments``: keep records whose instrument keys include any of these; control records
     are kept too unless ``control=False``. ``kinds``: keep only these record kinds.
     ``on_corrupt``: "raise" (default) or "skip". ``workers``: threads decoding blocks ahead
-    of the consumer (zstd and the tick codec release the GIL); order is unchanged."""
+    of the consumer (zstd and the tick codec release the GIL); order is unchanged. None
+    (the default) is ``default_workers()``: 2 on a machine with two cores or more, else 1."""
 
     def __init__(self, path, stream: str | None = None, *, start_ns: int | None = None,
                  end_ns: int | None = None, instruments=None, kinds=None,
-                 on_corrupt: str = "raise", control: bool = True, workers: int = 1):
+                 on_corrupt: str = "raise", control: bool = True, workers: int | None = None):
         if on_corrupt not in ("raise", "skip"):
             raise ConfigError(f"on_corrupt={on_corrupt!r}: use 'raise' or 'skip'")
         self.path = Path(path)
@@ -198,7 +210,7 @@ class WalReader:
         self.kinds = None if kinds is None else np.asarray(list(kinds), dtype=np.uint8)
         self.control = control
         self.on_corrupt = on_corrupt
-        self.workers = max(1, int(workers))
+        self.workers = default_workers() if workers is None else max(1, int(workers))
         self.skipped: list[Problem] = []
         self.torn: list[TornTail] = []
         self.blocks_read = 0
