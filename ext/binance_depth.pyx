@@ -19,7 +19,7 @@ continuing event) done in C, the levels applied straight into the ``L2Ladder`` (
 C-level API, l2_ladder.pxd) from the scratch arrays; every other case gets the DepthEvent.
 """
 
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 from cpython.unicode cimport PyUnicode_DATA, PyUnicode_DecodeASCII, PyUnicode_GET_LENGTH
@@ -435,12 +435,11 @@ cdef struct Head:
     Py_ssize_t nb, na       # pairs in scratch[0] (bids) and scratch[1] (asks)
 
 
-cdef object scan_depth(bytes raw, dict specs, bint futures, Head* h):
-    """Decode the whole message: its ids into ``h``, its levels into the scratch arrays. The
-    symbol (str) when it decoded cleanly, None to decline. Nothing outside this module
-    changes, so a message that is declined half way has touched no book."""
-    cdef const char* base = PyBytes_AS_STRING(raw)
-    cdef const char* e = base + PyBytes_GET_SIZE(raw)
+cdef object scan_depth(const char* base, Py_ssize_t size, dict specs, bint futures, Head* h):
+    """Decode the whole message base[:size]: its ids into ``h``, its levels into the scratch
+    arrays. The symbol (str) when it decoded cleanly, None to decline. Nothing outside this
+    module changes, so a message that is declined half way has touched no book."""
+    cdef const char* e = base + size
     cdef const char* p = skip_ws(base, e)
     cdef const char* s
     cdef const char* sym_s = NULL
@@ -608,7 +607,7 @@ def decode_depth(bytes raw, dict specs, bint futures):
     """The DepthEvent of a combined-stream depthUpdate message, or None to decline."""
     cdef Head h
     memset(&h, 0, sizeof(h))
-    symbol = scan_depth(raw, specs, futures, &h)
+    symbol = scan_depth(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), specs, futures, &h)
     if symbol is None:
         return None
     return make_event(symbol, &h)
@@ -629,26 +628,32 @@ def on_depth(bytes raw, dict specs, bint futures, dict syncs):
     so the plain-Python sync decides every unusual case.
     """
     cdef Head h
+    memset(&h, 0, sizeof(h))
+    symbol = scan_depth(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), specs, futures, &h)
+    if symbol is None:
+        return None
+    return to_sync(symbol, &h, syncs)
+
+
+cdef object to_sync(str symbol, const Head* h, dict syncs):
+    """A decoded message (ids in h, levels in the scratch arrays) into syncs[symbol]: the
+    actions ``syncs[symbol].on_event(event)`` would return, and the same changes."""
     cdef int overflow = 0
     cdef long long book_id
     cdef L2Ladder book
-    memset(&h, 0, sizeof(h))
-    symbol = scan_depth(raw, specs, futures, &h)
-    if symbol is None:
-        return None
     sync = syncs[symbol]
     bid_obj = sync.book_id
     book_obj = sync.book
     if type(bid_obj) is not int or type(book_obj) is not L2Ladder:
-        return sync.on_event(make_event(symbol, &h))
+        return sync.on_event(make_event(symbol, h))
     book_id = PyLong_AsLongLongAndOverflow(bid_obj, &overflow)
     if overflow or book_id < 0:
-        return sync.on_event(make_event(symbol, &h))
+        return sync.on_event(make_event(symbol, h))
     if h.u <= book_id:
         sync.counters.stale += 1
         return ()
     if not ((h.pu == book_id) if sync.futures else (h.U - 1 == book_id)):
-        return sync.on_event(make_event(symbol, &h))   # a sequence gap: the sync decides
+        return sync.on_event(make_event(symbol, h))   # a sequence gap: the sync decides
     book = <L2Ladder>book_obj
     book.apply_pairs(scratch[0], h.nb, scratch[1], h.na)
     sync.book_id = h.u
@@ -656,5 +661,44 @@ def on_depth(bytes raw, dict specs, bint futures, dict syncs):
     c.applied += 1
     c.levels += h.nb + h.na
     if book.crossed():
-        return sync._restart("crossed", make_event(symbol, &h), ())
+        return sync._restart("crossed", make_event(symbol, h), ())
     return ()
+
+
+def on_depth_records(books, bytes data, const uint8_t[:] kinds, const uint64_t[:] offsets,
+                     const uint32_t[:] lengths, Py_ssize_t i, uint8_t text, list decisions):
+    """Replay's hot loop: from record i on, while records are stream messages (kind
+    ``text``; payload ``data[offsets[i]:][:lengths[i]]``), what ``books.on_message(payload)``
+    does for each (a ``BinanceBooks``), the actions it returns appended to ``decisions`` as
+    tuples. Depth messages the decoder reads are decoded in place and go to the sync as in
+    ``on_depth``, counted as on_message counts them; any other message is handed to
+    ``books.on_message``. Returns the index of the first record not consumed."""
+    cdef Head h
+    cdef Py_ssize_t n = kinds.shape[0], size = PyBytes_GET_SIZE(data), o, length
+    cdef Py_ssize_t depth = 0
+    cdef const char* base = PyBytes_AS_STRING(data)
+    cdef dict specs = books.specs
+    cdef dict syncs = books.syncs
+    cdef bint futures = books.futures
+    counters = books.counters
+    try:
+        while i < n and kinds[i] == text:
+            o, length = <Py_ssize_t>offsets[i], <Py_ssize_t>lengths[i]
+            if o < 0 or length < 0 or o > size or length > size - o:
+                raise ValueError(f"record {i} lies outside its batch's data")
+            memset(&h, 0, sizeof(h))
+            symbol = scan_depth(base + o, length, specs, futures, &h)
+            if symbol is None:
+                out = books.on_message(data[o:o + length])
+            else:
+                depth += 1
+                out = to_sync(symbol, &h, syncs)
+            if out:
+                for a in out:
+                    decisions.append(tuple(a))
+            i += 1
+    finally:
+        if depth:
+            counters.messages += depth
+            counters.depth += depth
+    return i

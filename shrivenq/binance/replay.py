@@ -22,6 +22,11 @@ from shrivenq.binance.books import BinanceBooks
 from shrivenq.errors import ReplayError
 from shrivenq.wal import Kind, WalReader
 
+try:   # replay's loop over a run of stream messages, compiled (BinanceBooks.on_message each)
+    from shrivenq._ext.binance_depth import on_depth_records as _records
+except ImportError:  # pragma: no cover - extensions not built
+    _records = None
+
 
 @dataclass
 class BinanceReplay:
@@ -99,23 +104,30 @@ def replay_wal(path, **reader_kw) -> BinanceReplay:
     rp = BinanceReplay()
     text = int(Kind.TEXT)
     for batch in WalReader(path, "ticks", **reader_kw).batches():
-        kinds = batch.kind.tolist()
-        offsets = batch.offset.tolist()
-        lengths = batch.length.tolist()
         data = batch.data
         if not isinstance(data, bytes):
             data = bytes(data)
-        books = rp.books
-        for i, k in enumerate(kinds):
-            if k == text and books is not None:   # the hot path: a stream message
-                o = offsets[i]
+        kinds, offsets, lengths = batch.kind, batch.offset, batch.length
+        n = len(kinds)
+        i = 0
+        while i < n:
+            books = rp.books
+            k = int(kinds[i])
+            if k == text and books is not None:
+                # the hot path: a run of stream messages, in one compiled loop
+                if _records is not None and books._fast is not None:
+                    j = _records(books, data, kinds, offsets, lengths, i, text, rp.decisions)
+                    rp.records += j - i
+                    i = j
+                    continue
+                o = int(offsets[i])
                 rp.records += 1
-                out = books.on_message(data[o:o + lengths[i]])
+                out = books.on_message(data[o:o + int(lengths[i])])
                 if out:
                     rp.decisions.extend(tuple(a) for a in out)
-                continue
-            o = offsets[i]
-            keys = batch.instruments(i) if batch.inst_count[i] else ()
-            rp.feed(k, int(batch.conn[i]), data[o:o + lengths[i]], keys)
-            books = rp.books
+            else:
+                o = int(offsets[i])
+                keys = batch.instruments(i) if batch.inst_count[i] else ()
+                rp.feed(k, int(batch.conn[i]), data[o:o + int(lengths[i])], keys)
+            i += 1
     return rp
