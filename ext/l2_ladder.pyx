@@ -104,8 +104,8 @@ cdef inline Py_ssize_t lower_bound(const Side* s, int64_t price) noexcept nogil:
     return _lower_bound(s.levels, s.n, price, False)
 
 
-cdef int side_set(Side* s, int64_t price, int64_t qty) except -1:
-    cdef Py_ssize_t i = lower_bound(s, price)
+cdef inline int side_set_k(Side* s, int64_t price, int64_t qty, bint is_bid) except -1:
+    cdef Py_ssize_t i = _lower_bound(s.levels, s.n, price, is_bid)
     cdef bint found = i < s.n and s.levels[i].price == price
     if qty == 0:
         if found:
@@ -121,6 +121,26 @@ cdef int side_set(Side* s, int64_t price, int64_t qty) except -1:
     s.levels[i].price = price
     s.levels[i].qty = qty
     s.n += 1
+    return 0
+
+
+cdef inline int side_set(Side* s, int64_t price, int64_t qty) except -1:
+    if s.is_bid:
+        return side_set_k(s, price, qty, True)
+    return side_set_k(s, price, qty, False)
+
+
+cdef int apply_levels(Side* s, const int64_t* prices, const int64_t* qtys, Py_ssize_t n,
+                      Py_ssize_t stride) except -1:
+    """Set n levels: prices[k * stride], qtys[k * stride]; one loop per side, so that the
+    compiler specialises each for its side."""
+    cdef Py_ssize_t i
+    if s.is_bid:
+        for i in range(n):
+            side_set_k(s, prices[i * stride], qtys[i * stride], True)
+    else:
+        for i in range(n):
+            side_set_k(s, prices[i * stride], qtys[i * stride], False)
     return 0
 
 
@@ -147,25 +167,11 @@ cdef Py_ssize_t _check_batch(cnp.ndarray prices, cnp.ndarray quantities) except 
     return n
 
 
-cdef int _apply_side(Side* s, const int64_t* prices, const int64_t* qtys, Py_ssize_t n) except -1:
-    cdef Py_ssize_t i
-    for i in range(n):
-        side_set(s, prices[i], qtys[i])
-    return 0
-
-
 cdef int _check_pairs(const int64_t* pairs, Py_ssize_t n) except -1:
     cdef Py_ssize_t i
     for i in range(n):
         if pairs[2 * i + 1] < 0:
             raise ValueError(f"negative quantity {pairs[2 * i + 1]} at price {pairs[2 * i]}")
-    return 0
-
-
-cdef int _apply_pairs(Side* s, const int64_t* pairs, Py_ssize_t n) except -1:
-    cdef Py_ssize_t i
-    for i in range(n):
-        side_set(s, pairs[2 * i], pairs[2 * i + 1])
     return 0
 
 
@@ -196,8 +202,8 @@ cdef class L2Ladder:
                          Py_ssize_t na) except -1:
         _check_pairs(bids, nb)
         _check_pairs(asks, na)
-        _apply_pairs(&self.sides[0], bids, nb)
-        _apply_pairs(&self.sides[1], asks, na)
+        apply_levels(&self.sides[0], bids, bids + 1, nb, 2)
+        apply_levels(&self.sides[1], asks, asks + 1, na, 2)
         return 0
 
     cdef bint crossed(self) noexcept:
@@ -221,17 +227,18 @@ cdef class L2Ladder:
         """
         cdef Side* s = self._side(side)
         cdef Py_ssize_t n = _check_batch(prices, quantities)
-        _apply_side(s, <int64_t*>cnp.PyArray_DATA(prices), <int64_t*>cnp.PyArray_DATA(quantities), n)
+        apply_levels(s, <int64_t*>cnp.PyArray_DATA(prices), <int64_t*>cnp.PyArray_DATA(quantities),
+                     n, 1)
 
     def apply_depth(self, cnp.ndarray bid_prices not None, cnp.ndarray bid_quantities not None,
                     cnp.ndarray ask_prices not None, cnp.ndarray ask_quantities not None):
         """Both sides of one depth message in one call (both checked before either changes)."""
         cdef Py_ssize_t nb = _check_batch(bid_prices, bid_quantities)
         cdef Py_ssize_t na = _check_batch(ask_prices, ask_quantities)
-        _apply_side(&self.sides[0], <int64_t*>cnp.PyArray_DATA(bid_prices),
-                    <int64_t*>cnp.PyArray_DATA(bid_quantities), nb)
-        _apply_side(&self.sides[1], <int64_t*>cnp.PyArray_DATA(ask_prices),
-                    <int64_t*>cnp.PyArray_DATA(ask_quantities), na)
+        apply_levels(&self.sides[0], <int64_t*>cnp.PyArray_DATA(bid_prices),
+                     <int64_t*>cnp.PyArray_DATA(bid_quantities), nb, 1)
+        apply_levels(&self.sides[1], <int64_t*>cnp.PyArray_DATA(ask_prices),
+                     <int64_t*>cnp.PyArray_DATA(ask_quantities), na, 1)
 
     def touch(self):
         """(best bid price, its quantity, best ask price, its quantity); 0, 0 for an empty
