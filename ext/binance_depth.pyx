@@ -51,6 +51,10 @@ for _i in range(1, 19):
 
 
 cdef inline const char* skip_ws(const char* p, const char* e) noexcept nogil:
+    # Whitespace is all <= ' ' (and the compact form Binance sends has none): one
+    # comparison says there is none to skip.
+    if p < e and <unsigned char>p[0] > c' ':
+        return p
     while p < e and (p[0] == c' ' or p[0] == b'\n' or p[0] == b'\r' or p[0] == b'\t'):
         p += 1
     return p
@@ -227,6 +231,11 @@ cdef inline uint64_t leading_value(uint64_t x, int k) noexcept nogil:
     return value8((x - ASCII_ZEROS) << (8 * (8 - k)))
 
 
+cdef inline uint64_t low_digits(uint64_t x, int k) noexcept nogil:
+    """The digit values (0-9 a byte) of the first k (0-8) bytes of x, all digits; 0 above."""
+    return 0 if k == 0 else (x - ASCII_ZEROS) & (~0ULL >> (8 * (8 - k)))
+
+
 cdef inline const char* scan_quoted_decimal(const char* p, const char* e, int scale,
                                             int64_t* out) noexcept nogil:
     """p at the opening quote of a plain 'digits[.digits]' string: its value at ``scale``
@@ -234,9 +243,9 @@ cdef inline const char* scan_quoted_decimal(const char* p, const char* e, int sc
     form (1-8 whole digits, optionally '.' and 1-8 more) is read eight bytes at a time."""
     cdef const char* q = p + 1
     cdef const char* r
-    cdef int k, f
-    cdef uint64_t x, whole, frac, d
-    if LITTLE_ENDIAN and e - q >= 17 and p[0] == c'"':
+    cdef int k, f, u
+    cdef uint64_t x, y, d, whole, frac
+    if LITTLE_ENDIAN and e - q >= 18 and p[0] == c'"':
         x = load8(q)
         k = digits8(x)
         if k > 0 and k + scale <= 18:
@@ -245,19 +254,25 @@ cdef inline const char* scan_quoted_decimal(const char* p, const char* e, int sc
                 return q + k + 1
             if q[k] == c'.':
                 r = q + k + 1
-                x = load8(r)
-                f = digits8(x)
+                y = load8(r)
+                f = digits8(y)
                 if f > 0 and r[f] == c'"':
-                    whole = leading_value(load8(q), k)
-                    if f <= scale:
-                        frac = leading_value(x, f) * POW10[scale - f]
-                    else:
-                        # digits past the scale must all be zeros: bytes scale .. f-1
-                        d = (x - ASCII_ZEROS) & (~0ULL >> (8 * (8 - f)))
+                    d = low_digits(y, f)
+                    u = f
+                    if f > scale:
+                        # the digits past the scale, bytes scale .. f-1, must all be zeros
                         if (d >> (8 * scale)) != 0:
                             return NULL   # more decimal places than the scale: the twin says why
-                        frac = leading_value(x, scale) if scale else 0
-                    out[0] = <int64_t>(whole * POW10[scale] + frac)
+                        u = scale
+                        d = low_digits(y, u)
+                    if k + u <= 8:
+                        # whole digits then the u fraction digits in one word, read at once
+                        d = low_digits(x, k) | (d << (8 * k) if u else 0)
+                        out[0] = <int64_t>(value8(d << (8 * (8 - k - u))) * POW10[scale - u])
+                    else:
+                        whole = leading_value(x, k)
+                        frac = value8(d << (8 * (8 - u))) if u else 0
+                        out[0] = <int64_t>(whole * POW10[scale] + frac * POW10[scale - u])
                     return r + f + 1
     return scan_decimal_chars(p, e, scale, out)
 
@@ -325,8 +340,9 @@ cdef const char* scan_levels(const char* p, const char* e, int ps, int qs,
                              int side, Py_ssize_t* count) except? NULL:
     """[["p","q"], ...] into ``scratch[side]`` as (price, qty) pairs; NULL to decline."""
     cdef const char* s
-    cdef Py_ssize_t n, k = 0
+    cdef Py_ssize_t n, k = 0, cap = scratch_cap[side]
     cdef int64_t price, qty
+    cdef int64_t* out = scratch[side]
     count[0] = 0
     p = skip_ws(p, e)
     if p >= e or p[0] != c'[':
@@ -349,12 +365,12 @@ cdef const char* scan_levels(const char* p, const char* e, int ps, int qs,
         p = skip_ws(p, e)
         if p >= e or p[0] != c']':
             return NULL
-        if 2 * k + 2 > scratch_cap[side]:
+        if 2 * k + 2 > cap:
             grow(side, 2 * k + 2)
-        scratch[side][2 * k] = price
-        scratch[side][2 * k + 1] = qty
+            out, cap = scratch[side], scratch_cap[side]
+        out[2 * k] = price
+        out[2 * k + 1] = qty
         k += 1
-        count[0] = k
         if k > MAX_LEVELS:
             return NULL
         p = skip_ws(p + 1, e)
@@ -362,6 +378,7 @@ cdef const char* scan_levels(const char* p, const char* e, int ps, int qs,
             p = skip_ws(p + 1, e)
             continue
         if p < e and p[0] == c']':
+            count[0] = k
             return p + 1
         return NULL
 
