@@ -652,29 +652,50 @@ def on_depth(bytes raw, dict specs, bint futures, dict syncs):
     return to_sync(symbol, &h, syncs)
 
 
+cdef class SyncCounters:
+    """A BookSync's counters (shrivenq.binance.sync): C integers, so that the compiled path
+    counts an applied message without making Python ints; Python reads and writes them as
+    attributes."""
+
+    cdef public long long applied, levels, stale, buffered_dropped, overflow, gaps
+    cdef public long long snapshots, snapshots_ignored, refetches, syncs, resets
+
+    FIELDS = ("applied", "levels", "stale", "buffered_dropped", "overflow", "gaps",
+              "snapshots", "snapshots_ignored", "refetches", "syncs", "resets")
+
+    def as_dict(self):
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+    def __repr__(self):
+        return f"SyncCounters({self.as_dict()})"
+
+
 cdef object to_sync(str symbol, const Head* h, dict syncs):
     """A decoded message (ids in h, levels in the scratch arrays) into syncs[symbol]: the
     actions ``syncs[symbol].on_event(event)`` would return, and the same changes."""
     cdef int overflow = 0
     cdef long long book_id
     cdef L2Ladder book
+    cdef SyncCounters c
     sync = syncs[symbol]
     bid_obj = sync.book_id
     book_obj = sync.book
-    if type(bid_obj) is not int or type(book_obj) is not L2Ladder:
+    counters = sync.counters
+    if (type(bid_obj) is not int or type(book_obj) is not L2Ladder
+            or type(counters) is not SyncCounters):
         return sync.on_event(make_event(symbol, h))
+    c = <SyncCounters>counters
     book_id = PyLong_AsLongLongAndOverflow(bid_obj, &overflow)
     if overflow or book_id < 0:
         return sync.on_event(make_event(symbol, h))
     if h.u <= book_id:
-        sync.counters.stale += 1
+        c.stale += 1
         return ()
     if not ((h.pu == book_id) if sync.futures else (h.U - 1 == book_id)):
         return sync.on_event(make_event(symbol, h))   # a sequence gap: the sync decides
     book = <L2Ladder>book_obj
     book.apply_pairs(scratch[0], h.nb, scratch[1], h.na)
     sync.book_id = h.u
-    c = sync.counters
     c.applied += 1
     c.levels += h.nb + h.na
     if book.crossed():

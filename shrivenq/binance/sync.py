@@ -36,6 +36,7 @@ from __future__ import annotations
 from collections import deque
 from typing import NamedTuple
 
+from shrivenq._ext.binance_depth import SyncCounters   # applied, levels, stale, ..., as_dict()
 from shrivenq.binance.decode import DepthEvent, Snapshot
 from shrivenq.books import ASK, BID, L2Ladder
 
@@ -55,18 +56,6 @@ class Action(NamedTuple):
 
 
 _NONE: tuple = ()
-
-
-class SyncCounters:
-    __slots__ = ("applied", "levels", "stale", "buffered_dropped", "overflow", "gaps",
-                 "snapshots", "snapshots_ignored", "refetches", "syncs", "resets")
-
-    def __init__(self):
-        for name in self.__slots__:
-            setattr(self, name, 0)
-
-    def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}
 
 
 class BookSync:
