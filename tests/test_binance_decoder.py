@@ -156,3 +156,27 @@ def test_decimals_of_every_length_and_scale_agree_with_the_twin():
             continue
         assert not isinstance(expected, BinanceMessageError), (raw, expected)
         assert same(fast, expected), raw
+
+
+def test_the_symbol_cache_follows_the_specs_it_is_given():
+    """The decoder remembers recent symbols with their scales; a new spec for a symbol (a
+    new exchangeInfo, or the dict changed in place) and many symbols sharing cache slots
+    still decode at the scales the specs say."""
+    raw = json.dumps(BASE).encode()
+    two = {"BTCUSDT": decode.SymbolSpec("BTCUSDT", 2, 5, "0.01", "0.00001")}
+    three = {"BTCUSDT": decode.SymbolSpec("BTCUSDT", 3, 8, "0.001", "0.00000001")}
+    assert decode_depth(raw, two, False).bid_prices.tolist() == [6400001, 6399999]
+    assert decode_depth(raw, three, False).bid_prices.tolist() == [64000010, 63999990]
+    two["BTCUSDT"] = three["BTCUSDT"]
+    assert decode_depth(raw, two, False).bid_qtys.tolist() == [10000000, 0]
+    assert decode_depth(raw, {}, False) is None
+    names = [f"S{i:03d}USDT" for i in range(200)]
+    specs = {n: decode.SymbolSpec(n, 2 + i % 9, 1 + (i * 7) % 9, "1", "1")
+             for i, n in enumerate(names)}
+    rng = random.Random(4)
+    for _ in range(2000):
+        name = rng.choice(names)
+        msg = json.loads(raw)
+        msg["data"]["s"] = name
+        raw_n = json.dumps(msg).encode()
+        assert same(decode_depth(raw_n, specs, False), twin(raw_n, specs, False)), name

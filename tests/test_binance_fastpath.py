@@ -298,3 +298,18 @@ def test_replay_of_a_wal_agrees_with_the_plain_path(tmp_path, seed, futures, mon
     assert batched == replay_result(replay_mod.replay_wal(venue))
     assert batched[0] == pair.fast.state()      # and the books the live run had
     assert any(d[0] == sync_mod.GAP for d in batched[1])
+
+
+def test_replay_loop_refuses_records_outside_their_data():
+    import numpy as np
+
+    from shrivenq._ext.binance_depth import on_depth_records
+    books = BinanceBooks("spot", SYMBOLS)
+    books.on_exchange_info(dumps(BinanceMarket(seed=1).exchange_info()).encode())
+    kinds = np.array([Kind.TEXT], dtype=np.uint8)
+    with pytest.raises(ValueError, match="outside"):
+        on_depth_records(books, b"{}", kinds, np.array([1], dtype=np.uint64),
+                         np.array([5], dtype=np.uint32), 0, int(Kind.TEXT), [])
+    assert on_depth_records(books, b"[1]", kinds, np.array([0], dtype=np.uint64),
+                            np.array([3], dtype=np.uint32), 0, int(Kind.TEXT), []) == 1
+    assert books.counters.messages == 1 and books.counters.malformed == 1   # via on_message
