@@ -35,8 +35,9 @@ test: build
 compare: build
 	$(PY) benches/compare_kite_parser.py
 
+# -s: each benchmark prints its figures and the same-run ratios its gate checks.
 bench: build
-	$(PY) -m pytest -q benches --benchmark-only --benchmark-columns=min,median,mean,ops,rounds
+	$(PY) -m pytest -q -s benches --benchmark-only --benchmark-columns=min,median,mean,ops,rounds
 
 clean:
 	rm -rf $(VENV) build shrivenq/_ext/*.so ext/*.c
