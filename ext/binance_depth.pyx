@@ -450,12 +450,222 @@ cdef inline bint key_is(const char* s, Py_ssize_t n, const char* lit, Py_ssize_t
 cdef struct Head:
     int64_t U, u, pu, E
     Py_ssize_t nb, na       # pairs in scratch[0] (bids) and scratch[1] (asks)
+    int slot                # the Run slot of the symbol (on_depth_records), -1 when none
+    int ps, qs              # the symbol's price and quantity scales
 
 
-cdef object scan_depth(const char* base, Py_ssize_t size, dict specs, bint futures, Head* h):
+# --- a replay run's symbols: on_depth_records keeps, for each symbol it met, the str, the
+# scales, the BookSync with its ladder and counters, and the book's update id as a C integer,
+# written back to ``sync.book_id`` only before any Python code runs and when the run ends.
+# Nothing but this module touches them in between, so a slot stays true until then; every
+# call into Python (a message the decoder declines, a case BookSync decides) writes back and
+# empties the table.
+
+cdef enum:
+    RUN_SLOTS = 32
+
+cdef struct RunSlot:
+    PyObject* symbol        # owned references, NULL when the slot is empty
+    PyObject* sync
+    PyObject* book          # L2Ladder
+    PyObject* counters      # SyncCounters
+    int64_t book_id
+    int ps, qs
+    bint futures
+    bint dirty              # book_id moved since it was read from sync.book_id
+
+
+cdef struct Run:
+    RunSlot slots[RUN_SLOTS]
+    int used
+
+
+cdef inline unsigned int run_hash(const char* s, Py_ssize_t n) noexcept nogil:
+    cdef unsigned int h = <unsigned int>n
+    cdef Py_ssize_t i
+    for i in range(n):
+        h = h * 31 + <unsigned char>s[i]
+    return h & (RUN_SLOTS - 1)
+
+
+cdef inline int run_find(Run* run, const char* s, Py_ssize_t n) noexcept:
+    cdef unsigned int k = run_hash(s, n)
+    cdef PyObject* sym = run.slots[k].symbol
+    if (sym != NULL and PyUnicode_GET_LENGTH(<object>sym) == n
+            and memcmp(PyUnicode_DATA(<object>sym), s, n) == 0):
+        return <int>k
+    return -1
+
+
+cdef int run_drop(RunSlot* sl) except -1:
+    """Write the slot's update id back to its BookSync if it moved, and empty it."""
+    cdef PyObject* sync = sl.sync
+    if sync == NULL:
+        return 0
+    sl.sync = NULL
+    try:
+        if sl.dirty:
+            (<object>sync).book_id = sl.book_id
+    finally:
+        sl.dirty = False
+        Py_XDECREF(sl.symbol)
+        Py_XDECREF(sl.book)
+        Py_XDECREF(sl.counters)
+        Py_XDECREF(sync)
+        sl.symbol = sl.book = sl.counters = NULL
+    return 0
+
+
+cdef int run_flush(Run* run) except -1:
+    """Before any Python code runs: every update id written back, the table emptied."""
+    cdef int k
+    if run.used:
+        run.used = 0
+        for k in range(RUN_SLOTS):
+            run_drop(&run.slots[k])
+    return 0
+
+
+cdef int run_fill(Run* run, str symbol, const Head* h, dict syncs) except -2:
+    """A slot for ``symbol`` if its sync is one to_sync would handle in C (a synced book:
+    an int64 update id, an L2Ladder, SyncCounters); -1 otherwise."""
+    cdef int overflow = 0
+    cdef long long book_id
+    cdef unsigned int k
+    cdef RunSlot* sl
+    sync = syncs.get(symbol)
+    if sync is None:
+        return -1
+    bid_obj = sync.book_id
+    book_obj = sync.book
+    counters = sync.counters
+    if (type(bid_obj) is not int or type(book_obj) is not L2Ladder
+            or type(counters) is not SyncCounters):
+        return -1
+    book_id = PyLong_AsLongLongAndOverflow(bid_obj, &overflow)
+    if overflow or book_id < 0:
+        return -1
+    futures = bool(sync.futures)
+    k = run_hash(<const char*>PyUnicode_DATA(symbol), PyUnicode_GET_LENGTH(symbol))
+    sl = &run.slots[k]
+    run_drop(sl)
+    for obj in (symbol, sync, book_obj, counters):
+        Py_INCREF(obj)
+    sl.symbol, sl.sync = <PyObject*>symbol, <PyObject*>sync
+    sl.book, sl.counters = <PyObject*>book_obj, <PyObject*>counters
+    sl.book_id, sl.ps, sl.qs, sl.futures, sl.dirty = book_id, h.ps, h.qs, futures, False
+    run.used += 1
+    return <int>k
+
+
+cdef inline const char* lit(const char* p, const char* e, const char* s,
+                            Py_ssize_t n) noexcept nogil:
+    """After the literal s[:n] if p starts with it, else NULL (p may be NULL)."""
+    if p != NULL and e - p >= n and memcmp(p, s, n) == 0:
+        return p + n
+    return NULL
+
+
+cdef inline const char* field_uint(const char* p, const char* e, const char* key,
+                                   Py_ssize_t n, int64_t* out) noexcept nogil:
+    """The literal key[:n] (',"U":'), then a plain non-negative integer; NULL otherwise."""
+    p = lit(p, e, key, n)
+    return scan_uint(p, e, out) if p != NULL else NULL
+
+
+cdef inline bint names_depth(const char* s, Py_ssize_t n) noexcept nogil:
+    """The stream name s[:n] contains "@depth"."""
+    cdef Py_ssize_t i
+    for i in range(n - 5):
+        if s[i] == c'@' and s[i + 1] == c'd' and s[i + 2] == c'e' \
+                and s[i + 3] == c'p' and s[i + 4] == c't' and s[i + 5] == c'h':
+            return True
+    return False
+
+
+cdef object resolve_symbol(const char* s, Py_ssize_t n, dict specs, Run* run, Head* h):
+    """The symbol s[:n] (a str) and its scales into h; from the run's table when it has
+    it (h.slot), else through ``symbol_spec``. None when the specs do not know it."""
+    cdef int k = -1
+    if run != NULL:
+        k = run_find(run, s, n)
+    h.slot = k
+    if k >= 0:
+        h.ps, h.qs = run.slots[k].ps, run.slots[k].qs
+        return <object>run.slots[k].symbol
+    return symbol_spec(s, n, specs, &h.ps, &h.qs)
+
+
+cdef object scan_compact(const char* base, Py_ssize_t size, dict specs, bint futures,
+                         Head* h, Run* run):
+    """scan_depth for the one form Binance sends: no whitespace, the keys in its order
+    (stream, data; e, E, [T,] s, U, u, [pu,] b, a). It takes no decision of its own: None
+    for anything else (and for a declined symbol or level), and scan_depth's general scan
+    then reads the message as it always did; what it accepts, that scan would read the
+    same, and it reads the header with a few comparisons instead of a key at a time."""
+    cdef const char* e = base + size
+    cdef const char* p
+    cdef const char* s
+    cdef Py_ssize_t n
+    cdef int64_t tmp
+    p = lit(base, e, b'{"stream":', 10)
+    if p == NULL:
+        return None
+    p = scan_string(p, e, &s, &n)
+    if p == NULL or not names_depth(s, n):
+        return None
+    p = lit(p, e, b',"data":{"e":"depthUpdate","E":', 31)
+    if p == NULL:
+        return None
+    p = scan_uint(p, e, &h.E)
+    if futures:
+        p = field_uint(p, e, b',"T":', 5, &tmp)
+    p = lit(p, e, b',"s":', 5)
+    if p == NULL:
+        return None
+    p = scan_string(p, e, &s, &n)
+    if p == NULL:
+        return None
+    symbol = resolve_symbol(s, n, specs, run, h)
+    if symbol is None:
+        return None
+    p = field_uint(p, e, b',"U":', 5, &h.U)
+    p = field_uint(p, e, b',"u":', 5, &h.u)
+    if p == NULL:
+        return None
+    if futures:
+        p = field_uint(p, e, b',"pu":', 6, &h.pu)
+        if p == NULL:
+            return None
+    else:
+        h.pu = -1
+    p = lit(p, e, b',"b":', 5)
+    if p == NULL:
+        return None
+    p = lit(scan_levels(p, e, h.ps, h.qs, 0, &h.nb), e, b',"a":', 5)
+    if p == NULL:
+        return None
+    p = scan_levels(p, e, h.ps, h.qs, 1, &h.na)
+    if p == NULL or e - p != 2 or p[0] != c'}' or p[1] != c'}' or h.U > h.u:
+        return None
+    return symbol
+
+
+cdef object scan_depth(const char* base, Py_ssize_t size, dict specs, bint futures, Head* h,
+                       Run* run):
     """Decode the whole message base[:size]: its ids into ``h``, its levels into the scratch
     arrays. The symbol (str) when it decoded cleanly, None to decline. Nothing outside this
-    module changes, so a message that is declined half way has touched no book."""
+    module changes, so a message that is declined half way has touched no book. ``run``:
+    on_depth_records' table of symbols, looked in first (h.slot says where it was found)."""
+    symbol = scan_compact(base, size, specs, futures, h, run)
+    if symbol is not None:
+        return symbol
+    return scan_general(base, size, specs, futures, h, run)
+
+
+cdef object scan_general(const char* base, Py_ssize_t size, dict specs, bint futures, Head* h,
+                         Run* run):
+    """scan_depth for any form: every key in any order, whitespace, keys it does not know."""
     cdef const char* e = base + size
     cdef const char* p = skip_ws(base, e)
     cdef const char* s
@@ -491,12 +701,7 @@ cdef object scan_depth(const char* base, Py_ssize_t size, dict specs, bint futur
             p = scan_string(p, e, &s, &n)
             if p == NULL:
                 return None
-            # the stream name must contain "@depth"
-            for tmp in range(n - 5):
-                if s[tmp] == c'@' and s[tmp + 1] == c'd' and s[tmp + 2] == c'e' \
-                        and s[tmp + 3] == c'p' and s[tmp + 4] == c't' and s[tmp + 5] == c'h':
-                    is_depth = True
-                    break
+            is_depth = names_depth(s, n)
             if not is_depth:
                 return None
         elif key_is(s, n, b"data", 4):
@@ -537,9 +742,10 @@ cdef object scan_depth(const char* base, Py_ssize_t size, dict specs, bint futur
                     seen_s += 1
                     p = scan_string(p, e, &sym_s, &sym_n)
                     if p != NULL and seen_s == 1:
-                        symbol = symbol_spec(sym_s, sym_n, specs, &ps, &qs)
+                        symbol = resolve_symbol(sym_s, sym_n, specs, run, h)
                         if symbol is None:
                             return None
+                        ps, qs = h.ps, h.qs
                 elif n == 1 and s[0] == c'b':
                     seen_b += 1
                     if seen_s == 1 and seen_b == 1:     # symbol known: parse in place
@@ -624,7 +830,8 @@ def decode_depth(bytes raw, dict specs, bint futures):
     """The DepthEvent of a combined-stream depthUpdate message, or None to decline."""
     cdef Head h
     memset(&h, 0, sizeof(h))
-    symbol = scan_depth(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), specs, futures, &h)
+    symbol = scan_depth(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), specs, futures, &h,
+                        NULL)
     if symbol is None:
         return None
     return make_event(symbol, &h)
@@ -646,7 +853,8 @@ def on_depth(bytes raw, dict specs, bint futures, dict syncs):
     """
     cdef Head h
     memset(&h, 0, sizeof(h))
-    symbol = scan_depth(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), specs, futures, &h)
+    symbol = scan_depth(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), specs, futures, &h,
+                        NULL)
     if symbol is None:
         return None
     return to_sync(symbol, &h, syncs)
@@ -710,14 +918,26 @@ def on_depth_records(books, bytes data, const uint8_t[:] kinds, const uint64_t[:
     does for each (a ``BinanceBooks``), the actions it returns appended to ``decisions`` as
     tuples. Depth messages the decoder reads are decoded in place and go to the sync as in
     ``on_depth``, counted as on_message counts them; any other message is handed to
-    ``books.on_message``. Returns the index of the first record not consumed."""
+    ``books.on_message``. Returns the index of the first record not consumed.
+
+    A symbol's BookSync, ladder, counters, scales and update id are looked up once and kept
+    in a table (``Run``) while only this loop runs: a stale or continuing message of a synced
+    book costs no dictionary lookup, attribute access or Python int. Before any Python code
+    runs (a message the decoder declines, a gap, a crossed book, a book not synced) and when
+    the loop ends, the update ids are written back to their syncs and the table emptied."""
     cdef Head h
+    cdef Run run
+    cdef RunSlot* sl
+    cdef SyncCounters c
+    cdef L2Ladder book
     cdef Py_ssize_t n = kinds.shape[0], size = PyBytes_GET_SIZE(data), o, length
     cdef Py_ssize_t depth = 0
     cdef const char* base = PyBytes_AS_STRING(data)
     cdef dict specs = books.specs
     cdef dict syncs = books.syncs
     cdef bint futures = books.futures
+    cdef int k
+    memset(&run, 0, sizeof(run))
     counters = books.counters
     try:
         while i < n and kinds[i] == text:
@@ -725,17 +945,45 @@ def on_depth_records(books, bytes data, const uint8_t[:] kinds, const uint64_t[:
             if o < 0 or length < 0 or o > size or length > size - o:
                 raise ValueError(f"record {i} lies outside its batch's data")
             memset(&h, 0, sizeof(h))
-            symbol = scan_depth(base + o, length, specs, futures, &h)
+            symbol = scan_depth(base + o, length, specs, futures, &h, &run)
+            i += 1
             if symbol is None:
+                run_flush(&run)
                 out = books.on_message(data[o:o + length])
             else:
                 depth += 1
-                out = to_sync(symbol, &h, syncs)
+                k = h.slot if h.slot >= 0 else run_fill(&run, symbol, &h, syncs)
+                if k < 0:
+                    run_flush(&run)
+                    out = to_sync(symbol, &h, syncs)
+                else:
+                    # to_sync's synced branch, on the table's copy of the sync
+                    sl = &run.slots[k]
+                    c = <SyncCounters>sl.counters
+                    if h.u <= sl.book_id:
+                        c.stale += 1
+                        continue
+                    if not ((h.pu == sl.book_id) if sl.futures else (h.U - 1 == sl.book_id)):
+                        sync = <object>sl.sync
+                        run_flush(&run)
+                        out = sync.on_event(make_event(symbol, &h))   # a gap: the sync decides
+                    else:
+                        book = <L2Ladder>sl.book
+                        book.apply_pairs(scratch[0], h.nb, scratch[1], h.na)
+                        sl.book_id = h.u
+                        sl.dirty = True
+                        c.applied += 1
+                        c.levels += h.nb + h.na
+                        if not book.crossed():
+                            continue
+                        sync = <object>sl.sync
+                        run_flush(&run)
+                        out = sync._restart("crossed", make_event(symbol, &h), ())
             if out:
                 for a in out:
                     decisions.append(tuple(a))
-            i += 1
     finally:
+        run_flush(&run)
         if depth:
             counters.messages += depth
             counters.depth += depth

@@ -180,3 +180,52 @@ def test_the_symbol_cache_follows_the_specs_it_is_given():
         msg["data"]["s"] = name
         raw_n = json.dumps(msg).encode()
         assert same(decode_depth(raw_n, specs, False), twin(raw_n, specs, False)), name
+
+
+def near_template(data: dict, stream: str, futures: bool) -> list[str]:
+    """Compact messages one step off the form Binance sends (key order, whitespace, extra,
+    missing or odd fields): the decoder's template declines them and its general scan, or
+    the twin, decides; the answer must be the twin's."""
+    def msg(d, s=stream, first="stream"):
+        env = {"stream": s, "data": d} if first == "stream" else {"data": d, "stream": s}
+        return dumps(env)
+
+    def without(*keys):
+        return {k: v for k, v in data.items() if k not in keys}
+
+    keys = list(data)
+    base = msg(data)
+    out = [base, msg(data, first="data"), base + " ", base + "\n", " " + base,
+           base.replace('"E":', '"E": ', 1), base.replace(',"b":', ', "b":', 1),
+           base.replace('}}', '} }', 1), base.replace('"stream":', '"stream" :', 1),
+           msg(dict(reversed(data.items()))), msg(dict(data, x=1)), msg(dict(data, x=[1, {}])),
+           msg({"x": 1, **data}), msg(without("E")), msg(without("T")), msg(without("pu")),
+           msg(dict(data, E=-1)), msg(dict(data, E=1.5)), msg(dict(data, T="t")),
+           msg(dict(data, T=-3)), msg(dict(data, pu=data["U"] - 1)),
+           msg(dict(data, U=data["u"] + 1)), msg(dict(data, s="NOPEUSDT")),
+           msg(dict(data, s="btcusdt")), msg(dict(data, e="depthUpdatf")),
+           msg(data, s="btcusdt@trade"), msg(data, s="btcusdt@dept"),
+           msg(data, s="btcusdt\\u0040depth"), msg(dict(data, b=[], a=[])),
+           msg(dict(data, b=data["b"] + [["1", "-1"]])), msg(dict(data, u=10**19)),
+           base[:-1], base[:-2], base + "}", base.replace('"U":', '"U":0,"U":', 1)]
+    for i in range(len(keys) - 1):     # each pair of neighbouring keys swapped
+        order = keys[:i] + [keys[i + 1], keys[i]] + keys[i + 2:]
+        out.append(msg({k: data[k] for k in order}))
+    return out
+
+
+@pytest.mark.parametrize("futures", [False, True], ids=["spot", "usdm"])
+def test_messages_off_binances_own_form_agree_with_the_twin(futures):
+    market = BinanceMarket(futures=futures, seed=9)
+    specs = decode.exchange_info(dumps(market.exchange_info()))
+    for sym in ("BTCUSDT", "ETHUSDT", "DOGEUSDT"):
+        data = market.depth_update(sym)
+        for text in near_template(data, f"{sym.lower()}@depth@100ms", futures):
+            raw = text.encode()
+            fast = decode_depth(raw, specs, futures)
+            expected = twin(raw, specs, futures)
+            if fast is None:
+                assert expected is None or isinstance(expected, (BinanceMessageError, tuple))
+            else:
+                assert not isinstance(expected, BinanceMessageError), (raw, expected)
+                assert same(fast, expected), raw

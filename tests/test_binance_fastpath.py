@@ -277,6 +277,22 @@ def replay_result(rp):
             {s: y.counters.as_dict() for s, y in rp.books.syncs.items()}, rp.books.last_error)
 
 
+def replays_agree(venue, monkeypatch):
+    """replay_wal's result (the compiled loop), checked against feeding the records one by
+    one and against replay with the fast path off."""
+    batched = replay_result(replay_mod.replay_wal(venue))
+    batch = read_wal(venue, "ticks")
+    one_by_one = replay_mod.BinanceReplay()
+    for i in range(len(batch)):
+        keys = batch.instruments(i) if batch.inst_count[i] else ()
+        one_by_one.feed(int(batch.kind[i]), int(batch.conn[i]), batch.payload(i), keys)
+    assert batched == replay_result(one_by_one)
+    with monkeypatch.context() as m:
+        m.setattr(replay_mod, "BinanceBooks", functools.partial(BinanceBooks, fast=False))
+        assert batched == replay_result(replay_mod.replay_wal(venue))
+    return batched
+
+
 @pytest.mark.parametrize("futures", [False, True], ids=["spot", "usdm"])
 @pytest.mark.parametrize("seed", range(3))
 def test_replay_of_a_wal_agrees_with_the_plain_path(tmp_path, seed, futures, monkeypatch):
@@ -286,16 +302,7 @@ def test_replay_of_a_wal_agrees_with_the_plain_path(tmp_path, seed, futures, mon
     pair = run(200 + seed, futures, events=600, p_drop=0.02, p_dup=0.05, p_swap=0.03,
                p_cross=0.01, p_hostile=0.05, p_disconnect=0.005)
     write_wal(tmp_path, market, pair.inputs)
-    venue = tmp_path / ("binance-usdm" if futures else "binance")
-    batched = replay_result(replay_mod.replay_wal(venue))
-    batch = read_wal(venue, "ticks")
-    one_by_one = replay_mod.BinanceReplay()
-    for i in range(len(batch)):
-        keys = batch.instruments(i) if batch.inst_count[i] else ()
-        one_by_one.feed(int(batch.kind[i]), int(batch.conn[i]), batch.payload(i), keys)
-    assert batched == replay_result(one_by_one)
-    monkeypatch.setattr(replay_mod, "BinanceBooks", functools.partial(BinanceBooks, fast=False))
-    assert batched == replay_result(replay_mod.replay_wal(venue))
+    batched = replays_agree(tmp_path / ("binance-usdm" if futures else "binance"), monkeypatch)
     assert batched[0] == pair.fast.state()      # and the books the live run had
     assert any(d[0] == sync_mod.GAP for d in batched[1])
 
@@ -313,3 +320,59 @@ def test_replay_loop_refuses_records_outside_their_data():
     assert on_depth_records(books, b"[1]", kinds, np.array([0], dtype=np.uint64),
                             np.array([3], dtype=np.uint32), 0, int(Kind.TEXT), []) == 1
     assert books.counters.messages == 1 and books.counters.malformed == 1   # via on_message
+
+
+@pytest.mark.parametrize("futures", [False, True], ids=["spot", "usdm"])
+def test_replay_of_many_symbols_agrees_with_the_plain_path(tmp_path, futures, monkeypatch):
+    """on_depth_records keeps each symbol's sync in a table of 32 slots while it runs: 40
+    symbols share slots, trades and bookTickers cut the runs, and gaps, crossed books,
+    duplicates and disconnects send messages to BookSync; replay gives what the plain path
+    gives, and what feeding the records one by one gives."""
+    from shrivenq.sim.binance_market import SimSymbol
+    market_name = "usdm" if futures else "spot"
+    venue = "binance-usdm" if futures else "binance"
+    syms = [SimSymbol(f"S{i:02d}USDT", 10_000 + 37 * i, 2 + i % 4, 1 + i % 5) for i in range(40)]
+    market = BinanceMarket(syms, futures=futures, seed=7, depth=12)
+    names = [s.symbol for s in syms]
+    keys = {s: [symbol_key(market_name, s)] for s in names}
+    rng = random.Random(11)
+    t = 1_763_600_000_000_000_000
+    with WalWriter(tmp_path, venue, "ticks", tz=UTC, fsync="never", block_bytes=16384) as w:
+        k, payload = rec.session_start("t", venue, "0", [f"market={market_name}"])
+        w.append(k, payload, t, t)
+        w.append(Kind.REST, dumps(market.exchange_info()).encode(), t, t)
+        url = "wss://x/stream?streams=" + "/".join(f"{s.lower()}@depth@100ms" for s in names)
+        k, payload = rec.connect(1, url)
+        w.append(k, payload, t, t, 1)
+        unsynced = set(names)     # symbols whose sync wants a snapshot (after their next event)
+        for i in range(6000):
+            t += 1
+            sym = rng.choice(names)
+            r = rng.random()
+            if r < 0.05:
+                raw = dumps({"stream": f"{sym.lower()}@trade", "data": market.trade(sym)})
+            else:
+                data = market.depth_update(sym)
+                if rng.random() < 0.005 and data["a"]:     # a bid at an ask: crossed
+                    data = dict(data, b=data["b"] + [[data["a"][0][0], "1"]])
+                    unsynced.add(sym)
+                raw = dumps({"stream": f"{sym.lower()}@depth@100ms", "data": data})
+                if rng.random() < 0.01:
+                    unsynced.add(sym)
+                    continue                                # lost: a gap
+            w.append(Kind.TEXT, raw.encode(), t, t, 1, instruments=keys[sym])
+            if rng.random() < 0.02:
+                w.append(Kind.TEXT, raw.encode(), t, t, 1, instruments=keys[sym])   # duplicate
+            if sym in unsynced or rng.random() < 0.002:
+                unsynced.discard(sym)
+                w.append(Kind.REST, dumps(market.snapshot(sym)).encode(), t, t, 0,
+                         instruments=keys[sym])
+            if rng.random() < 0.001:
+                for rk, rp in (rec.disconnect(1, None, "drop"), rec.connect(1, url)):
+                    w.append(rk, rp, t, t, 1)
+                unsynced.update(names)
+    batched = replays_agree(tmp_path / venue, monkeypatch)
+    counters = batched[4]
+    assert sum(c["applied"] for c in counters.values()) > 4000
+    assert sum(c["stale"] for c in counters.values()) > 50
+    assert {d[2] for d in batched[1] if d[0] == sync_mod.GAP} >= {"sequence", "crossed"}
