@@ -245,18 +245,20 @@ cdef inline const char* scan_quoted_decimal(const char* p, const char* e, int sc
     cdef const char* r
     cdef int k, f, u
     cdef uint64_t x, y, d, whole, frac
-    if LITTLE_ENDIAN and e - q >= 18 and p[0] == c'"':
+    # Every byte read lies before e: eight from q, q[k] (k < e - q), eight from r, r[f]
+    # (f < e - r); the last decimal of a message (about 15 bytes from its end) qualifies.
+    if LITTLE_ENDIAN and e - q >= 8 and p[0] == c'"':
         x = load8(q)
         k = digits8(x)
-        if k > 0 and k + scale <= 18:
+        if k > 0 and k + scale <= 18 and k < e - q:
             if q[k] == c'"':
                 out[0] = <int64_t>(leading_value(x, k) * POW10[scale])
                 return q + k + 1
-            if q[k] == c'.':
-                r = q + k + 1
+            r = q + k + 1
+            if q[k] == c'.' and e - r >= 8:
                 y = load8(r)
                 f = digits8(y)
-                if f > 0 and r[f] == c'"':
+                if f > 0 and f < e - r and r[f] == c'"':
                     d = low_digits(y, f)
                     u = f
                     if f > scale:

@@ -376,3 +376,32 @@ def test_replay_of_many_symbols_agrees_with_the_plain_path(tmp_path, futures, mo
     assert sum(c["applied"] for c in counters.values()) > 4000
     assert sum(c["stale"] for c in counters.values()) > 50
     assert {d[2] for d in batched[1] if d[0] == sync_mod.GAP} >= {"sequence", "crossed"}
+
+
+@pytest.mark.parametrize("futures", [False, True], ids=["spot", "usdm"])
+def test_replay_loop_reads_nothing_past_a_record(futures):
+    """A record cut anywhere near its end, followed in its batch's data by digits and the
+    rest of a message: the decoder must see only the record's own bytes (the eight-byte
+    decimal reads included), so it declines it, and on_message finds it malformed."""
+    import numpy as np
+
+    from shrivenq._ext.binance_depth import on_depth_records
+    market = BinanceMarket(futures=futures, seed=3, depth=10)
+    info = dumps(market.exchange_info()).encode()
+    raw = dumps({"stream": "btcusdt@depth@100ms",
+                 "data": market.depth_update("BTCUSDT")}).encode()
+    tail = b'0123456789012345678"]]}}' + raw
+    kinds = np.array([Kind.TEXT], dtype=np.uint8)
+    market_name = "usdm" if futures else "spot"
+    for cut in range(len(raw) - 40, len(raw) + 1):
+        fast = BinanceBooks(market_name, SYMBOLS)
+        plain = BinanceBooks(market_name, SYMBOLS, fast=False)
+        fast.on_exchange_info(info)
+        plain.on_exchange_info(info)
+        decisions: list = []
+        assert on_depth_records(fast, raw[:cut] + tail, kinds, np.array([0], dtype=np.uint64),
+                                np.array([cut], dtype=np.uint32), 0, int(Kind.TEXT),
+                                decisions) == 1
+        want = [tuple(a) for a in plain.on_message(raw[:cut])]
+        assert decisions == want and state_of(fast) == state_of(plain), cut
+        assert fast.counters.malformed == (cut < len(raw)), cut
