@@ -17,6 +17,11 @@ the twin returns; the tests hold it to that on random and hostile messages.
 same decoding, then the common case of ``BookSync.on_event`` (a synced book, a stale or a
 continuing event) done in C, the levels applied straight into the ``L2Ladder`` (through its
 C-level API, l2_ladder.pxd) from the scratch arrays; every other case gets the DepthEvent.
+
+``on_depth_records(books, data, ...)`` is replay's loop over a run of stream records of one
+WAL batch: on_depth for each, decoding in place, with each symbol's sync kept in a C table
+(``Run``) for the length of the call. Binance's own compact form is read by a template
+(``scan_compact``); anything else by the general scan (``scan_general``).
 """
 
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
