@@ -307,12 +307,7 @@ class WalWriter:
             if self._error is not None or self._closed:
                 self._check()
             if day != self._day:
-                if self._day is None:
-                    self._day = day
-                elif day > self._day:
-                    if self._open_count:
-                        self._seal()
-                    self._day = day
+                self._enter_day(day)
             if not self._open_count:
                 self._open_since = time.monotonic()
                 self._cv.notify_all()       # the writer thread times the flush interval
@@ -380,12 +375,7 @@ class WalWriter:
             days = np.maximum.accumulate(np.maximum(days, base_day))
             while i < n:
                 day = int(days[i])
-                if self._day is None:
-                    self._day = day
-                elif day > self._day:
-                    if self._open_count:
-                        self._seal()
-                    self._day = day
+                self._enter_day(day)
                 run_end = int(np.searchsorted(days, day, side="right"))
                 room = self.block_bytes - self._open_bytes
                 # records i..j-1 fit in the open block (at least one goes in)
@@ -480,6 +470,17 @@ class WalWriter:
             raise self._error
         if self._closed:
             raise WalError(f"WAL writer for {self._venue_dir}/{self.stream} is closed")
+
+    def _enter_day(self, day: int) -> None:
+        """Records of trading day ``day`` come next (lock held): a later day seals the open
+        block, so that no block spans two days; an earlier one (the clock stepped back) stays
+        in the current day, which never decreases."""
+        if self._day is None:
+            self._day = day
+        elif day > self._day:
+            if self._open_count:
+                self._seal()
+            self._day = day
 
     def _seal(self, wait: bool = True) -> None:
         """Move the open block to the queue (lock held). ``wait``: apply backpressure."""
