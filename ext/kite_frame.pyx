@@ -14,7 +14,7 @@ Pure bytes in, arrays out: no sockets, no files, no asyncio here. The plain-Pyth
 by the property tests is ``shrivenq.kite.reference``.
 """
 
-from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from tick_row cimport *
 from libc.string cimport memset
@@ -181,19 +181,23 @@ cdef void fill_row(TickRow* r, const uint8_t* p, int kind, uint16_t plen) noexce
 
 
 cdef class _Issues:
-    """Collects what a lenient parse skipped; in strict mode the first issue raises."""
+    """Collects what a lenient parse skipped; in strict mode the first issue raises.
+    ``count`` is ``len(found)``, readable without the GIL."""
     cdef bint lenient
     cdef public list found
+    cdef Py_ssize_t count
 
     def __cinit__(self, bint lenient):
         self.lenient = lenient
         self.found = []
+        self.count = 0
 
     cdef int report(self, Py_ssize_t offset, str reason) except -1:
         err = KiteFrameError(offset, reason)
         if not self.lenient:
             raise err
         self.found.append(err)
+        self.count += 1
         return 0
 
 
@@ -207,40 +211,47 @@ cdef Py_ssize_t _parse(const uint8_t[::1] buf, TickRow* out, Py_ssize_t capacity
 
 
 cdef Py_ssize_t _parse_at(const uint8_t* base, Py_ssize_t n, TickRow* out, Py_ssize_t capacity,
-                          _Issues issues) except -1:
+                          _Issues issues) except -1 nogil:
+    """Callable without the GIL: a clean frame never needs it; reporting an issue takes it."""
     cdef Py_ssize_t pos = 2, rows = 0, i
     cdef uint16_t count, plen
     cdef int kind
     if n == 0:
-        issues.report(0, "empty frame")
+        with gil:
+            issues.report(0, "empty frame")
         return 0
     if n == 1:
         return 0  # heartbeat
     count = be16(base)
     for i in range(count):
         if pos + 2 > n:
-            issues.report(pos, f"packet {i + 1} of {count} declared is missing: "
-                               f"{n - pos} byte(s) left, a packet header needs 2")
+            with gil:
+                issues.report(pos, f"packet {i + 1} of {count} declared is missing: "
+                                   f"{n - pos} byte(s) left, a packet header needs 2")
             return rows
         plen = be16(base + pos)
         if pos + 2 + plen > n:
-            issues.report(pos, f"packet {i + 1} of {count} declares {plen} bytes but only "
-                               f"{n - pos - 2} remain in the frame")
+            with gil:
+                issues.report(pos, f"packet {i + 1} of {count} declares {plen} bytes but only "
+                                   f"{n - pos - 2} remain in the frame")
             return rows
         kind = kind_for_length(plen)
         if kind == 0:
-            issues.report(pos, f"packet {i + 1} of {count} has unknown length {plen} "
-                               f"(known: 8, 28, 32, 44, 184)")
+            with gil:
+                issues.report(pos, f"packet {i + 1} of {count} has unknown length {plen} "
+                                   f"(known: 8, 28, 32, 44, 184)")
         elif out == NULL:
             rows += 1
         else:
             if rows >= capacity:
-                raise ValueError(f"output array too small: it holds {capacity} rows")
+                with gil:
+                    raise ValueError(f"output array too small: it holds {capacity} rows")
             fill_row(out + rows, base + pos + 2, kind, plen)
             rows += 1
         pos += 2 + plen
     if pos != n:
-        issues.report(pos, f"{n - pos} trailing byte(s) after the {count} declared packets")
+        with gil:
+            issues.report(pos, f"{n - pos} trailing byte(s) after the {count} declared packets")
     return rows
 
 
@@ -531,7 +542,8 @@ def parse_many(const uint8_t[::1] data not None, const uint64_t[::1] offsets not
     cdef uint64_t end
     cdef const uint8_t* base = &data[0] if size else NULL
     cdef cnp.ndarray out
-    cdef cnp.ndarray[cnp.int64_t, ndim=1] owner
+    cdef cnp.ndarray owner
+    cdef int64_t* own
     cdef list bad = []
     cdef _Issues issues = _Issues(True)   # one collector; a frame is bad if it added to it
     cdef TickRow* rows_out
@@ -545,14 +557,19 @@ def parse_many(const uint8_t[::1] data not None, const uint64_t[::1] offsets not
     out = np.empty(total, dtype=TICK_DTYPE)
     owner = np.empty(total, dtype=np.int64)
     rows_out = <TickRow*>cnp.PyArray_DATA(out)
-    for i in range(n):
-        if lengths[i] < 2:
-            continue
-        got = _parse_at(base + offsets[i], lengths[i], rows_out + rows, total - rows, issues)
-        for k in range(rows, rows + got):
-            owner[k] = i
-        rows += got
-        if len(issues.found) != seen:
-            seen = len(issues.found)
-            bad.append(i)
+    own = <int64_t*>cnp.PyArray_DATA(owner)
+    # Without the GIL: replay's read-ahead threads decode the next blocks meanwhile. The
+    # inputs are read-only and the outputs are this call's own arrays.
+    with nogil:
+        for i in range(n):
+            if lengths[i] < 2:
+                continue
+            got = _parse_at(base + offsets[i], lengths[i], rows_out + rows, total - rows, issues)
+            for k in range(rows, rows + got):
+                own[k] = i
+            rows += got
+            if issues.count != seen:
+                seen = issues.count
+                with gil:
+                    bad.append(i)
     return out[:rows], owner[:rows], bad

@@ -18,6 +18,7 @@ from shrivenq.kite import (
     classify, frame_keys, frame_row_bound, parse_frame, parse_frame_into, parse_frame_lenient, parse_text,
     parse_ticks,
 )
+from shrivenq._ext.kite_frame import parse_many
 from shrivenq.kite.reference import reference_parse_frame
 
 SDK = KiteTicker.__new__(KiteTicker)  # _parse_binary uses no connection state
@@ -332,6 +333,37 @@ def test_mutated_frames_never_crash(frame, data):
         else:
             mutated[pos:pos] = data.draw(st.binary(min_size=1, max_size=8))
     _check_hostile(bytes(mutated))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(frames, st.binary(max_size=200)), max_size=12), st.binary(max_size=5))
+def test_parse_many_equals_lenient_parsing_frame_by_frame(parts, gap):
+    """Replay's batch parser (no GIL held on clean frames) against parse_frame_lenient on
+    each frame: the same rows in order, each row's frame, and which frames were not clean."""
+    data, offsets, lengths = b"", [], []
+    for part in parts:
+        data += gap                      # frames need not be contiguous
+        offsets.append(len(data))
+        lengths.append(len(part))
+        data += part
+    rows, owner, bad = parse_many(np.frombuffer(data, np.uint8),
+                                  np.array(offsets, np.uint64), np.array(lengths, np.uint32))
+    expect_rows, expect_owner, expect_bad = [], [], []
+    for i, part in enumerate(parts):
+        if len(part) < 2:                # heartbeats and empty records give no rows
+            continue
+        got, issues = parse_frame_lenient(part)
+        expect_rows.append(got)
+        expect_owner += [i] * len(got)
+        if issues:
+            expect_bad.append(i)
+    assert rows.tobytes() == b"".join(r.tobytes() for r in expect_rows)
+    assert owner.tolist() == expect_owner and bad == expect_bad
+
+
+def test_parse_many_refuses_frames_outside_the_data():
+    with pytest.raises(ValueError, match="runs past the data"):
+        parse_many(np.zeros(10, np.uint8), np.array([8], np.uint64), np.array([4], np.uint32))
 
 
 def _key_paths(value, prefix=()):
