@@ -483,6 +483,23 @@ def test_instrument_keys_are_copied_and_checked_at_append(tmp_path):
     assert b.instruments(0).tolist() == [5, 6] and b.instruments(1).tolist() == [99, 99]
 
 
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_a_segment_that_vanishes_mid_read_fails_after_every_record_before_it(tmp_path, workers):
+    write_records(tmp_path, n=1500, segment_bytes=4_000)
+    reader = WalReader(tmp_path / "kite", workers=workers)
+    segments = reader.segment_paths
+    assert len(segments) >= 5
+    gone = segments[2]
+    gone.rename(tmp_path / "elsewhere.wal")          # after the reader listed it
+    before = sum(len(b) for b in WalReader(segments[0], workers=1)) + sum(
+        len(b) for b in WalReader(segments[1], workers=1))
+    got = 0
+    with pytest.raises(WalIOError, match=gone.name):
+        for batch in reader:
+            got += len(batch)
+    assert got == before
+
+
 def test_read_ahead_threads_change_nothing(tmp_path):
     expected = write_records(tmp_path, n=1500, segment_bytes=10_000)
     for kw in ({}, {"start_ns": T0 + 300 * 1_000_000}, {"instruments": [1003]}):
@@ -522,12 +539,19 @@ def test_kinds_storage_does_not_know_keep_any_version(tmp_path):
 def test_instrument_keys_may_come_packed_as_little_endian_u64_bytes(tmp_path):
     keys = [256265, 260105, 2**40 + 7]
     packed = np.array(keys, dtype="<u8").tobytes()
+    reused = bytearray(packed)
     with WalWriter(tmp_path, "v") as w:
         w.append(Kind.BINARY, b"ints", T0, 0, instruments=keys)
         w.append(Kind.BINARY, b"bytes", T0 + 1, 1, instruments=packed)
+        w.append(Kind.BINARY, b"bytearray", T0 + 2, 2, instruments=reused)
+        reused[:8] = bytes(8)             # a caller reusing its buffer changes nothing stored
+        w.append(Kind.BINARY, b"memoryview", T0 + 3, 3, instruments=memoryview(packed))
+        w.append(Kind.BINARY, b"u8 view", T0 + 4, 4, instruments=memoryview(np.array(keys, "<u8")))
         with pytest.raises(ValueError, match="multiple of 8"):
-            w.append(Kind.BINARY, b"ragged", T0 + 2, 2, instruments=packed[:-1])
+            w.append(Kind.BINARY, b"ragged", T0 + 5, 5, instruments=packed[:-1])
+        with pytest.raises(ValueError, match="multiple of 8"):
+            w.append(Kind.BINARY, b"ragged", T0 + 5, 5, instruments=bytearray(packed[:-1]))
     batch = read_wal(tmp_path / "v")
-    assert batch.payloads() == [b"ints", b"bytes"]
-    assert batch.instruments(0).tolist() == batch.instruments(1).tolist() == keys
-    assert len(read_wal(tmp_path / "v", instruments=[2**40 + 7])) == 2
+    assert batch.payloads() == [b"ints", b"bytes", b"bytearray", b"memoryview", b"u8 view"]
+    assert all(batch.instruments(i).tolist() == keys for i in range(5))
+    assert len(read_wal(tmp_path / "v", instruments=[2**40 + 7])) == 5

@@ -321,7 +321,12 @@ class WalReader:
                 plan = self._plan()
                 while True:
                     while len(pending) < 2 * self.workers:
-                        nxt = next(plan, None)
+                        try:
+                            nxt = next(plan, None)
+                        except Exception as exc:   # e.g. a later segment cannot be opened:
+                            pending.append((None, exc, None))   # raised in its place, after
+                            plan = iter(())                     # every record before it
+                            break
                         if nxt is None:
                             break
                         seg, item, is_problem = nxt
@@ -330,6 +335,8 @@ class WalReader:
                     if not pending:
                         break
                     seg, item, fut = pending.popleft()
+                    if seg is None:
+                        raise item
                     if fut is None:
                         self._problem(item)
                         continue

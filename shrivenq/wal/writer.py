@@ -108,13 +108,16 @@ _KEY_STRUCTS: dict[int, struct.Struct] = {}
 
 def _pack_keys(instruments) -> bytes:
     """Instrument keys as little-endian u64 bytes; ValueError if one is not in [0, 2**64).
-    Keys already packed that way (``bytes``, a multiple of 8 long) are taken as they are,
-    which is the cheapest form for a caller on a latency-sensitive path."""
-    if isinstance(instruments, bytes):
-        if len(instruments) % 8:
+    Keys already packed that way (bytes, a bytearray or a byte memoryview, a multiple of 8
+    long) are taken as they are, which for ``bytes`` is the cheapest form for a caller on a
+    latency-sensitive path. Any other buffer is read as integers."""
+    if isinstance(instruments, (bytes, bytearray)) or (
+            isinstance(instruments, memoryview) and instruments.format in ("B", "b", "c")):
+        packed = bytes(instruments)      # a copy unless it is bytes already
+        if len(packed) % 8:
             raise ValueError(f"packed instrument keys must be a multiple of 8 bytes, not "
-                             f"{len(instruments)}")
-        return instruments
+                             f"{len(packed)}")
+        return packed
     if isinstance(instruments, np.ndarray):
         if instruments.dtype.kind not in "ui":
             raise ValueError(f"instruments must be integers, not {instruments.dtype}")
