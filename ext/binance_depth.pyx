@@ -944,6 +944,11 @@ def on_depth_records(books, bytes data, const uint8_t[:] kinds, const uint64_t[:
     cdef dict syncs = books.syncs
     cdef bint futures = books.futures
     cdef int k
+    if offsets.shape[0] != n or lengths.shape[0] != n:
+        raise ValueError(f"{n} kinds but {offsets.shape[0]} offsets and {lengths.shape[0]} "
+                         f"lengths")
+    if i < 0:
+        raise ValueError(f"record index {i} is negative")
     memset(&run, 0, sizeof(run))
     counters = books.counters
     try:

@@ -220,12 +220,19 @@ def test_messages_off_binances_own_form_agree_with_the_twin(futures):
     specs = decode.exchange_info(dumps(market.exchange_info()))
     for sym in ("BTCUSDT", "ETHUSDT", "DOGEUSDT"):
         data = market.depth_update(sym)
-        for text in near_template(data, f"{sym.lower()}@depth@100ms", futures):
+        texts = near_template(data, f"{sym.lower()}@depth@100ms", futures)
+        # Binance's own form (the first) and its whitespace and key-order variants are valid
+        # depth messages the compiled decoder must take itself, not leave to the twin.
+        must_accept = texts[:9] + [texts[9]]
+        accepted = 0
+        for text in texts:
             raw = text.encode()
             fast = decode_depth(raw, specs, futures)
             expected = twin(raw, specs, futures)
-            if fast is None:
-                assert expected is None or isinstance(expected, (BinanceMessageError, tuple))
-            else:
+            if text in must_accept:
+                assert fast is not None, raw
+            if fast is not None:   # when it declines, the twin's answer is the answer
+                accepted += 1
                 assert not isinstance(expected, BinanceMessageError), (raw, expected)
                 assert same(fast, expected), raw
+        assert accepted >= len(must_accept)

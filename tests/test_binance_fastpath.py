@@ -320,6 +320,10 @@ def test_replay_loop_refuses_records_outside_their_data():
     assert on_depth_records(books, b"[1]", kinds, np.array([0], dtype=np.uint64),
                             np.array([3], dtype=np.uint32), 0, int(Kind.TEXT), []) == 1
     assert books.counters.messages == 1 and books.counters.malformed == 1   # via on_message
+    with pytest.raises(ValueError, match="1 kinds but 0 offsets"):   # columns of one batch
+        on_depth_records(books, b"[1]", kinds, np.array([], dtype=np.uint64),
+                         np.array([3], dtype=np.uint32), 0, int(Kind.TEXT), [])
+    assert books.counters.messages == 1
 
 
 @pytest.mark.parametrize("futures", [False, True], ids=["spot", "usdm"])
