@@ -833,12 +833,16 @@ cdef object make_event(str symbol, const Head* h):
     return _tuple_new(DepthEvent, (symbol, h.U, h.u, h.pu, h.E, bp, bq, ap, aq))
 
 
+cdef inline object scan_message(bytes raw, dict specs, bint futures, Head* h):
+    """Scan a whole message into ``h``: its symbol, or None to decline."""
+    memset(h, 0, sizeof(Head))
+    return scan_depth(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), specs, futures, h, NULL)
+
+
 def decode_depth(bytes raw, dict specs, bint futures):
     """The DepthEvent of a combined-stream depthUpdate message, or None to decline."""
     cdef Head h
-    memset(&h, 0, sizeof(h))
-    symbol = scan_depth(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), specs, futures, &h,
-                        NULL)
+    symbol = scan_message(raw, specs, futures, &h)
     if symbol is None:
         return None
     return make_event(symbol, &h)
@@ -859,9 +863,7 @@ def on_depth(bytes raw, dict specs, bint futures, dict syncs):
     so the plain-Python sync decides every unusual case.
     """
     cdef Head h
-    memset(&h, 0, sizeof(h))
-    symbol = scan_depth(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), specs, futures, &h,
-                        NULL)
+    symbol = scan_message(raw, specs, futures, &h)
     if symbol is None:
         return None
     return to_sync(symbol, &h, syncs)
