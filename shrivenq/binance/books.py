@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import logging
 
+# The compiled decoder and sync fast path: it declines what it is not sure of, having changed
+# nothing, and the plain-Python decoder and BookSync decide.
+from shrivenq._ext.binance_depth import on_depth as _fast
 from shrivenq.binance import decode
 from shrivenq.binance.streams import depth_symbols_of_url, stream_symbol
 from shrivenq.binance.sync import BookSync
@@ -27,11 +30,6 @@ from shrivenq.errors import BinanceMessageError
 
 log = logging.getLogger("shrivenq.binance.books")
 
-try:   # the compiled decoder and sync fast path; it declines what it is not sure of (having
-    #     changed nothing), and the twin decides
-    from shrivenq._ext.binance_depth import on_depth as _fast
-except ImportError:  # pragma: no cover - extensions not built
-    _fast = None
 
 _NONE: tuple = ()
 

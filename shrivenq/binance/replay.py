@@ -17,15 +17,12 @@ from typing import Iterable
 
 import msgpack
 
+# Replay's loop over a run of stream messages (BinanceBooks.on_message for each), compiled.
+from shrivenq._ext.binance_depth import on_depth_records as _records
 from shrivenq.binance import decode
 from shrivenq.binance.books import BinanceBooks
 from shrivenq.errors import ReplayError
 from shrivenq.wal import Kind, WalReader
-
-try:   # replay's loop over a run of stream messages, compiled (BinanceBooks.on_message each)
-    from shrivenq._ext.binance_depth import on_depth_records as _records
-except ImportError:  # pragma: no cover - extensions not built
-    _records = None
 
 
 @dataclass
@@ -115,7 +112,7 @@ def replay_wal(path, **reader_kw) -> BinanceReplay:
             k = int(kinds[i])
             if k == text and books is not None:
                 # the hot path: a run of stream messages, in one compiled loop
-                if _records is not None and books._fast is not None:
+                if books._fast is not None:
                     j = _records(books, data, kinds, offsets, lengths, i, text, rp.decisions)
                     rp.records += j - i
                     i = j
