@@ -97,13 +97,6 @@ cdef inline Py_ssize_t _lower_bound(const Level* v, Py_ssize_t n, int64_t price,
     return (base - v) + worse(base[0].price, price, is_bid)
 
 
-cdef inline Py_ssize_t lower_bound(const Side* s, int64_t price) noexcept nogil:
-    # A constant is_bid in each call lets the compiler specialise the search per side.
-    if s.is_bid:
-        return _lower_bound(s.levels, s.n, price, True)
-    return _lower_bound(s.levels, s.n, price, False)
-
-
 cdef inline int side_set_k(Side* s, int64_t price, int64_t qty, bint is_bid) except -1:
     cdef Py_ssize_t i = _lower_bound(s.levels, s.n, price, is_bid)
     cdef bint found = i < s.n and s.levels[i].price == price
