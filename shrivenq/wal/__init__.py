@@ -6,8 +6,12 @@ Layout: ROOT/VENUE/YYYY-MM-DD/STREAM/NNNNNN.wal (docs/WAL_FORMAT.md has the byte
     WalReader(path, ...)                 batches of numpy columns, filtered by time/instrument
     verify(path, repair=False)           every checksum, every record; torn-tail repair
     inspect(path)                        per-segment summaries from footers
+
+Importing this package keeps malloc from returning block-sized buffers to the kernel between
+blocks (``shrivenq.heap``; ``SHRIVENQ_MALLOC=system`` opts out).
 """
 
+from shrivenq.heap import retain_freed_memory
 from shrivenq.wal.format import (
     CODEC_PLAIN, CODEC_TICK_DELTA, FORMAT_VERSION, default_codec, tick_delta_available)
 from shrivenq.wal.layout import IST, UTC
@@ -16,6 +20,8 @@ from shrivenq.wal.records import Kind
 from shrivenq.wal.segment import RepairReport, open_segment, repair_segment
 from shrivenq.wal.tools import SegmentSummary, VerifyReport, inspect, verify
 from shrivenq.wal.writer import FsyncPolicy, WalWriter, WriterStats, close_on_signals
+
+retain_freed_memory()
 
 __all__ = [
     "CODEC_PLAIN", "CODEC_TICK_DELTA", "FORMAT_VERSION", "IST", "RECORD_DTYPE", "UTC",
