@@ -25,7 +25,7 @@ WAL batch: on_depth for each, decoding in place, with each symbol's sync kept in
 """
 
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 from cpython.unicode cimport PyUnicode_DATA, PyUnicode_DecodeASCII, PyUnicode_GET_LENGTH
 from cpython.long cimport PyLong_AsLongLongAndOverflow
@@ -920,10 +920,11 @@ cdef object to_sync(str symbol, const Head* h, dict syncs):
     return ()
 
 
-def on_depth_records(books, bytes data, const uint8_t[:] kinds, const uint64_t[:] offsets,
+def on_depth_records(books, const uint8_t[::1] data not None, const uint8_t[:] kinds, const uint64_t[:] offsets,
                      const uint32_t[:] lengths, Py_ssize_t i, uint8_t text, list decisions):
     """Replay's hot loop: from record i on, while records are stream messages (kind
-    ``text``; payload ``data[offsets[i]:][:lengths[i]]``), what ``books.on_message(payload)``
+    ``text``; payload ``data[offsets[i]:][:lengths[i]]``; ``data`` is any contiguous byte
+    buffer, a WAL batch's payload view as it is), what ``books.on_message(payload)``
     does for each (a ``BinanceBooks``), the actions it returns appended to ``decisions`` as
     tuples. Depth messages the decoder reads are decoded in place and go to the sync as in
     ``on_depth``, counted as on_message counts them; any other message is handed to
@@ -939,9 +940,9 @@ def on_depth_records(books, bytes data, const uint8_t[:] kinds, const uint64_t[:
     cdef RunSlot* sl
     cdef SyncCounters c
     cdef L2Ladder book
-    cdef Py_ssize_t n = kinds.shape[0], size = PyBytes_GET_SIZE(data), o, length
+    cdef Py_ssize_t n = kinds.shape[0], size = data.shape[0], o, length
     cdef Py_ssize_t depth = 0
-    cdef const char* base = PyBytes_AS_STRING(data)
+    cdef const char* base = <const char*>&data[0] if size else NULL
     cdef dict specs = books.specs
     cdef dict syncs = books.syncs
     cdef bint futures = books.futures
@@ -963,7 +964,7 @@ def on_depth_records(books, bytes data, const uint8_t[:] kinds, const uint64_t[:
             i += 1
             if symbol is None:
                 run_flush(&run)
-                out = books.on_message(data[o:o + length])
+                out = books.on_message(PyBytes_FromStringAndSize(base + o, length))
             else:
                 depth += 1
                 k = h.slot if h.slot >= 0 else run_fill(&run, symbol, &h, syncs)

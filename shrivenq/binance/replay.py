@@ -101,9 +101,7 @@ def replay_wal(path, **reader_kw) -> BinanceReplay:
     rp = BinanceReplay()
     text = int(Kind.TEXT)
     for batch in WalReader(path, "ticks", **reader_kw).batches():
-        data = batch.data
-        if not isinstance(data, bytes):
-            data = bytes(data)
+        data = batch.data   # the block's payloads, in place: the compiled loop reads views
         kinds, offsets, lengths = batch.kind, batch.offset, batch.length
         n = len(kinds)
         i = 0
@@ -119,12 +117,12 @@ def replay_wal(path, **reader_kw) -> BinanceReplay:
                     continue
                 o = int(offsets[i])
                 rp.records += 1
-                out = books.on_message(data[o:o + int(lengths[i])])
+                out = books.on_message(bytes(data[o:o + int(lengths[i])]))
                 if out:
                     rp.decisions.extend(tuple(a) for a in out)
             else:
                 o = int(offsets[i])
                 keys = batch.instruments(i) if batch.inst_count[i] else ()
-                rp.feed(k, int(batch.conn[i]), data[o:o + int(lengths[i])], keys)
+                rp.feed(k, int(batch.conn[i]), bytes(data[o:o + int(lengths[i])]), keys)
             i += 1
     return rp
