@@ -21,7 +21,7 @@ from libc.string cimport memset
 from cpython.datetime cimport import_datetime
 from cpython.dict cimport PyDict_Copy, PyDict_SetItem
 from cpython.list cimport PyList_New, PyList_SET_ITEM
-from cpython.ref cimport Py_INCREF
+from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 
 cimport numpy as cnp
@@ -412,6 +412,164 @@ cdef str K_QUANTITY = "quantity"
 cdef str K_PRICE = "price"
 cdef str K_ORDERS = "orders"
 
+# Setting a copied template's values by position. Replacing a value through PyDict_SetItem
+# looks its key up again, and those lookups were the largest single cost of parse_ticks
+# (about 40% of its instructions under callgrind): a full packet sets 53 values in 13 dicts.
+# A copy of a template has the template's key table, entry for entry, so each value's slot
+# is known. CPython's public headers keep that table opaque; its layout below is the one of
+# CPython 3.11-3.13 (Include/internal/pycore_dict.h). It is used only when, at import, every
+# template's copy shows each key at its expected slot (checked by reading, before anything
+# is written), and only for a table that still is a combined table of str keys with the
+# template's number of entries; any other CPython, or any other table, sets values by key.
+cdef extern from *:
+    """
+    /* Where a dict's values are: value i at v[i * stride], its key at v[i * stride - 1];
+       v is NULL when the values cannot be set by position. */
+    typedef struct { PyObject **v; Py_ssize_t stride; } sq_slots;
+    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED)
+    typedef struct {
+        Py_ssize_t dk_refcnt;
+        uint8_t dk_log2_size;
+        uint8_t dk_log2_index_bytes;
+        uint8_t dk_kind;   /* 0: any keys, entries {hash, key, value}; 1: str keys, {key, value} */
+        uint32_t dk_version;
+        Py_ssize_t dk_usable;
+        Py_ssize_t dk_nentries;
+        char dk_indices[];  /* then the entries */
+    } sq_dictkeys;
+    static inline sq_slots sq_entries(PyObject *d, Py_ssize_t n) {
+        sq_slots s = {NULL, 0};
+        PyDictObject *mp = (PyDictObject *)d;
+        sq_dictkeys *k = (sq_dictkeys *)mp->ma_keys;
+        if (mp->ma_values != NULL || k->dk_kind > 1 || k->dk_nentries != n || mp->ma_used != n)
+            return s;
+        s.stride = k->dk_kind == 1 ? 2 : 3;
+        s.v = (PyObject **)(k->dk_indices + ((size_t)1 << k->dk_log2_index_bytes)) + s.stride - 1;
+        return s;
+    }
+    #else
+    static inline sq_slots sq_entries(PyObject *d, Py_ssize_t n) {
+        sq_slots s = {NULL, 0};
+        return s;
+    }
+    #endif
+    """
+    ctypedef struct sq_slots:
+        PyObject** v
+        Py_ssize_t stride
+    sq_slots sq_entries(object d, Py_ssize_t n)
+
+cdef extern from "Python.h":
+    int PyObject_GC_IsTracked(object)
+    void PyObject_GC_Track(object)
+
+cdef bint _DIRECT = False        # set at import by _check_layout()
+cdef bint _direct = False        # in use now (tests turn it off to compare the two ways)
+
+
+cdef sq_slots _NO_SLOTS
+_NO_SLOTS.v = NULL
+_NO_SLOTS.stride = 0
+
+
+cdef inline sq_slots _slots(dict copy, dict template):
+    return sq_entries(copy, len(template)) if _direct else _NO_SLOTS
+
+
+cdef inline void _put(dict d, sq_slots e, Py_ssize_t i, str key, object value):
+    """d[key] = value, where key is entry i of d's template (e from _slots)."""
+    cdef PyObject* old
+    if e.v == NULL:
+        PyDict_SetItem(d, key, value)
+        return
+    old = e.v[i * e.stride]
+    Py_INCREF(value)
+    e.v[i * e.stride] = <PyObject*>value
+    Py_XDECREF(old)
+
+
+cdef inline void _track(dict d):
+    """What CPython does when a dict gets a container value: the cyclic GC follows it."""
+    if not PyObject_GC_IsTracked(d):
+        PyObject_GC_Track(d)
+
+
+cdef Py_ssize_t _at(dict template, str key) except -1:
+    return list(template).index(key)
+
+
+# Entry positions: every top-level template starts tradable, mode, token, last_price (as
+# kiteconnect builds its dicts), and the longer ones extend the shorter ones.
+cdef Py_ssize_t P_TRADABLE = _at(T_FULL, K_TRADABLE)
+cdef Py_ssize_t P_TOKEN = _at(T_FULL, K_TOKEN)
+cdef Py_ssize_t P_LAST_PRICE = _at(T_FULL, K_LAST_PRICE)
+cdef Py_ssize_t P_IDX_OHLC = _at(T_INDEX_FULL, K_OHLC)
+cdef Py_ssize_t P_IDX_CHANGE = _at(T_INDEX_FULL, K_CHANGE)
+cdef Py_ssize_t P_IDX_EXCH_TS = _at(T_INDEX_FULL, K_EXCH_TS)
+cdef Py_ssize_t P_LTQ = _at(T_FULL, K_LTQ)
+cdef Py_ssize_t P_ATP = _at(T_FULL, K_ATP)
+cdef Py_ssize_t P_VOLUME = _at(T_FULL, K_VOLUME)
+cdef Py_ssize_t P_TBQ = _at(T_FULL, K_TBQ)
+cdef Py_ssize_t P_TSQ = _at(T_FULL, K_TSQ)
+cdef Py_ssize_t P_OHLC = _at(T_FULL, K_OHLC)
+cdef Py_ssize_t P_CHANGE = _at(T_FULL, K_CHANGE)
+cdef Py_ssize_t P_LTT = _at(T_FULL, K_LTT)
+cdef Py_ssize_t P_OI = _at(T_FULL, K_OI)
+cdef Py_ssize_t P_OI_HIGH = _at(T_FULL, K_OI_HIGH)
+cdef Py_ssize_t P_OI_LOW = _at(T_FULL, K_OI_LOW)
+cdef Py_ssize_t P_EXCH_TS = _at(T_FULL, K_EXCH_TS)
+cdef Py_ssize_t P_DEPTH = _at(T_FULL, K_DEPTH)
+cdef Py_ssize_t P_BUY = _at(T_DEPTH, K_BUY)
+cdef Py_ssize_t P_SELL = _at(T_DEPTH, K_SELL)
+cdef Py_ssize_t P_QUANTITY = _at(T_LEVEL, K_QUANTITY)
+cdef Py_ssize_t P_PRICE = _at(T_LEVEL, K_PRICE)
+cdef Py_ssize_t P_ORDERS = _at(T_LEVEL, K_ORDERS)
+cdef Py_ssize_t P_I_HIGH = _at(T_INDEX_OHLC, K_HIGH)
+cdef Py_ssize_t P_I_LOW = _at(T_INDEX_OHLC, K_LOW)
+cdef Py_ssize_t P_I_OPEN = _at(T_INDEX_OHLC, K_OPEN)
+cdef Py_ssize_t P_I_CLOSE = _at(T_INDEX_OHLC, K_CLOSE)
+cdef Py_ssize_t P_OPEN = _at(T_OHLC, K_OPEN)
+cdef Py_ssize_t P_HIGH = _at(T_OHLC, K_HIGH)
+cdef Py_ssize_t P_LOW = _at(T_OHLC, K_LOW)
+cdef Py_ssize_t P_CLOSE = _at(T_OHLC, K_CLOSE)
+
+
+cdef bint _check_layout():
+    """True if every template's copy holds each of its keys and values at the expected
+    entry, as read through sq_entries. Only reads."""
+    cdef dict copy
+    cdef sq_slots e
+    cdef Py_ssize_t i
+    for template in (T_LTP, T_INDEX_QUOTE, T_INDEX_FULL, T_QUOTE, T_FULL, T_INDEX_OHLC,
+                     T_OHLC, T_DEPTH, T_LEVEL):
+        copy = PyDict_Copy(template)
+        e = sq_entries(copy, len(template))
+        if e.v == NULL:
+            return False
+        for i, (key, value) in enumerate(template.items()):
+            if (e.v[i * e.stride - 1] != <PyObject*>key
+                    or e.v[i * e.stride] != <PyObject*>value):
+                return False
+    for template, keys in ((T_LTP, (K_TRADABLE, K_TOKEN, K_LAST_PRICE)),
+                           (T_INDEX_QUOTE, (K_OHLC, K_CHANGE)), (T_QUOTE, (K_OHLC, K_CHANGE))):
+        if any(_at(template, k) != _at(T_INDEX_FULL if template is T_INDEX_QUOTE else T_FULL, k)
+               for k in keys):
+            return False
+    return True
+
+
+_DIRECT = _check_layout()
+_direct = _DIRECT
+
+
+def _positional_fill(enabled=None):
+    """Whether parse_ticks sets template values by position (see above); with ``enabled``,
+    turn it on (only where the layout check passed) or off. For tests and benchmarks."""
+    global _direct
+    if enabled is not None:
+        _direct = bool(enabled) and _DIRECT
+    return _direct
+
 
 cdef object _timestamp(dict cache, uint32_t value):
     """``datetime.fromtimestamp`` as kiteconnect calls it (local time, None on failure),
@@ -431,16 +589,31 @@ cdef object _timestamp(dict cache, uint32_t value):
 cdef list _depth_side(const uint8_t* d, double divisor):
     cdef list side = PyList_New(5)
     cdef dict level
+    cdef sq_slots e
     cdef int i
     for i in range(5):
         level = PyDict_Copy(T_LEVEL)
-        PyDict_SetItem(level, K_QUANTITY, be32(d))
-        PyDict_SetItem(level, K_PRICE, be32(d + 4) / divisor)
-        PyDict_SetItem(level, K_ORDERS, be16(d + 8))
+        e = _slots(level, T_LEVEL)
+        _put(level, e, P_QUANTITY, K_QUANTITY, be32(d))
+        _put(level, e, P_PRICE, K_PRICE, be32(d + 4) / divisor)
+        _put(level, e, P_ORDERS, K_ORDERS, be16(d + 8))
         Py_INCREF(level)
         PyList_SET_ITEM(side, i, level)
         d += 12
     return side
+
+
+cdef dict _ohlc(dict template, double open_, double high, double low, double close):
+    """kiteconnect's ohlc dict, its keys in the order of ``template`` (T_OHLC or, for index
+    packets, T_INDEX_OHLC)."""
+    cdef dict ohlc = PyDict_Copy(template)
+    cdef sq_slots e = _slots(ohlc, template)
+    cdef bint index = template is T_INDEX_OHLC
+    _put(ohlc, e, P_I_OPEN if index else P_OPEN, K_OPEN, open_)
+    _put(ohlc, e, P_I_HIGH if index else P_HIGH, K_HIGH, high)
+    _put(ohlc, e, P_I_LOW if index else P_LOW, K_LOW, low)
+    _put(ohlc, e, P_I_CLOSE if index else P_CLOSE, K_CLOSE, close)
+    return ohlc
 
 
 cdef inline object _change(double last_price, double close):
@@ -456,49 +629,58 @@ cdef dict _tick_dict(const uint8_t* p, uint16_t plen, dict stamps):
     cdef double divisor = divisor_for(segment)
     cdef double last_price = be32(p + 4) / divisor
     cdef double close
-    cdef dict d, ohlc, depth
+    cdef dict d, depth
+    cdef dict template
+    cdef sq_slots e, eo
     if plen == 8:
-        d = PyDict_Copy(T_LTP)
+        template = T_LTP
+        d = PyDict_Copy(template)
+        e = _slots(d, template)
     elif plen == 28 or plen == 32:
-        d = PyDict_Copy(T_INDEX_QUOTE if plen == 28 else T_INDEX_FULL)
+        template = T_INDEX_QUOTE if plen == 28 else T_INDEX_FULL
+        d = PyDict_Copy(template)
+        e = _slots(d, template)
+        # Index packets order the range high, low, open, close.
         close = be32(p + 20) / divisor
-        ohlc = PyDict_Copy(T_INDEX_OHLC)
-        PyDict_SetItem(ohlc, K_HIGH, be32(p + 8) / divisor)
-        PyDict_SetItem(ohlc, K_LOW, be32(p + 12) / divisor)
-        PyDict_SetItem(ohlc, K_OPEN, be32(p + 16) / divisor)
-        PyDict_SetItem(ohlc, K_CLOSE, close)
-        PyDict_SetItem(d, K_OHLC, ohlc)
-        PyDict_SetItem(d, K_CHANGE, _change(last_price, close))
+        _put(d, e, P_IDX_OHLC, K_OHLC, _ohlc(T_INDEX_OHLC, be32(p + 16) / divisor,
+                                             be32(p + 8) / divisor, be32(p + 12) / divisor,
+                                             close))
+        _put(d, e, P_IDX_CHANGE, K_CHANGE, _change(last_price, close))
         if plen == 32:
-            PyDict_SetItem(d, K_EXCH_TS, _timestamp(stamps, be32(p + 28)))
+            _put(d, e, P_IDX_EXCH_TS, K_EXCH_TS, _timestamp(stamps, be32(p + 28)))
+        if e.v != NULL:
+            _track(d)
     else:
-        d = PyDict_Copy(T_QUOTE if plen == 44 else T_FULL)
+        template = T_QUOTE if plen == 44 else T_FULL
+        d = PyDict_Copy(template)
+        e = _slots(d, template)
         close = be32(p + 40) / divisor
-        PyDict_SetItem(d, K_LTQ, be32(p + 8))
-        PyDict_SetItem(d, K_ATP, be32(p + 12) / divisor)
-        PyDict_SetItem(d, K_VOLUME, be32(p + 16))
-        PyDict_SetItem(d, K_TBQ, be32(p + 20))
-        PyDict_SetItem(d, K_TSQ, be32(p + 24))
-        ohlc = PyDict_Copy(T_OHLC)
-        PyDict_SetItem(ohlc, K_OPEN, be32(p + 28) / divisor)
-        PyDict_SetItem(ohlc, K_HIGH, be32(p + 32) / divisor)
-        PyDict_SetItem(ohlc, K_LOW, be32(p + 36) / divisor)
-        PyDict_SetItem(ohlc, K_CLOSE, close)
-        PyDict_SetItem(d, K_OHLC, ohlc)
-        PyDict_SetItem(d, K_CHANGE, _change(last_price, close))
+        _put(d, e, P_LTQ, K_LTQ, be32(p + 8))
+        _put(d, e, P_ATP, K_ATP, be32(p + 12) / divisor)
+        _put(d, e, P_VOLUME, K_VOLUME, be32(p + 16))
+        _put(d, e, P_TBQ, K_TBQ, be32(p + 20))
+        _put(d, e, P_TSQ, K_TSQ, be32(p + 24))
+        _put(d, e, P_OHLC, K_OHLC, _ohlc(T_OHLC, be32(p + 28) / divisor, be32(p + 32) / divisor,
+                                         be32(p + 36) / divisor, close))
+        _put(d, e, P_CHANGE, K_CHANGE, _change(last_price, close))
         if plen == 184:
-            PyDict_SetItem(d, K_LTT, _timestamp(stamps, be32(p + 44)))
-            PyDict_SetItem(d, K_OI, be32(p + 48))
-            PyDict_SetItem(d, K_OI_HIGH, be32(p + 52))
-            PyDict_SetItem(d, K_OI_LOW, be32(p + 56))
-            PyDict_SetItem(d, K_EXCH_TS, _timestamp(stamps, be32(p + 60)))
+            _put(d, e, P_LTT, K_LTT, _timestamp(stamps, be32(p + 44)))
+            _put(d, e, P_OI, K_OI, be32(p + 48))
+            _put(d, e, P_OI_HIGH, K_OI_HIGH, be32(p + 52))
+            _put(d, e, P_OI_LOW, K_OI_LOW, be32(p + 56))
+            _put(d, e, P_EXCH_TS, K_EXCH_TS, _timestamp(stamps, be32(p + 60)))
             depth = PyDict_Copy(T_DEPTH)
-            PyDict_SetItem(depth, K_BUY, _depth_side(p + 64, divisor))
-            PyDict_SetItem(depth, K_SELL, _depth_side(p + 124, divisor))
-            PyDict_SetItem(d, K_DEPTH, depth)
-    PyDict_SetItem(d, K_TRADABLE, segment != SEG_INDICES)
-    PyDict_SetItem(d, K_TOKEN, token)
-    PyDict_SetItem(d, K_LAST_PRICE, last_price)
+            eo = _slots(depth, T_DEPTH)
+            _put(depth, eo, P_BUY, K_BUY, _depth_side(p + 64, divisor))
+            _put(depth, eo, P_SELL, K_SELL, _depth_side(p + 124, divisor))
+            if eo.v != NULL:
+                _track(depth)
+            _put(d, e, P_DEPTH, K_DEPTH, depth)
+        if e.v != NULL:
+            _track(d)
+    _put(d, e, P_TRADABLE, K_TRADABLE, segment != SEG_INDICES)
+    _put(d, e, P_TOKEN, K_TOKEN, token)
+    _put(d, e, P_LAST_PRICE, K_LAST_PRICE, last_price)
     return d
 
 

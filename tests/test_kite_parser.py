@@ -387,3 +387,90 @@ def test_parse_ticks_dicts_are_independent_objects():
     first["ohlc"]["open"] = -1.0
     assert second["depth"]["buy"][0]["price"] == 10.0 and second["ohlc"]["open"] == 0.1
     assert parse_ticks(frame_of(FULL))[0]["ohlc"]["open"] == 0.1
+
+
+# --- parse_ticks setting template values by position --------------------------------------
+
+from shrivenq._ext.kite_frame import _positional_fill  # noqa: E402
+
+
+@pytest.fixture(params=["by position", "by key"])
+def fill(request):
+    """Run a test with parse_ticks setting values by entry position (the default where the
+    CPython layout check passes), then by key through PyDict_SetItem."""
+    before = _positional_fill()
+    _positional_fill(request.param == "by position")
+    yield request.param
+    _positional_fill(before)
+
+
+def _shape(value):
+    """Value, type, key order and whether the cyclic GC tracks it, for nested dicts/lists."""
+    import gc
+    if isinstance(value, dict):
+        return ("dict", gc.is_tracked(value), [(k, _shape(v)) for k, v in value.items()])
+    if isinstance(value, list):
+        return ("list", gc.is_tracked(value), [_shape(v) for v in value])
+    return (type(value).__name__, value)
+
+
+def test_positional_fill_is_in_use_on_the_cpythons_it_was_written_for():
+    import sys
+    import sysconfig
+    layout_known = (sys.implementation.name == "cpython" and (3, 11) <= sys.version_info[:2] <= (3, 13)
+                    and not sysconfig.get_config_var("Py_GIL_DISABLED"))
+    assert _positional_fill() is layout_known
+
+
+@settings(max_examples=200, deadline=None)
+@given(frames)
+def test_parse_ticks_matches_kiteconnect_in_types_order_and_gc_tracking(frame):
+    for by_position in (True, False):
+        before = _positional_fill()
+        _positional_fill(by_position)
+        try:
+            assert _shape(parse_ticks(frame)) == _shape(SDK._parse_binary(frame))
+        finally:
+            _positional_fill(before)
+
+
+def test_parse_ticks_dicts_are_ordinary_dicts(fill):
+    tick = parse_ticks(frame_of(FULL))[0]
+    sdk = SDK._parse_binary(frame_of(FULL))[0]
+    for i in range(40):   # grows its table past the template's size
+        tick[f"extra{i}"] = i
+    for i in range(40):
+        del tick[f"extra{i}"]
+    del tick["mode"]
+    tick["mode"] = sdk["mode"]
+    sdk["mode"] = sdk.pop("mode")
+    assert tick == sdk and list(tick) == list(sdk)
+    level = tick["depth"]["sell"][4]
+    level.update(quantity=7)
+    assert level["quantity"] == 7 and dict(level) == level and len(level) == 3
+
+
+def test_parse_ticks_leaks_no_references(fill):
+    import sys
+    import tracemalloc
+    frame = frame_of(LTP, INDEX_QUOTE, INDEX_FULL, QUOTE, FULL)
+    for _ in range(50):
+        parse_ticks(frame)
+    # A lost decref of a replaced template value shows on None's and the mode string's
+    # counts (None is not immortal before 3.12), 2000 times over.
+    none_refs, mode_refs = sys.getrefcount(None), sys.getrefcount("full")
+    for _ in range(2000):
+        parse_ticks(frame)
+    assert (sys.getrefcount(None), sys.getrefcount("full")) == (none_refs, mode_refs)
+    # An extra incref of a new value leaks the value.
+    tracemalloc.start()
+    try:
+        for _ in range(50):
+            parse_ticks(frame)
+        base = tracemalloc.get_traced_memory()[0]
+        for _ in range(2000):
+            parse_ticks(frame)
+        grown = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert grown < 20_000, f"{grown} bytes still allocated after 2000 calls"
