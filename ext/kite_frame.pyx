@@ -18,6 +18,9 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from tick_row cimport *
 from libc.string cimport memset
+
+cdef extern from "small_zero.h":
+    void sq_zero(void* p, size_t n) noexcept nogil
 from cpython.datetime cimport import_datetime
 from cpython.dict cimport PyDict_Copy, PyDict_SetItem
 from cpython.list cimport PyList_New, PyList_SET_ITEM
@@ -120,7 +123,7 @@ cdef inline int kind_for_length(uint16_t plen) noexcept nogil:
 cdef void fill_row(TickRow* r, const uint8_t* p, int kind, uint16_t plen) noexcept nogil:
     cdef int i
     cdef const uint8_t* d
-    memset(r, 0, sizeof(TickRow))
+    sq_zero(r, sizeof(TickRow))
     r.token = be32(p)
     r.segment = r.token & 0xFF
     r.divisor = divisor_for(r.segment)

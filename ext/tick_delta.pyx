@@ -192,6 +192,7 @@ cdef extern from *:
     """
     #include <stdint.h>
     #include <string.h>
+    #include "small_zero.h"
     #if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
     #define TD_LE_GNUC 1
     #endif
@@ -469,7 +470,7 @@ cdef extern from *:
         uint64_t m = 0;
         for (s = 0; s < 7; s++) m |= (uint64_t)mk[s] << (8 * s);
         m &= 0x0003ff0fffff7fffULL;         /* padding bits (rejected earlier) never count */
-        memset(r, 0, sizeof(r));
+        sq_zero(r, sizeof(r));
         while (m) {                         /* only the set bits: most residuals are zero */
             int w2 = TD_FULL_SLOTS[td_ctz64(m)];
             m &= m - 1;
@@ -1050,6 +1051,26 @@ cdef const uint32_t[::1] _as_lengths(obj) except *:
     return v
 
 
+cdef void _mask_histogram(const uint8_t* masks, uint64_t m, uint64_t* hist) noexcept nogil:
+    """hist[v] = how many of the m mask bytes are v. Four part-histograms: consecutive mask
+    bytes are mostly equal, and one table would serialise on adding to the same counter."""
+    cdef uint32_t part[4][256]
+    cdef uint64_t i = 0
+    cdef int v
+    memset(part, 0, sizeof(part))
+    while i + 4 <= m:
+        part[0][masks[i]] += 1
+        part[1][masks[i + 1]] += 1
+        part[2][masks[i + 2]] += 1
+        part[3][masks[i + 3]] += 1
+        i += 4
+    while i < m:
+        part[0][masks[i]] += 1
+        i += 1
+    for v in range(256):
+        hist[v] = <uint64_t>part[0][v] + part[1][v] + part[2][v] + part[3][v]
+
+
 def unpack(packed, lengths):
     """Inverse of ``pack``: the original payloads concatenated. Raises ``ValueError`` (with
     the reason) on anything that is not a well-formed block for these lengths."""
@@ -1143,9 +1164,7 @@ def unpack(packed, lengths):
         for w in range(MAXW):
             counts[k * MAXW + w] = 0
         for j in range(MB[k]):
-            memset(hist, 0, sizeof(hist))
-            for i in range(<Py_ssize_t>m):
-                hist[masks[k][j * m + i]] += 1
+            _mask_histogram(masks[k] + j * m, m, hist)
             for i in range(256):
                 if hist[i] == 0:
                     continue
