@@ -405,10 +405,13 @@ def fill(request):
 
 
 def _shape(value):
-    """Value, type, key order and whether the cyclic GC tracks it, for nested dicts/lists."""
+    """Value, type, key order, whether the cyclic GC tracks it and (for a dict) its size in
+    memory, for nested dicts and lists."""
     import gc
+    import sys
     if isinstance(value, dict):
-        return ("dict", gc.is_tracked(value), [(k, _shape(v)) for k, v in value.items()])
+        return ("dict", gc.is_tracked(value), sys.getsizeof(value),
+                [(k, _shape(v)) for k, v in value.items()])
     if isinstance(value, list):
         return ("list", gc.is_tracked(value), [_shape(v) for v in value])
     return (type(value).__name__, value)
@@ -424,7 +427,7 @@ def test_positional_fill_is_in_use_on_the_cpythons_it_was_written_for():
 
 @settings(max_examples=200, deadline=None)
 @given(frames)
-def test_parse_ticks_matches_kiteconnect_in_types_order_and_gc_tracking(frame):
+def test_parse_ticks_matches_kiteconnect_in_types_order_size_and_gc_tracking(frame):
     for by_position in (True, False):
         before = _positional_fill()
         _positional_fill(by_position)
