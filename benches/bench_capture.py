@@ -64,9 +64,32 @@ FRAME_SIZES = [500, 50]
 TARGET_TICKS_S = 500_000      # absolute, full mode, on this 2-core machine (reported)
 TARGET_VS_TRANSPORT = 0.20    # capture >= 20% of a bare client's receive rate (gated at half)
 TARGET_P99_US = 50.0          # receipt -> WAL append, at 9000 instruments x 2 ticks/s
+# This machine's floor for that path (machine_floor_us: p50 of a bare locked list.append
+# after the realistic load's 18 ms idle) when the 50 us target was checked against it,
+# 2026-12-01 09:57-10:58 UTC: 16.7-18.0 us. The floor moves with the shared machine (20.7 us
+# at 12:28 the same day), so the p99 gate is scaled by the floor measured in the same run.
+FLOOR_REF_US = 17.0
 TARGET_RSS_MB = 150.0
 LATENCY_RATE = 2.0            # ticks per instrument per second
 WARMUP_S, WINDOW_S = 5.0, 25.0
+
+
+def machine_floor_us(n: int = 300, pause: float = 0.018, size: int = 56_000) -> np.ndarray:
+    """The least any Python path costs here after the realistic load's idle between messages:
+    a locked list.append of a record-like tuple holding a just-built frame-sized bytes,
+    nothing of shrivenq's. Microseconds, the first 20 samples dropped."""
+    lock, rows, ns = threading.RLock(), [], np.zeros(n, dtype=np.int64)
+    data = bytearray(os.urandom(size))
+    for i in range(n):
+        time.sleep(pause)
+        frame = bytes(data)
+        t0 = time.monotonic_ns()
+        with lock:
+            rows.append((1, 1, 0, t0, t0, frame, None))
+        ns[i] = time.monotonic_ns() - t0
+        if len(rows) > 64:
+            rows.clear()
+    return ns[20:] / 1e3
 
 
 class FloodServer:
@@ -254,7 +277,9 @@ def test_ingest_throughput_vs_bare_websockets(benchmark, flood, token_modes, tmp
 
 def test_latency_and_rss_at_realistic_load(benchmark, tmp_path):
     """9000 instruments x 2 ticks/s over 3 connections, simulator and capture in separate
-    processes; the capture's receipt-to-WAL-append latency and RSS over the window."""
+    processes; the capture's receipt-to-WAL-append latency and RSS over the window. The p99
+    gate (twice the target) is scaled by this machine's floor measured right after, against
+    its floor when the target was checked (FLOOR_REF_US); never tighter than twice the target."""
     sim = subprocess.Popen(
         [sys.executable, "-c",
          "import asyncio, sys\n"
@@ -283,7 +308,10 @@ def test_latency_and_rss_at_realistic_load(benchmark, tmp_path):
     rss_med = float(np.median(rss))
     assert r["gaps"] == 0 and r["malformed"] == 0 and r["connections"] == 3
     rate = r["ticks"] / r["window_s"]
+    floor_p50 = float(np.median(machine_floor_us()))
+    scale = max(1.0, floor_p50 / FLOOR_REF_US)
     benchmark.extra_info.update({
+        "floor_p50_us": round(floor_p50, 1), "gate_p99_us": round(2 * TARGET_P99_US * scale, 1),
         "messages": len(lat), "ticks_s": round(rate), "p50_us": round(p50, 1),
         "p99_us": round(p99, 1), "p999_us": round(p999, 1), "max_us": round(lat.max(), 1),
         "rss_median_mb": round(rss_med, 1), "rss_max_mb": round(float(rss.max()), 1),
@@ -294,10 +322,13 @@ def test_latency_and_rss_at_realistic_load(benchmark, tmp_path):
           f"(target {TARGET_P99_US:.0f}), p99.9 {p999:.1f} us, max {lat.max():.0f} us; RSS "
           f"median {rss_med:.1f} MB, max {rss.max():.1f} MB (target {TARGET_RSS_MB:.0f}; "
           f"{r['rss_imported_kb'] / 1024:.1f} MB before the capture started); gc "
-          f"{r['gc_collections']}; load {os.getloadavg()[0]:.1f}")
+          f"{r['gc_collections']}; load {os.getloadavg()[0]:.1f}; machine floor p50 "
+          f"{floor_p50:.1f} us ({FLOOR_REF_US:.0f} when the target was checked): p99 gate "
+          f"{2 * TARGET_P99_US * scale:.0f} us")
     assert len(lat) > 1000 and rate > 0.8 * INSTRUMENTS * LATENCY_RATE
     assert rss_med <= 2 * TARGET_RSS_MB, f"steady RSS {rss_med:.0f} MB"
-    assert p99 <= 2 * TARGET_P99_US, f"p99 {p99:.0f} us"
+    assert p99 <= 2 * TARGET_P99_US * scale, (
+        f"p99 {p99:.0f} us, over twice the target on a machine whose floor is {floor_p50:.1f} us")
 
 
 def test_receipt_to_append_back_to_back_vs_after_idle(benchmark, token_modes, tmp_path):
@@ -322,26 +353,11 @@ def test_receipt_to_append_back_to_back_vs_after_idle(benchmark, token_modes, tm
             rec.on_message(0, frame, time.time_ns(), time.monotonic_ns())
         return rec.latency.values()[20:] / 1e3
 
-    def floor(n: int, pause: float) -> np.ndarray:
-        """The least any Python path costs here after the same idle: a locked list.append
-        of a record-like tuple, nothing of shrivenq's."""
-        lock, rows, ns = threading.RLock(), [], np.zeros(n, dtype=np.int64)
-        for i in range(n):
-            time.sleep(pause)
-            frame = bytes(bytearray(frames[i % len(frames)]))
-            t0 = time.monotonic_ns()
-            with lock:
-                rows.append((1, 1, 0, t0, t0, frame, None))
-            ns[i] = time.monotonic_ns() - t0
-            if len(rows) > 64:
-                rows.clear()
-        return ns[20:] / 1e3
-
     try:
         out["back to back"] = feed(400, 0.0)
         benchmark.pedantic(lambda: out.__setitem__("after 18 ms idle", feed(300, 0.018)),
                            rounds=1, iterations=1)
-        out["floor: a locked list.append after 18 ms idle"] = floor(300, 0.018)
+        out["floor: a locked list.append after 18 ms idle"] = machine_floor_us()
     finally:
         wal.close()
     line = []
