@@ -188,6 +188,27 @@ def test_partial_block_is_flushed_after_the_interval(tmp_path):
         assert w.durable_records == 1
 
 
+def test_first_record_after_a_long_idle_is_sealed_on_time(tmp_path):
+    """An append does not wake the writer thread for a block's first record; the thread,
+    idle, wakes every flush_interval, and must still seal the block one interval after it."""
+    with WalWriter(tmp_path, "v", fsync="never", flush_interval=0.2) as w:
+        time.sleep(0.33)                     # the writer is part-way through an idle wait
+        start = time.monotonic()
+        w.append(Kind.BINARY, b"lonely", T0, 0)
+        while w.written_records < 1 and time.monotonic() < start + 5:
+            time.sleep(0.005)
+        took = time.monotonic() - start
+        assert w.written_records == 1 and 0.19 <= took < 0.2 + 0.5, took
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf")])
+def test_flush_interval_must_be_a_positive_number_of_seconds(tmp_path, bad):
+    with pytest.raises(ConfigError, match="flush_interval"):
+        WalWriter(tmp_path, "v", flush_interval=bad)
+    with WalWriter(tmp_path, "v") as w:   # the refused writer left its lock free
+        w.append(Kind.BINARY, b"x", T0, 0)
+
+
 def test_fsync_policy_parsing():
     assert FsyncPolicy.parse("every-block").mode == "every-block"
     assert FsyncPolicy.parse("interval:250").interval == 0.25

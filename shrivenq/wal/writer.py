@@ -215,6 +215,11 @@ class WalWriter:
         self._tz_offset_ns = self.tz_offset_s * 1_000_000_000
         self.policy = FsyncPolicy.parse(fsync)
         self.block_bytes, self.flush_interval = int(block_bytes), float(flush_interval)
+        # The writer thread waits up to flush_interval at a time, idle or not.
+        if not 0 < self.flush_interval <= threading.TIMEOUT_MAX:
+            raise ConfigError(f"flush_interval={flush_interval!r}: use seconds, more than 0")
+        if self.block_bytes <= 0:
+            raise ConfigError(f"block_bytes={block_bytes!r}: use a positive size in bytes")
         self.segment_bytes, self.queue_blocks = int(segment_bytes), int(queue_blocks)
         self.codec = fmt.default_codec() if codec is None else int(codec)
         if self.codec not in fmt.CODEC_NAMES or (self.codec == fmt.CODEC_TICK_DELTA
@@ -312,8 +317,7 @@ class WalWriter:
             if day != self._day:
                 self._enter_day(day)
             if not self._open_count:
-                self._open_since = time.monotonic()
-                self._cv.notify_all()       # the writer thread times the flush interval
+                self._open_since = time.monotonic()   # the writer thread times the block
             # One list.append: a signal handler running between bytecodes sees either the
             # whole record or none of it.
             self._rows.append((kind, version, conn, wall_ns, mono_ns, payload, instruments))
@@ -397,7 +401,6 @@ class WalWriter:
                     self._rows = []
                 if not self._open_count:
                     self._open_since = time.monotonic()
-                    self._cv.notify_all()
                 self._parts.append(chunk)
                 self._open_inst |= has_inst
                 self._open_count += j - i
@@ -524,7 +527,11 @@ class WalWriter:
                         break
                     if self._sync_wanted > self._durable and self._written >= self._sync_wanted:
                         break
-                    wait = None
+                    # Idle, this thread still wakes every flush_interval, so that an
+                    # append need not wake it for a block's first record (a futex wake-up
+                    # on the capture's latency path): a block's deadline, its first record
+                    # plus flush_interval, is never before the next wake-up.
+                    wait = self.flush_interval
                     if self._open_count:
                         age = now - self._open_since
                         if age >= self.flush_interval:
@@ -535,7 +542,7 @@ class WalWriter:
                         due = last_sync + self.policy.interval - now
                         if due <= 0:
                             break
-                        wait = due if wait is None else min(wait, due)
+                        wait = min(wait, due)
                     self._cv.wait(wait)
                 batch = list(self._sealed)
                 self._sealed.clear()
