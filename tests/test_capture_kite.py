@@ -252,3 +252,34 @@ def test_metrics_and_health_endpoints_report_the_live_capture(tmp_path):
             await metrics.stop()
 
     asyncio.run(main())
+
+
+def test_recorder_stores_and_counts_every_kind_of_message(tmp_path):
+    """Each message the feed can hand over: a frame of ticks (bytes, or bytes-like from
+    another caller), a heartbeat, an empty frame, a text message, a truncated frame: stored
+    raw in order with its tokens, counted, and the ticks in the books."""
+    from shrivenq.capture.kite import KiteRecorder
+    from shrivenq.kite.wire import encode_frame
+    from shrivenq.sim.market import KiteMarket, default_universe
+    from shrivenq.kite import KIND_FULL
+    from shrivenq.wal import IST, WalWriter
+
+    frame = encode_frame(KiteMarket(default_universe(5), seed=3).ticks(4, KIND_FULL))
+    tokens = sorted({int(t) for t in parse_frame_lenient(frame)[0]["token"]})
+    messages = [frame, bytearray(frame), b"\x00", b"", '{"type": "order", "data": {}}',
+                frame[:-10]]
+    wal = WalWriter(tmp_path, "kite", "ticks", tz=IST)
+    books = KiteBooks()
+    recorder = KiteRecorder(wal, books, "test")
+    for i, m in enumerate(messages):
+        recorder.on_message(1, m, 1_763_610_300_000_000_000 + i, i)
+    wal.close()
+    c = recorder.counters
+    # the empty frame and the truncated one are malformed (stored all the same)
+    assert (c.messages, c.heartbeats, c.text_messages, c.malformed_frames) == (6, 1, 1, 2)
+    assert c.ticks == 4 + 4 + 3 and len(books) == len(tokens)
+    batch = read_wal(tmp_path / "kite", "ticks")
+    stored = [bytes(batch.payload(i)) for i in range(len(batch))]
+    assert stored == [bytes(m) if not isinstance(m, str) else m.encode() for m in messages]
+    assert sorted({int(k) for k in batch.instruments(0)}) == tokens
+    assert list(batch.kind) == [Kind.BINARY] * 4 + [Kind.TEXT, Kind.BINARY]
