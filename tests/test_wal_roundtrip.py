@@ -201,6 +201,32 @@ def test_first_record_after_a_long_idle_is_sealed_on_time(tmp_path):
         assert w.written_records == 1 and 0.19 <= took < 0.2 + 0.5, took
 
 
+def test_blocks_sealed_by_appends_reach_the_disk_without_waking_the_writer(tmp_path):
+    """While a block is open the writer thread polls for sealed blocks, and an append that
+    seals a single block does not wake it: with a 10 s flush interval that block is still
+    written within a second (POLL_S, 50 ms, plus scheduling), and a stream's blocks too."""
+    def written_within(w, n, seconds):
+        deadline = time.monotonic() + seconds
+        while w.written_records < n and time.monotonic() < deadline:
+            time.sleep(0.002)
+        return w.written_records == n
+
+    with WalWriter(tmp_path, "v", fsync="never", block_bytes=4096, flush_interval=10) as w:
+        payloads = [bytes([i]) * 1024 for i in range(104)]
+        for p in payloads[:5]:               # block 1 sealed (the writer was asleep: woken),
+            w.append(Kind.BINARY, p, T0, 0)  # block 2 opened
+        assert written_within(w, 4, 1.0)
+        time.sleep(0.1)                      # the writer now polls: block 2 is open
+        for p in payloads[5:8]:              # block 2 sealed alone, nobody woken
+            w.append(Kind.BINARY, p, T0, 0)
+        assert written_within(w, 8, 1.0)
+        for p in payloads[8:]:               # a steady stream: a block every ~20 ms
+            w.append(Kind.BINARY, p, T0, 0)
+            time.sleep(0.005)
+        assert written_within(w, 104, 1.0)
+    assert [bytes(r.payload) for r in WalReader(tmp_path / "v").records()] == payloads
+
+
 @pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf")])
 def test_flush_interval_must_be_a_positive_number_of_seconds(tmp_path, bad):
     with pytest.raises(ConfigError, match="flush_interval"):

@@ -8,7 +8,9 @@ payloads reach ``block_bytes``, when ``flush_interval`` seconds passed since its
 record, or at the trading-day boundary; sealed blocks wait in a bounded queue. When the
 queue is full ``append`` blocks (backpressure: nothing is ever dropped), and the wait is
 counted in ``stats.queue_full_waits`` and logged. The writer thread writes every block it
-finds queued, then fsyncs per the policy (group commit). ``durable_records`` is how many
+finds queued, then fsyncs per the policy (group commit). Appends wake it only when it sleeps
+or a backlog forms; while a block is open it looks for sealed blocks every ``POLL_S``
+(50 ms), so that appending, on capture's latency path, rarely makes a system call. ``durable_records`` is how many
 records (in append order, from 0) are known to be on disk and fsynced; ``on_durable`` is
 called with it, from the writer thread, whenever it grows. With the defaults (blocks sealed
 after at most 1 s, ``interval:1000``) a record is durable about 2 s after its append at the
@@ -93,6 +95,11 @@ class WriterStats:
 
 
 _DEFAULT_VERSIONS = np.array([RECORD_VERSION.get(k, 1) for k in range(256)], dtype=np.uint8)
+
+
+# How often the writer thread looks for sealed blocks while a block is open, instead of
+# being woken by each append that seals one: at most this much later on disk.
+POLL_S = 0.05
 
 
 class _Sealed:
@@ -218,8 +225,6 @@ class WalWriter:
         # The writer thread waits up to flush_interval at a time, idle or not.
         if not 0 < self.flush_interval <= threading.TIMEOUT_MAX:
             raise ConfigError(f"flush_interval={flush_interval!r}: use seconds, more than 0")
-        if self.block_bytes <= 0:
-            raise ConfigError(f"block_bytes={block_bytes!r}: use a positive size in bytes")
         self.segment_bytes, self.queue_blocks = int(segment_bytes), int(queue_blocks)
         self.codec = fmt.default_codec() if codec is None else int(codec)
         if self.codec not in fmt.CODEC_NAMES or (self.codec == fmt.CODEC_TICK_DELTA
@@ -264,6 +269,7 @@ class WalWriter:
         self._written = 0
         self._durable = 0
         self._sync_wanted = 0            # flush(): fsync through at least this record
+        self._writer_polls = False       # the writer thread looks at the queue every POLL_S
         self._closing = False
         self._closed = False
         self._error: WalError | None = None
@@ -501,7 +507,12 @@ class WalWriter:
         # Queue first, then wait for room: a block sealed is never lost, even if a signal
         # handler closes the writer while this thread waits.
         self._sealed.append(blk)
-        self._cv.notify_all()
+        # Waking the writer thread costs the appender a futex call (some 25 us with cold
+        # caches, on capture's receipt-to-append path); while records arrive the thread
+        # looks at the queue every POLL_S anyway, so only a backlog or a sleeping thread
+        # is woken.
+        if not self._writer_polls or len(self._sealed) > 1 or not wait:
+            self._cv.notify_all()
         if wait and len(self._sealed) > self.queue_blocks and self._error is None:
             self.stats.queue_full_waits += 1
             start = time.monotonic()
@@ -527,23 +538,27 @@ class WalWriter:
                         break
                     if self._sync_wanted > self._durable and self._written >= self._sync_wanted:
                         break
-                    # Idle, this thread still wakes every flush_interval, so that an
-                    # append need not wake it for a block's first record (a futex wake-up
-                    # on the capture's latency path): a block's deadline, its first record
-                    # plus flush_interval, is never before the next wake-up.
+                    # Appends do not wake this thread for a block's first record, nor for a
+                    # block sealed while it polls (see _seal). Idle, it still wakes every
+                    # flush_interval: a block's deadline, its first record plus
+                    # flush_interval, is never before the next wake-up. While a block is
+                    # open it polls every POLL_S for blocks sealed meanwhile.
                     wait = self.flush_interval
+                    self._writer_polls = False
                     if self._open_count:
                         age = now - self._open_since
                         if age >= self.flush_interval:
                             self._seal(wait=False)
                             break
-                        wait = self.flush_interval - age
+                        wait = min(self.flush_interval - age, POLL_S)
+                        self._writer_polls = True
                     if unsynced and self.policy.mode == "interval":
                         due = last_sync + self.policy.interval - now
                         if due <= 0:
                             break
                         wait = min(wait, due)
                     self._cv.wait(wait)
+                self._writer_polls = False
                 batch = list(self._sealed)
                 self._sealed.clear()
                 closing = self._closing and not batch
