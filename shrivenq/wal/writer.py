@@ -508,10 +508,12 @@ class WalWriter:
         # handler closes the writer while this thread waits.
         self._sealed.append(blk)
         # Waking the writer thread costs the appender a futex call (some 25 us with cold
-        # caches, on capture's receipt-to-append path); while records arrive the thread
-        # looks at the queue every POLL_S anyway, so only a backlog or a sleeping thread
-        # is woken.
-        if not self._writer_polls or len(self._sealed) > 1 or not wait:
+        # caches, on capture's receipt-to-append path). While a block is open the thread
+        # looks at the queue every POLL_S anyway, so a slow stream's block (one that took
+        # longer than that to fill) is left for it to find; a sleeping thread, a backlog or
+        # a fast stream's block is woken for at once, so throughput never waits on a poll.
+        if (not wait or not self._writer_polls or len(self._sealed) > 1
+                or time.monotonic() - self._open_since < POLL_S):
             self._cv.notify_all()
         if wait and len(self._sealed) > self.queue_blocks and self._error is None:
             self.stats.queue_full_waits += 1
