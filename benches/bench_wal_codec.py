@@ -3,10 +3,13 @@ instruments from shrivenq.sim.market, frames of 1..8 packets, blocks of ~256 KB 
 
 Prints per-tick nanoseconds and MB/s (of raw payload bytes) for pack and unpack, and the
 throughput of pack + zstd-1 against plain zstd-1 on the same bytes, measured in the same run.
-Gates fail only below half of the targets (pack 100 ns/tick, unpack 100 ns/tick, pack + zstd-1
-at least 70% of plain zstd-1's throughput); the absolute gates look at the best round (the
-machine is shared), the ratio at medians of interleaved rounds. Figures go to
-docs/PERFORMANCE.md.
+The targets are pack and unpack at 100 ns/tick and pack + zstd-1 at least 70% of plain
+zstd-1's throughput. The shared machine's speed moves by up to 2x between runs, so every gate
+is a ratio of medians against plain zstd-1 on the same raw blocks, timed between our rounds:
+pack against zstd-1 compression, unpack against zstd-1 decompression, each target expressed
+in those units as measured when it was set (2026-12-01: zstd-1 compressed the raw blocks at
+about 570 ns/tick and decompressed them at about 175 ns/tick). A gate fails below half its
+target. Figures go to docs/PERFORMANCE.md.
 
     .venv/bin/python -m pytest benches/bench_wal_codec.py --benchmark-only -s \
         --benchmark-columns=min,median,mean,rounds
@@ -30,8 +33,11 @@ TICKS = 50_000
 BLOCK = 256 * 1024
 ROUNDS = 15
 
-PACK_NS = 100.0            # targets per tick; the gates are at half the speed
+PACK_NS = 100.0            # targets per tick (reported beside the measurement)
 UNPACK_NS = 100.0
+# The same targets against plain zstd-1 on the same raw blocks (see above): gated at half.
+PACK_VS_ZSTD_COMPRESS = 570 / PACK_NS
+UNPACK_VS_ZSTD_DECOMPRESS = 175 / UNPACK_NS
 PACK_ZSTD_VS_ZSTD = 0.70
 
 
@@ -85,19 +91,44 @@ def report(name, seconds, s, best=None):
     return ns
 
 
+def interleaved(samples: list[float], fn, s):
+    """A pytest-benchmark setup timing ``fn`` over every raw block of ``s`` into samples."""
+    def setup():
+        t = time.perf_counter()
+        for d, _ in s.blocks:
+            fn(d)
+        samples.append(time.perf_counter() - t)
+    return setup
+
+
 def test_pack(benchmark, stream):
-    benchmark.pedantic(pack_all, args=(stream,), rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    z, plain = zstandard.ZstdCompressor(level=1), []
+    benchmark.pedantic(pack_all, args=(stream,), setup=interleaved(plain, z.compress, stream),
+                       rounds=ROUNDS, iterations=1, warmup_rounds=1)
     st = benchmark.stats.stats
-    benchmark.extra_info["ns_per_tick"] = report("pack", st.median, stream, st.min)
-    # The machine is shared: the gate is on the best round, the median is what we report.
-    assert st.min / TICKS * 1e9 <= 2 * PACK_NS
+    ns = report("pack", st.median, stream, st.min)
+    ratio = statistics.median(plain) / st.median
+    benchmark.extra_info.update(ns_per_tick=ns, vs_zstd_compress=ratio)
+    print(f"pack against plain zstd-1 compression of the same blocks: {ratio:.2f}x (target "
+          f"{PACK_VS_ZSTD_COMPRESS:.1f}x, i.e. {PACK_NS:.0f} ns/tick)")
+    assert ratio >= PACK_VS_ZSTD_COMPRESS / 2
 
 
 def test_unpack(benchmark, stream):
-    benchmark.pedantic(unpack_all, args=(stream,), rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    z, plain = zstandard.ZstdCompressor(level=1), []
+    d = zstandard.ZstdDecompressor()
+    compressed = {id(raw): z.compress(raw) for raw, _ in stream.blocks}
+    benchmark.pedantic(unpack_all, args=(stream,),
+                       setup=interleaved(plain, lambda raw: d.decompress(compressed[id(raw)]),
+                                         stream),
+                       rounds=ROUNDS, iterations=1, warmup_rounds=1)
     st = benchmark.stats.stats
-    benchmark.extra_info["ns_per_tick"] = report("unpack", st.median, stream, st.min)
-    assert st.min / TICKS * 1e9 <= 2 * UNPACK_NS
+    ns = report("unpack", st.median, stream, st.min)
+    ratio = statistics.median(plain) / st.median
+    benchmark.extra_info.update(ns_per_tick=ns, vs_zstd_decompress=ratio)
+    print(f"unpack against plain zstd-1 decompression of the same blocks: {ratio:.2f}x "
+          f"(target {UNPACK_VS_ZSTD_DECOMPRESS:.2f}x, i.e. {UNPACK_NS:.0f} ns/tick)")
+    assert ratio >= UNPACK_VS_ZSTD_DECOMPRESS / 2
 
 
 def test_pack_zstd_vs_plain_zstd(benchmark, stream):
