@@ -493,19 +493,20 @@ cdef inline sq_slots _slots(dict copy, dict template):
     return sq_entries(copy, len(template)) if _direct else _NO_SLOTS
 
 
-cdef inline void _put(dict d, sq_slots e, Py_ssize_t i, str key, object value):
-    """d[key] = value, where key is entry i of d's template (e from _slots)."""
+cdef inline int _put(dict d, sq_slots e, Py_ssize_t i, str key, object value) except -1:
+    """d[key] = value, where key is entry i of d's template (e from _slots). (An int result:
+    a void one would make Cython test PyErr_Occurred() after each of a packet's 53 calls.)"""
     cdef PyObject* old
     if e.v == NULL:
-        PyDict_SetItem(d, key, value)
-        return
+        return PyDict_SetItem(d, key, value)
     old = e.v[i * e.stride]
     Py_INCREF(value)
     e.v[i * e.stride] = <PyObject*>value
     Py_XDECREF(old)
+    return 0
 
 
-cdef inline void _track(dict d):
+cdef inline void _track(dict d) noexcept:
     """What CPython does when a dict gets a container value: the cyclic GC follows it."""
     if not PyObject_GC_IsTracked(d):
         PyObject_GC_Track(d)

@@ -40,7 +40,7 @@ _applied: bool | None = None
 
 
 def _wanted(environ) -> bool:
-    switch = environ.get(ENV_SWITCH, "retain").strip().lower()
+    switch = environ.get(ENV_SWITCH, "").strip().lower() or "retain"   # empty: as unset
     if switch not in ("retain", "system"):
         warnings.warn(f"{ENV_SWITCH}={switch!r} is not 'retain' or 'system'; leaving malloc "
                       f"as glibc configures it", RuntimeWarning, stacklevel=3)

@@ -62,6 +62,7 @@ def test_a_user_who_tuned_malloc_keeps_their_settings(env):
 def test_the_switch_is_checked():
     assert _wanted({}) is True
     assert _wanted({"SHRIVENQ_MALLOC": " Retain "}) is True
+    assert _wanted({"SHRIVENQ_MALLOC": ""}) is True
     assert _wanted({"SHRIVENQ_MALLOC": "system"}) is False
     assert _wanted({"GLIBC_TUNABLES": "glibc.rtld.nns=2"}) is True
     with pytest.warns(RuntimeWarning, match="SHRIVENQ_MALLOC='sometimes'"):

@@ -8,9 +8,10 @@ payloads reach ``block_bytes``, when ``flush_interval`` seconds passed since its
 record, or at the trading-day boundary; sealed blocks wait in a bounded queue. When the
 queue is full ``append`` blocks (backpressure: nothing is ever dropped), and the wait is
 counted in ``stats.queue_full_waits`` and logged. The writer thread writes every block it
-finds queued, then fsyncs per the policy (group commit). Appends wake it only when it sleeps
-or a backlog forms; while a block is open it looks for sealed blocks every ``POLL_S``
-(50 ms), so that appending, on capture's latency path, rarely makes a system call. ``durable_records`` is how many
+finds queued, then fsyncs per the policy (group commit). An append wakes it only when it
+sleeps, when a backlog forms or when a block filled within ``POLL_S`` (a fast stream); while
+a block is open it looks for sealed blocks every ``POLL_S`` (50 ms), so that appending a slow
+stream, on capture's latency path, rarely makes a system call. ``durable_records`` is how many
 records (in append order, from 0) are known to be on disk and fsynced; ``on_durable`` is
 called with it, from the writer thread, whenever it grows. With the defaults (blocks sealed
 after at most 1 s, ``interval:1000``) a record is durable about 2 s after its append at the
@@ -541,7 +542,7 @@ class WalWriter:
                     if self._sync_wanted > self._durable and self._written >= self._sync_wanted:
                         break
                     # Appends do not wake this thread for a block's first record, nor for a
-                    # block sealed while it polls (see _seal). Idle, it still wakes every
+                    # slow stream's block sealed while it polls (see _seal). Idle, it wakes every
                     # flush_interval: a block's deadline, its first record plus
                     # flush_interval, is never before the next wake-up. While a block is
                     # open it polls every POLL_S for blocks sealed meanwhile.
