@@ -568,10 +568,23 @@ cdef bint _check_layout():
             if (e.v[i * e.stride - 1] != <PyObject*>key
                     or e.v[i * e.stride] != <PyObject*>value):
                 return False
-    for template, keys in ((T_LTP, (K_TRADABLE, K_TOKEN, K_LAST_PRICE)),
-                           (T_INDEX_QUOTE, (K_OHLC, K_CHANGE)), (T_QUOTE, (K_OHLC, K_CHANGE))):
-        if any(_at(template, k) != _at(T_INDEX_FULL if template is T_INDEX_QUOTE else T_FULL, k)
-               for k in keys):
+    # Every (template, key, position) _tick_dict writes through, so that editing a template
+    # can only turn the positional fill off, never write a value under the wrong key.
+    top = ((K_TRADABLE, P_TRADABLE), (K_TOKEN, P_TOKEN), (K_LAST_PRICE, P_LAST_PRICE))
+    index = top + ((K_OHLC, P_IDX_OHLC), (K_CHANGE, P_IDX_CHANGE))
+    quote = top + ((K_LTQ, P_LTQ), (K_ATP, P_ATP), (K_VOLUME, P_VOLUME), (K_TBQ, P_TBQ),
+                   (K_TSQ, P_TSQ), (K_OHLC, P_OHLC), (K_CHANGE, P_CHANGE))
+    ohlc = ((K_OPEN, P_OPEN), (K_HIGH, P_HIGH), (K_LOW, P_LOW), (K_CLOSE, P_CLOSE))
+    uses = ((T_LTP, top), (T_INDEX_QUOTE, index),
+            (T_INDEX_FULL, index + ((K_EXCH_TS, P_IDX_EXCH_TS),)), (T_QUOTE, quote),
+            (T_FULL, quote + ((K_LTT, P_LTT), (K_OI, P_OI), (K_OI_HIGH, P_OI_HIGH),
+                              (K_OI_LOW, P_OI_LOW), (K_EXCH_TS, P_EXCH_TS), (K_DEPTH, P_DEPTH))),
+            (T_INDEX_OHLC, ((K_OPEN, P_I_OPEN), (K_HIGH, P_I_HIGH), (K_LOW, P_I_LOW),
+                            (K_CLOSE, P_I_CLOSE))),
+            (T_OHLC, ohlc), (T_DEPTH, ((K_BUY, P_BUY), (K_SELL, P_SELL))),
+            (T_LEVEL, ((K_QUANTITY, P_QUANTITY), (K_PRICE, P_PRICE), (K_ORDERS, P_ORDERS))))
+    for template, pairs in uses:
+        if any(_at(template, key) != position for key, position in pairs):
             return False
     return True
 
