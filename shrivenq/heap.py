@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import warnings
 
 ENV_SWITCH = "SHRIVENQ_MALLOC"
@@ -52,6 +51,15 @@ def _wanted(environ) -> bool:
     return "glibc.malloc" not in environ.get("GLIBC_TUNABLES", "")
 
 
+def _glibc() -> bool:
+    # confstr answers at once; platform.libc_ver() would read the interpreter's binary to
+    # find out on any other C library.
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
 def retain_freed_memory(environ=None) -> bool:
     """Apply the thresholds above once per process; True if they are in force."""
     global _applied
@@ -59,7 +67,7 @@ def retain_freed_memory(environ=None) -> bool:
         return _applied
     environ = os.environ if environ is None else environ
     _applied = False
-    if platform.libc_ver()[0] != "glibc" or not _wanted(environ):
+    if not _glibc() or not _wanted(environ):
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
