@@ -8,10 +8,11 @@ The gate is the ratio of medians, failing only below half the issue's target.
 
 from __future__ import annotations
 
-import time
+import statistics
 
 import pytest
 from kiteconnect import KiteTicker
+from timing import interleaved
 
 from shrivenq.kite import KIND_FULL, KIND_LTP, KIND_QUOTE, parse_frame, parse_ticks
 from shrivenq.kite.wire import encode_frame
@@ -31,26 +32,6 @@ def frames() -> dict[str, bytes]:
     market = KiteMarket(default_universe(200), seed=11)
     return {name: encode_frame(market.ticks(PACKETS, kind))
             for name, kind in (("full", KIND_FULL), ("quote", KIND_QUOTE), ("ltp", KIND_LTP))}
-
-
-def interleaved_sdk(frame: bytes, every: int, samples: list[float]):
-    """A pytest-benchmark setup that times kiteconnect on ``frame`` before every ``every``-th
-    round of ours, into ``samples``."""
-    rounds = 0
-
-    def setup():
-        nonlocal rounds
-        if rounds % every == 0:
-            start = time.perf_counter()
-            SDK._parse_binary(frame)
-            samples.append(time.perf_counter() - start)
-        rounds += 1
-        return (frame,), {}
-    return setup
-
-
-def median(samples: list[float]) -> float:
-    return sorted(samples)[len(samples) // 2]
 
 
 def record(benchmark, sdk_s: float, target: float) -> float:
@@ -73,9 +54,9 @@ def test_parse_frame_vs_kiteconnect(benchmark, frames, mode):
     frame = frames[mode]
     assert len(parse_frame(frame)) == PACKETS
     sdk: list[float] = []
-    benchmark.pedantic(parse_frame, setup=interleaved_sdk(frame, 50, sdk), rounds=2000,
-                       warmup_rounds=50)
-    ratio = record(benchmark, median(sdk), ARRAY_TARGET[mode])
+    benchmark.pedantic(parse_frame, args=(frame,), rounds=2000, warmup_rounds=50,
+                       setup=interleaved(sdk, lambda: SDK._parse_binary(frame), every=50))
+    ratio = record(benchmark, statistics.median(sdk), ARRAY_TARGET[mode])
     assert ratio >= ARRAY_TARGET[mode] / 2, f"parse_frame only {ratio:.0f}x kiteconnect"
 
 
@@ -84,7 +65,7 @@ def test_parse_ticks_vs_kiteconnect(benchmark, frames, mode):
     frame = frames[mode]
     assert parse_ticks(frame) == SDK._parse_binary(frame)
     sdk: list[float] = []
-    benchmark.pedantic(parse_ticks, setup=interleaved_sdk(frame, 2, sdk), rounds=100,
-                       warmup_rounds=5)
-    ratio = record(benchmark, median(sdk), DICTS_TARGET)
+    benchmark.pedantic(parse_ticks, args=(frame,), rounds=100, warmup_rounds=5,
+                       setup=interleaved(sdk, lambda: SDK._parse_binary(frame), every=2))
+    ratio = record(benchmark, statistics.median(sdk), DICTS_TARGET)
     assert ratio >= DICTS_TARGET / 2, f"parse_ticks only {ratio:.1f}x kiteconnect"

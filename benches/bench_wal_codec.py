@@ -23,6 +23,7 @@ import time
 import numpy as np
 import pytest
 import zstandard
+from timing import interleaved
 
 from shrivenq._ext import tick_delta
 from shrivenq.kite import KIND_FULL, KIND_LTP, KIND_QUOTE
@@ -82,6 +83,12 @@ def unpack_all(s):
         tick_delta.unpack(p, n)
 
 
+def compress_raw(z, s):
+    """Plain zstd-1 of every raw block: the baseline the codec's ratios are taken against."""
+    for d, _ in s.blocks:
+        z.compress(d)
+
+
 def report(name, seconds, s, best=None):
     ns = seconds / TICKS * 1e9
     mbs = s.raw_bytes / seconds / 1e6
@@ -89,16 +96,6 @@ def report(name, seconds, s, best=None):
     print(f"\n{name}: median {ns:.1f} ns/tick, {mbs:.0f} MB/s of raw payload, "
           f"{TICKS / seconds / 1e6:.2f}M ticks/s{extra}")
     return ns
-
-
-def interleaved(samples: list[float], fn, s):
-    """A pytest-benchmark setup timing ``fn`` over every raw block of ``s`` into samples."""
-    def setup():
-        t = time.perf_counter()
-        for d, _ in s.blocks:
-            fn(d)
-        samples.append(time.perf_counter() - t)
-    return setup
 
 
 def against_zstd(benchmark, stream, name, plain, what, target_ratio, target_ns):
@@ -114,38 +111,30 @@ def against_zstd(benchmark, stream, name, plain, what, target_ratio, target_ns):
 
 def test_pack(benchmark, stream):
     z, plain = zstandard.ZstdCompressor(level=1), []
-    benchmark.pedantic(pack_all, args=(stream,), setup=interleaved(plain, z.compress, stream),
-                       rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(pack_all, args=(stream,), rounds=ROUNDS, iterations=1, warmup_rounds=1,
+                       setup=interleaved(plain, lambda: compress_raw(z, stream)))
     against_zstd(benchmark, stream, "pack", plain, "compression", PACK_VS_ZSTD_COMPRESS, PACK_NS)
 
 
 def test_unpack(benchmark, stream):
     z, d, plain = zstandard.ZstdCompressor(level=1), zstandard.ZstdDecompressor(), []
-    compressed = {id(raw): z.compress(raw) for raw, _ in stream.blocks}
-    benchmark.pedantic(unpack_all, args=(stream,),
-                       setup=interleaved(plain, lambda raw: d.decompress(compressed[id(raw)]),
-                                         stream),
-                       rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    compressed = [z.compress(raw) for raw, _ in stream.blocks]
+    benchmark.pedantic(unpack_all, args=(stream,), rounds=ROUNDS, iterations=1, warmup_rounds=1,
+                       setup=interleaved(plain, lambda: [d.decompress(c) for c in compressed]))
     against_zstd(benchmark, stream, "unpack", plain, "decompression",
                  UNPACK_VS_ZSTD_DECOMPRESS, UNPACK_NS)
 
 
 def test_pack_zstd_vs_plain_zstd(benchmark, stream):
     """pack + zstd-1 of every block against zstd-1 of the same raw blocks, interleaved."""
-    z = zstandard.ZstdCompressor(level=1)
-    plain = []
-
-    def baseline():   # untimed by pytest-benchmark: the plain zstd-1 round between ours
-        t = time.perf_counter()
-        for d, _ in stream.blocks:
-            z.compress(d)
-        plain.append(time.perf_counter() - t)
+    z, plain = zstandard.ZstdCompressor(level=1), []
 
     def ours():
         for d, n in stream.blocks:
             z.compress(tick_delta.pack(d, n))
 
-    benchmark.pedantic(ours, setup=baseline, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(ours, rounds=ROUNDS, iterations=1, warmup_rounds=1,
+                       setup=interleaved(plain, lambda: compress_raw(z, stream)))
     ours_s = benchmark.stats.stats.median
     plain_s = statistics.median(plain)
     ratio = plain_s / ours_s

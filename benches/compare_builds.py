@@ -25,18 +25,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from timing import median_seconds
+
 HERE = Path(__file__).resolve().parent
 MAIN = HERE.parent
 
 
 def median_s(fn, n: int) -> float:
+    """``timing.median_seconds`` after one untimed call (imports, first-touch caches)."""
     fn()
-    samples = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+    return median_seconds(fn, n)
 
 
 def measure(wal_dir: Path) -> dict[str, float]:
@@ -72,7 +70,8 @@ def measure(wal_dir: Path) -> dict[str, float]:
             ours.append(time.perf_counter() - start)
         out[f"parse_ticks {name} (x kiteconnect)"] = (statistics.median(theirs)
                                                       / statistics.median(ours))
-        out[f"parse_frame {name} (ns/packet)"] = median_s(lambda: parse_frame(frame), 300) / 500 * 1e9
+        per_call = median_s(lambda: parse_frame(frame), 300)
+        out[f"parse_frame {name} (ns/packet)"] = per_call / 500 * 1e9
     return out
 
 

@@ -920,8 +920,9 @@ cdef object to_sync(str symbol, const Head* h, dict syncs):
     return ()
 
 
-def on_depth_records(books, const uint8_t[::1] data not None, const uint8_t[:] kinds, const uint64_t[:] offsets,
-                     const uint32_t[:] lengths, Py_ssize_t i, uint8_t text, list decisions):
+def on_depth_records(books, const uint8_t[::1] data not None, const uint8_t[:] kinds,
+                     const uint64_t[:] offsets, const uint32_t[:] lengths, Py_ssize_t i,
+                     uint8_t text, list decisions):
     """Replay's hot loop: from record i on, while records are stream messages (kind
     ``text``; payload ``data[offsets[i]:][:lengths[i]]``; ``data`` is any contiguous byte
     buffer, a WAL batch's payload view as it is), what ``books.on_message(payload)``

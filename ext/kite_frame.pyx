@@ -18,9 +18,6 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from tick_row cimport *
 from libc.string cimport memset
-
-cdef extern from "small_zero.h":
-    void sq_zero(void* p, size_t n) noexcept nogil
 from cpython.datetime cimport import_datetime
 from cpython.dict cimport PyDict_Copy, PyDict_SetItem
 from cpython.list cimport PyList_New, PyList_SET_ITEM
@@ -29,6 +26,9 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 
 cimport numpy as cnp
 import numpy as np
+
+cdef extern from "small_zero.h":
+    void sq_zero(void* p, size_t n) noexcept nogil
 
 from datetime import datetime
 
@@ -507,7 +507,8 @@ cdef inline int _put(dict d, sq_slots e, Py_ssize_t i, str key, object value) ex
 
 
 cdef inline void _track(dict d) noexcept:
-    """What CPython does when a dict gets a container value: the cyclic GC follows it."""
+    """What CPython does when a dict gets a container value: the cyclic GC follows it. (Set
+    by key, the dict is tracked already.)"""
     if not PyObject_GC_IsTracked(d):
         PyObject_GC_Track(d)
 
@@ -679,8 +680,7 @@ cdef dict _tick_dict(const uint8_t* p, uint16_t plen, dict stamps):
         _put(d, e, P_IDX_CHANGE, K_CHANGE, _change(last_price, close))
         if plen == 32:
             _put(d, e, P_IDX_EXCH_TS, K_EXCH_TS, _timestamp(stamps, be32(p + 28)))
-        if e.v != NULL:
-            _track(d)
+        _track(d)
     else:
         template = T_QUOTE if plen == 44 else T_FULL
         d = PyDict_Copy(template)
@@ -704,11 +704,9 @@ cdef dict _tick_dict(const uint8_t* p, uint16_t plen, dict stamps):
             eo = _slots(depth, T_DEPTH)
             _put(depth, eo, P_BUY, K_BUY, _depth_side(p + 64, divisor))
             _put(depth, eo, P_SELL, K_SELL, _depth_side(p + 124, divisor))
-            if eo.v != NULL:
-                _track(depth)
+            _track(depth)
             _put(d, e, P_DEPTH, K_DEPTH, depth)
-        if e.v != NULL:
-            _track(d)
+        _track(d)
     _put(d, e, P_TRADABLE, K_TRADABLE, segment != SEG_INDICES)
     _put(d, e, P_TOKEN, K_TOKEN, token)
     _put(d, e, P_LAST_PRICE, K_LAST_PRICE, last_price)
