@@ -30,9 +30,11 @@ from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 from cpython.unicode cimport PyUnicode_DATA, PyUnicode_DecodeASCII, PyUnicode_GET_LENGTH
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.mem cimport PyMem_Realloc
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy, memset
 
-from shrivenq._ext.l2_ladder cimport L2Ladder
+from shrivenq._ext.l2_ladder cimport (L2Ladder, Side, ladder_apply_pairs_nogil,
+                                      ladder_crossed)
 
 cimport numpy as cnp
 import sys
@@ -343,13 +345,12 @@ cdef int grow(int side, Py_ssize_t need) except -1:
     return 0
 
 
-cdef const char* scan_levels(const char* p, const char* e, int ps, int qs,
-                             int side, Py_ssize_t* count) except? NULL:
-    """[["p","q"], ...] into ``scratch[side]`` as (price, qty) pairs; NULL to decline."""
-    cdef const char* s
-    cdef Py_ssize_t n, k = 0, cap = scratch_cap[side]
+cdef const char* scan_pairs(const char* p, const char* e, int ps, int qs, int64_t* out,
+                            Py_ssize_t cap, Py_ssize_t* count) noexcept nogil:
+    """[["p","q"], ...] into ``out`` as (price, qty) pairs, at most ``cap`` of them; NULL to
+    decline. More pairs than ``cap``: NULL with count -1 (a bigger buffer may take them)."""
+    cdef Py_ssize_t k = 0
     cdef int64_t price, qty
-    cdef int64_t* out = scratch[side]
     count[0] = 0
     p = skip_ws(p, e)
     if p >= e or p[0] != c'[':
@@ -372,14 +373,14 @@ cdef const char* scan_levels(const char* p, const char* e, int ps, int qs,
         p = skip_ws(p, e)
         if p >= e or p[0] != c']':
             return NULL
-        if 2 * k + 2 > cap:
-            grow(side, 2 * k + 2)
-            out, cap = scratch[side], scratch_cap[side]
+        if k >= MAX_LEVELS:
+            return NULL                 # declined (count 0)
+        if k >= cap:
+            count[0] = -1
+            return NULL
         out[2 * k] = price
         out[2 * k + 1] = qty
         k += 1
-        if k > MAX_LEVELS:
-            return NULL
         p = skip_ws(p + 1, e)
         if p < e and p[0] == c',':
             p = skip_ws(p + 1, e)
@@ -388,6 +389,17 @@ cdef const char* scan_levels(const char* p, const char* e, int ps, int qs,
             count[0] = k
             return p + 1
         return NULL
+
+
+cdef const char* scan_levels(const char* p, const char* e, int ps, int qs,
+                             int side, Py_ssize_t* count) except? NULL:
+    """scan_pairs into ``scratch[side]``, grown as needed (up to MAX_LEVELS pairs)."""
+    cdef const char* r
+    while True:
+        r = scan_pairs(p, e, ps, qs, scratch[side], scratch_cap[side] // 2, count)
+        if r != NULL or count[0] != -1:
+            return r
+        grow(side, scratch_cap[side] + 2)
 
 
 # --- symbols: the last few seen, so that a message's symbol costs no new string, no hashing
@@ -470,6 +482,7 @@ cdef struct Head:
 
 cdef enum:
     RUN_SLOTS = 32
+    RUN_NAME = 40           # longest symbol a slot holds (Binance's are about 20)
 
 cdef struct RunSlot:
     PyObject* symbol        # owned references, NULL when the slot is empty
@@ -480,6 +493,14 @@ cdef struct RunSlot:
     int ps, qs
     bint futures
     bint dirty              # book_id moved since it was read from sync.book_id
+    # For the loop that runs without the GIL (run_nogil): the symbol's bytes, the ladder's
+    # sides and the counters it moves, all inside the objects above, which the slot holds.
+    char name[RUN_NAME]
+    Py_ssize_t name_n
+    Side* sides
+    long long* stale
+    long long* applied
+    long long* levels
 
 
 cdef struct Run:
@@ -495,11 +516,10 @@ cdef inline unsigned int run_hash(const char* s, Py_ssize_t n) noexcept nogil:
     return h & (RUN_SLOTS - 1)
 
 
-cdef inline int run_find(Run* run, const char* s, Py_ssize_t n) noexcept:
+cdef inline int run_find(Run* run, const char* s, Py_ssize_t n) noexcept nogil:
     cdef unsigned int k = run_hash(s, n)
-    cdef PyObject* sym = run.slots[k].symbol
-    if (sym != NULL and PyUnicode_GET_LENGTH(<object>sym) == n
-            and memcmp(PyUnicode_DATA(<object>sym), s, n) == 0):
+    cdef RunSlot* sl = &run.slots[k]
+    if sl.symbol != NULL and sl.name_n == n and memcmp(sl.name, s, n) == 0:
         return <int>k
     return -1
 
@@ -539,7 +559,10 @@ cdef int run_fill(Run* run, str symbol, const Head* h, dict syncs) except -2:
     cdef int overflow = 0
     cdef long long book_id
     cdef unsigned int k
+    cdef Py_ssize_t n
     cdef RunSlot* sl
+    cdef L2Ladder book
+    cdef SyncCounters c
     sync = syncs.get(symbol)
     if sync is None:
         return -1
@@ -553,7 +576,10 @@ cdef int run_fill(Run* run, str symbol, const Head* h, dict syncs) except -2:
     if overflow or book_id < 0:
         return -1
     futures = bool(sync.futures)
-    k = run_hash(<const char*>PyUnicode_DATA(symbol), PyUnicode_GET_LENGTH(symbol))
+    n = PyUnicode_GET_LENGTH(symbol)
+    if n > RUN_NAME or not symbol.isascii():   # an ASCII str's data are its bytes
+        return -1
+    k = run_hash(<const char*>PyUnicode_DATA(symbol), n)
     sl = &run.slots[k]
     run_drop(sl)
     for obj in (symbol, sync, book_obj, counters):
@@ -561,6 +587,12 @@ cdef int run_fill(Run* run, str symbol, const Head* h, dict syncs) except -2:
     sl.symbol, sl.sync = <PyObject*>symbol, <PyObject*>sync
     sl.book, sl.counters = <PyObject*>book_obj, <PyObject*>counters
     sl.book_id, sl.ps, sl.qs, sl.futures, sl.dirty = book_id, h.ps, h.qs, futures, False
+    memcpy(sl.name, PyUnicode_DATA(symbol), n)
+    sl.name_n = n
+    book = <L2Ladder>book_obj
+    c = <SyncCounters>counters
+    sl.sides = &book.sides[0]
+    sl.stale, sl.applied, sl.levels = &c.stale, &c.applied, &c.levels
     run.used += 1
     return <int>k
 
@@ -603,6 +635,59 @@ cdef object resolve_symbol(const char* s, Py_ssize_t n, dict specs, Run* run, He
     return symbol_spec(s, n, specs, &h.ps, &h.qs)
 
 
+cdef const char* compact_head(const char* base, const char* e, bint futures, Head* h,
+                              const char** s, Py_ssize_t* n) noexcept nogil:
+    """Binance's compact form up to its symbol: the stream, the event time (into h) and the
+    symbol's bytes (s[:n]); the pointer after the symbol, NULL to decline."""
+    cdef int64_t tmp
+    cdef const char* p = lit(base, e, b'{"stream":', 10)
+    if p == NULL:
+        return NULL
+    p = scan_string(p, e, s, n)
+    if p == NULL or not names_depth(s[0], n[0]):
+        return NULL
+    p = lit(p, e, b',"data":{"e":"depthUpdate","E":', 31)
+    if p == NULL:
+        return NULL
+    p = scan_uint(p, e, &h.E)
+    if futures:
+        p = field_uint(p, e, b',"T":', 5, &tmp)
+    p = lit(p, e, b',"s":', 5)
+    if p == NULL:
+        return NULL
+    return scan_string(p, e, s, n)
+
+
+cdef const char* compact_body(const char* p, const char* e, bint futures, Head* h,
+                              int64_t* bids, Py_ssize_t bcap, int64_t* asks,
+                              Py_ssize_t acap) noexcept nogil:
+    """The compact form after the symbol: the ids into h, the levels (at scales h.ps, h.qs)
+    into ``bids`` and ``asks`` (h.nb, h.na pairs; at most bcap, acap), the end of the
+    message. Non-NULL when it all reads; NULL to decline, with h.nb or h.na -1 when that
+    side has more pairs than its buffer holds."""
+    h.nb = h.na = 0
+    p = field_uint(p, e, b',"U":', 5, &h.U)
+    p = field_uint(p, e, b',"u":', 5, &h.u)
+    if p == NULL:
+        return NULL
+    if futures:
+        p = field_uint(p, e, b',"pu":', 6, &h.pu)
+        if p == NULL:
+            return NULL
+    else:
+        h.pu = -1
+    p = lit(p, e, b',"b":', 5)
+    if p == NULL:
+        return NULL
+    p = lit(scan_pairs(p, e, h.ps, h.qs, bids, bcap, &h.nb), e, b',"a":', 5)
+    if p == NULL:
+        return NULL
+    p = scan_pairs(p, e, h.ps, h.qs, asks, acap, &h.na)
+    if p == NULL or e - p != 2 or p[0] != c'}' or p[1] != c'}' or h.U > h.u:
+        return NULL
+    return p
+
+
 cdef object scan_compact(const char* base, Py_ssize_t size, dict specs, bint futures,
                          Head* h, Run* run):
     """scan_depth for the one form Binance sends: no whitespace, the keys in its order
@@ -614,47 +699,20 @@ cdef object scan_compact(const char* base, Py_ssize_t size, dict specs, bint fut
     cdef const char* p
     cdef const char* s
     cdef Py_ssize_t n
-    cdef int64_t tmp
-    p = lit(base, e, b'{"stream":', 10)
-    if p == NULL:
-        return None
-    p = scan_string(p, e, &s, &n)
-    if p == NULL or not names_depth(s, n):
-        return None
-    p = lit(p, e, b',"data":{"e":"depthUpdate","E":', 31)
-    if p == NULL:
-        return None
-    p = scan_uint(p, e, &h.E)
-    if futures:
-        p = field_uint(p, e, b',"T":', 5, &tmp)
-    p = lit(p, e, b',"s":', 5)
-    if p == NULL:
-        return None
-    p = scan_string(p, e, &s, &n)
+    p = compact_head(base, e, futures, h, &s, &n)
     if p == NULL:
         return None
     symbol = resolve_symbol(s, n, specs, run, h)
     if symbol is None:
         return None
-    p = field_uint(p, e, b',"U":', 5, &h.U)
-    p = field_uint(p, e, b',"u":', 5, &h.u)
-    if p == NULL:
-        return None
-    if futures:
-        p = field_uint(p, e, b',"pu":', 6, &h.pu)
-        if p == NULL:
+    while compact_body(p, e, futures, h, scratch[0], scratch_cap[0] // 2,
+                       scratch[1], scratch_cap[1] // 2) == NULL:
+        if h.nb == -1:
+            grow(0, scratch_cap[0] + 2)
+        elif h.na == -1:
+            grow(1, scratch_cap[1] + 2)
+        else:
             return None
-    else:
-        h.pu = -1
-    p = lit(p, e, b',"b":', 5)
-    if p == NULL:
-        return None
-    p = lit(scan_levels(p, e, h.ps, h.qs, 0, &h.nb), e, b',"a":', 5)
-    if p == NULL:
-        return None
-    p = scan_levels(p, e, h.ps, h.qs, 1, &h.na)
-    if p == NULL or e - p != 2 or p[0] != c'}' or p[1] != c'}' or h.U > h.u:
-        return None
     return symbol
 
 
@@ -812,14 +870,17 @@ cdef object scan_general(const char* base, Py_ssize_t size, dict specs, bint fut
 
 cdef object make_event(str symbol, const Head* h):
     """The DepthEvent of a decoded message: four new arrays from the scratch pairs."""
+    return make_event_of(symbol, h, scratch[0], scratch[1])
+
+
+cdef object make_event_of(str symbol, const Head* h, const int64_t* sb, const int64_t* sa):
+    """The DepthEvent of a message decoded into the pairs ``sb`` (bids) and ``sa`` (asks)."""
     cdef Py_ssize_t i, nb = h.nb, na = h.na
     cdef cnp.npy_intp nbd = nb, nad = na
     cdef cnp.ndarray bp = cnp.PyArray_EMPTY(1, &nbd, cnp.NPY_INT64, 0)
     cdef cnp.ndarray bq = cnp.PyArray_EMPTY(1, &nbd, cnp.NPY_INT64, 0)
     cdef cnp.ndarray ap = cnp.PyArray_EMPTY(1, &nad, cnp.NPY_INT64, 0)
     cdef cnp.ndarray aq = cnp.PyArray_EMPTY(1, &nad, cnp.NPY_INT64, 0)
-    cdef int64_t* sb = scratch[0]
-    cdef int64_t* sa = scratch[1]
     cdef int64_t* dbp = <int64_t*>cnp.PyArray_DATA(bp)
     cdef int64_t* dbq = <int64_t*>cnp.PyArray_DATA(bq)
     cdef int64_t* dap = <int64_t*>cnp.PyArray_DATA(ap)
@@ -920,6 +981,65 @@ cdef object to_sync(str symbol, const Head* h, dict syncs):
     return ()
 
 
+cdef enum:
+    NOGIL_PAIRS = 1024      # levels a side may have for run_nogil (more: the GIL's loop)
+
+
+cdef Py_ssize_t run_nogil(const char* base, Py_ssize_t size, const uint8_t[:] kinds,
+                          const uint64_t[:] offsets, const uint32_t[:] lengths, Py_ssize_t i,
+                          uint8_t text, bint futures, Run* run, int64_t* bids, int64_t* asks,
+                          Head* h, int* crossed, Py_ssize_t* depth) noexcept nogil:
+    """on_depth_records' common case without the GIL, so that the WAL reader's read-ahead
+    threads decode the next blocks meanwhile (holding it, this loop left them waiting for
+    it, and replay read no faster with them than without). From record i, each stream
+    message in Binance's compact form, of a symbol in the run's table, stale or continuing
+    its book, with at most NOGIL_PAIRS levels a side, is decoded into ``bids``/``asks`` and
+    counted or applied exactly as on_depth_records' own loop does it. Returns the index of
+    the first record it did not take, of which nothing has changed (that loop takes it from
+    the start); or, with ``crossed`` set to its slot, the index after a message that left
+    its book crossed (decoded into h, bids and asks), whose restart is the sync's."""
+    cdef Py_ssize_t n = kinds.shape[0], o, length, sn
+    cdef const char* p
+    cdef const char* e
+    cdef const char* s
+    cdef RunSlot* sl
+    cdef int k
+    crossed[0] = -1
+    while i < n and kinds[i] == text:
+        o, length = <Py_ssize_t>offsets[i], <Py_ssize_t>lengths[i]
+        if o < 0 or length < 0 or o > size or length > size - o:
+            return i
+        e = base + o + length
+        p = compact_head(base + o, e, futures, h, &s, &sn)
+        if p == NULL:
+            return i
+        k = run_find(run, s, sn)
+        if k < 0:
+            return i
+        sl = &run.slots[k]
+        h.ps, h.qs = sl.ps, sl.qs
+        if compact_body(p, e, futures, h, bids, NOGIL_PAIRS, asks, NOGIL_PAIRS) == NULL:
+            return i
+        if h.u <= sl.book_id:
+            sl.stale[0] += 1
+        elif (h.pu == sl.book_id) if sl.futures else (h.U - 1 == sl.book_id):
+            if ladder_apply_pairs_nogil(sl.sides, bids, h.nb, asks, h.na) < 0:
+                return i
+            sl.book_id = h.u
+            sl.dirty = True
+            sl.applied[0] += 1
+            sl.levels[0] += h.nb + h.na
+            if ladder_crossed(sl.sides):
+                crossed[0] = k
+                depth[0] += 1
+                return i + 1
+        else:
+            return i        # a gap: the sync decides
+        depth[0] += 1
+        i += 1
+    return i
+
+
 def on_depth_records(books, const uint8_t[::1] data not None, const uint8_t[:] kinds,
                      const uint64_t[:] offsets, const uint32_t[:] lengths, Py_ssize_t i,
                      uint8_t text, list decisions):
@@ -933,9 +1053,11 @@ def on_depth_records(books, const uint8_t[::1] data not None, const uint8_t[:] k
 
     A symbol's BookSync, ladder, counters, scales and update id are looked up once and kept
     in a table (``Run``) while only this loop runs: a stale or continuing message of a synced
-    book costs no dictionary lookup, attribute access or Python int. Before any Python code
-    runs (a message the decoder declines, a gap, a crossed book, a book not synced) and when
-    the loop ends, the update ids are written back to their syncs and the table emptied."""
+    book costs no dictionary lookup, attribute access or Python int, and once its symbol is
+    in the table it is done without the GIL (``run_nogil``; the books must not be used by
+    another thread during the call). Before any Python code runs (a message the decoder
+    declines, a gap, a crossed book, a book not synced) and when the loop ends, the update
+    ids are written back to their syncs and the table emptied."""
     cdef Head h
     cdef Run run
     cdef RunSlot* sl
@@ -947,7 +1069,8 @@ def on_depth_records(books, const uint8_t[::1] data not None, const uint8_t[:] k
     cdef dict specs = books.specs
     cdef dict syncs = books.syncs
     cdef bint futures = books.futures
-    cdef int k
+    cdef int k, crossed
+    cdef int64_t* pairs = NULL      # run_nogil's bids then asks, NOGIL_PAIRS pairs each
     if offsets.shape[0] != n or lengths.shape[0] != n:
         raise ValueError(f"{n} kinds but {offsets.shape[0]} offsets and {lengths.shape[0]} "
                          f"lengths")
@@ -956,7 +1079,28 @@ def on_depth_records(books, const uint8_t[::1] data not None, const uint8_t[:] k
     memset(&run, 0, sizeof(run))
     counters = books.counters
     try:
-        while i < n and kinds[i] == text:
+        while True:
+            if run.used and i < n:
+                with nogil:
+                    if pairs == NULL:
+                        pairs = <int64_t*>malloc(4 * NOGIL_PAIRS * sizeof(int64_t))
+                    if pairs != NULL:
+                        i = run_nogil(base, size, kinds, offsets, lengths, i, text, futures,
+                                      &run, pairs, pairs + 2 * NOGIL_PAIRS, &h, &crossed,
+                                      &depth)
+                if pairs != NULL and crossed >= 0:
+                    sl = &run.slots[crossed]
+                    symbol = <object>sl.symbol
+                    sync = <object>sl.sync
+                    event = make_event_of(symbol, &h, pairs, pairs + 2 * NOGIL_PAIRS)
+                    run_flush(&run)
+                    out = sync._restart("crossed", event, ())
+                    if out:
+                        for a in out:
+                            decisions.append(tuple(a))
+                    continue
+            if i >= n or kinds[i] != text:
+                break
             o, length = <Py_ssize_t>offsets[i], <Py_ssize_t>lengths[i]
             if o < 0 or length < 0 or o > size or length > size - o:
                 raise ValueError(f"record {i} lies outside its batch's data")
@@ -999,6 +1143,7 @@ def on_depth_records(books, const uint8_t[::1] data not None, const uint8_t[:] k
                 for a in out:
                     decisions.append(tuple(a))
     finally:
+        free(pairs)
         run_flush(&run)
         if depth:
             counters.messages += depth

@@ -39,3 +39,12 @@ cdef class L2Ladder:
 
     # Best bid >= best ask (both sides non-empty).
     cdef bint crossed(self) noexcept
+
+
+# The same two on a ladder's ``sides`` (``&ladder.sides[0]``), for a caller that does not hold
+# the GIL (replay's Binance loop). ladder_apply_pairs_nogil changes nothing and returns -1 when
+# apply_pairs would raise (a negative quantity) or would have to grow a side; 0 when applied.
+# The caller keeps the ladder alive and no other thread may use it meanwhile.
+cdef int ladder_apply_pairs_nogil(Side* sides, const int64_t* bids, Py_ssize_t nb,
+                                  const int64_t* asks, Py_ssize_t na) noexcept nogil
+cdef bint ladder_crossed(const Side* sides) noexcept nogil

@@ -97,44 +97,70 @@ cdef inline Py_ssize_t _lower_bound(const Level* v, Py_ssize_t n, int64_t price,
     return (base - v) + worse(base[0].price, price, is_bid)
 
 
-cdef inline int side_set_k(Side* s, int64_t price, int64_t qty, bint is_bid) except -1:
+cdef int side_reserve(Side* s, Py_ssize_t extra) except -1:
+    """Room for ``extra`` more levels: a batch of that many updates inserts at most that
+    many, so once this returns the batch can be applied without growing (or the GIL)."""
+    while s.cap - s.n < extra:
+        side_grow(s)
+    return 0
+
+
+cdef inline void side_put_k(Side* s, int64_t price, int64_t qty, bint is_bid) noexcept nogil:
+    """Set one level; an insert needs room (s.n < s.cap)."""
     cdef Py_ssize_t i = _lower_bound(s.levels, s.n, price, is_bid)
     cdef bint found = i < s.n and s.levels[i].price == price
     if qty == 0:
         if found:
             memmove(s.levels + i, s.levels + i + 1, (s.n - i - 1) * sizeof(Level))
             s.n -= 1
-        return 0
+        return
     if found:
         s.levels[i].qty = qty
-        return 0
-    if s.n == s.cap:
-        side_grow(s)
+        return
     memmove(s.levels + i + 1, s.levels + i, (s.n - i) * sizeof(Level))
     s.levels[i].price = price
     s.levels[i].qty = qty
     s.n += 1
-    return 0
 
 
-cdef inline int side_set(Side* s, int64_t price, int64_t qty) except -1:
-    if s.is_bid:
-        return side_set_k(s, price, qty, True)
-    return side_set_k(s, price, qty, False)
-
-
-cdef int apply_levels(Side* s, const int64_t* prices, const int64_t* qtys, Py_ssize_t n,
-                      Py_ssize_t stride) except -1:
-    """Set n levels: prices[k * stride], qtys[k * stride]; one loop per side, so that the
-    compiler specialises each for its side."""
+cdef void apply_levels(Side* s, const int64_t* prices, const int64_t* qtys, Py_ssize_t n,
+                       Py_ssize_t stride) noexcept nogil:
+    """Set n levels: prices[k * stride], qtys[k * stride], on a side with room for n more
+    (side_reserve); one loop per side, so that the compiler specialises each for its side."""
     cdef Py_ssize_t i
     if s.is_bid:
         for i in range(n):
-            side_set_k(s, prices[i * stride], qtys[i * stride], True)
+            side_put_k(s, prices[i * stride], qtys[i * stride], True)
     else:
         for i in range(n):
-            side_set_k(s, prices[i * stride], qtys[i * stride], False)
+            side_put_k(s, prices[i * stride], qtys[i * stride], False)
+
+
+cdef inline bint pairs_ok(const int64_t* pairs, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if pairs[2 * i + 1] < 0:
+            return False
+    return True
+
+
+cdef int ladder_apply_pairs_nogil(Side* sides, const int64_t* bids, Py_ssize_t nb,
+                                  const int64_t* asks, Py_ssize_t na) noexcept nogil:
+    """L2Ladder.apply_pairs on a ladder's ``sides``, for a caller without the GIL: -1, with
+    nothing changed, when a quantity is negative or a side lacks room for its batch (the
+    caller then takes apply_pairs, which raises or grows); 0 when applied."""
+    if (not pairs_ok(bids, nb) or not pairs_ok(asks, na)
+            or sides[0].cap - sides[0].n < nb or sides[1].cap - sides[1].n < na):
+        return -1
+    apply_levels(&sides[0], bids, bids + 1, nb, 2)
+    apply_levels(&sides[1], asks, asks + 1, na, 2)
     return 0
+
+
+cdef bint ladder_crossed(const Side* sides) noexcept nogil:
+    cdef const Side* b = &sides[0]
+    cdef const Side* a = &sides[1]
+    return b.n > 0 and a.n > 0 and b.levels[b.n - 1].price >= a.levels[a.n - 1].price
 
 
 cdef inline bint _is_i64_vector(cnp.ndarray a) noexcept:
@@ -195,22 +221,24 @@ cdef class L2Ladder:
                          Py_ssize_t na) except -1:
         _check_pairs(bids, nb)
         _check_pairs(asks, na)
+        side_reserve(&self.sides[0], nb)
+        side_reserve(&self.sides[1], na)
         apply_levels(&self.sides[0], bids, bids + 1, nb, 2)
         apply_levels(&self.sides[1], asks, asks + 1, na, 2)
         return 0
 
     cdef bint crossed(self) noexcept:
-        cdef Side* b = &self.sides[0]
-        cdef Side* a = &self.sides[1]
-        return b.n > 0 and a.n > 0 and b.levels[b.n - 1].price >= a.levels[a.n - 1].price
+        return ladder_crossed(self.sides)
 
     # --- Python -----------------------------------------------------------------------------
 
     def set_level(self, int side, int64_t price, int64_t quantity):
         """Set the quantity at ``price``; 0 deletes the level. Negative quantities are refused."""
+        cdef Side* s = self._side(side)
         if quantity < 0:
             raise ValueError(f"negative quantity {quantity} at price {price}")
-        side_set(self._side(side), price, quantity)
+        side_reserve(s, 1)
+        side_put_k(s, price, quantity, s.is_bid)
 
     def apply(self, int side, cnp.ndarray prices not None, cnp.ndarray quantities not None):
         """Apply a batch of absolute level updates to one side, in order (a decoded message).
@@ -220,6 +248,7 @@ cdef class L2Ladder:
         """
         cdef Side* s = self._side(side)
         cdef Py_ssize_t n = _check_batch(prices, quantities)
+        side_reserve(s, n)
         apply_levels(s, <int64_t*>cnp.PyArray_DATA(prices), <int64_t*>cnp.PyArray_DATA(quantities),
                      n, 1)
 
@@ -228,6 +257,8 @@ cdef class L2Ladder:
         """Both sides of one depth message in one call (both checked before either changes)."""
         cdef Py_ssize_t nb = _check_batch(bid_prices, bid_quantities)
         cdef Py_ssize_t na = _check_batch(ask_prices, ask_quantities)
+        side_reserve(&self.sides[0], nb)
+        side_reserve(&self.sides[1], na)
         apply_levels(&self.sides[0], <int64_t*>cnp.PyArray_DATA(bid_prices),
                      <int64_t*>cnp.PyArray_DATA(bid_quantities), nb, 1)
         apply_levels(&self.sides[1], <int64_t*>cnp.PyArray_DATA(ask_prices),

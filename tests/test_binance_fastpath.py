@@ -409,3 +409,65 @@ def test_replay_loop_reads_nothing_past_a_record(futures):
         want = [tuple(a) for a in plain.on_message(raw[:cut])]
         assert decisions == want and state_of(fast) == state_of(plain), cut
         assert fast.counters.malformed == (cut < len(raw)), cut
+
+
+@pytest.mark.parametrize("futures", [False, True], ids=["spot", "usdm"])
+def test_replay_of_wide_messages_and_deep_books_agrees_with_the_plain_path(
+        tmp_path, futures, monkeypatch):
+    """Replay applies most messages without the GIL and hands back the ones that loop cannot
+    finish: a message with more levels a side than its buffer holds (1024) and a book that
+    must grow past its ladder's capacity (1024 levels a side). Both go the GIL's way and
+    give what the plain path gives."""
+    market_name = "usdm" if futures else "spot"
+    venue = "binance-usdm" if futures else "binance"
+    market = BinanceMarket(futures=futures, seed=9, depth=10)
+    spec = market.specs["BTCUSDT"]
+    px = lambda v: format_fixed(v, spec.price_scale, 8)     # noqa: E731
+    qty = lambda v: format_fixed(v, spec.qty_scale, 8)      # noqa: E731
+    mid, last = 5_000_000, 100
+    key = [symbol_key(market_name, "BTCUSDT")]
+    t = 1_763_600_000_000_000_000
+
+    def update(bids, asks):
+        nonlocal last
+        data = {"e": "depthUpdate", "E": t // 10**6}
+        if futures:
+            data["T"] = t // 10**6
+        data.update({"s": "BTCUSDT", "U": last + 1, "u": last + 1})
+        if futures:
+            data["pu"] = last
+        data.update({"b": [[px(p), qty(q)] for p, q in bids],
+                     "a": [[px(p), qty(q)] for p, q in asks]})
+        last += 1
+        return dumps({"stream": "btcusdt@depth@100ms", "data": data}).encode()
+
+    snap = dumps({"lastUpdateId": last, "bids": [[px(mid - 1), qty(5)]],
+                  "asks": [[px(mid + 1), qty(5)]]}).encode()
+    with WalWriter(tmp_path, venue, "ticks", tz=UTC, fsync="never") as w:
+        k, payload = rec.session_start("t", venue, "0", [f"market={market_name}",
+                                                         "symbols=BTCUSDT"])
+        w.append(k, payload, t, t)
+        w.append(Kind.REST, dumps(market.exchange_info()).encode(), t, t)
+        k, payload = rec.connect(1, "wss://x/stream?streams=btcusdt@depth@100ms")
+        w.append(k, payload, t, t, 1)
+        w.append(Kind.TEXT, update([(mid - 2, 1)], []), t, t, 1, instruments=key)
+        w.append(Kind.REST, snap, t, t, 0, instruments=key)
+        level = 2
+        for i in range(12):     # 300 new levels a side each: the ladder grows past 1024
+            bids = [(mid - level - j, 1 + j) for j in range(300)]
+            asks = [(mid + level + j, 1 + j) for j in range(300)]
+            level += 300
+            if i == 6:          # and one message of 1500 levels a side
+                bids += [(mid - level - j, 7) for j in range(1200)]
+                asks += [(mid + level + j, 7) for j in range(1200)]
+                level += 1200
+            w.append(Kind.TEXT, update(bids, asks), t, t, 1, instruments=key)
+            w.append(Kind.TEXT, update([(mid - 2, i)], [(mid + 2, 0)]), t, t, 1,
+                     instruments=key)
+    batched = replays_agree(tmp_path / venue, monkeypatch)
+    rp = replay_mod.replay_wal(tmp_path / venue)
+    book = rp.books.syncs["BTCUSDT"].book
+    # mid - 1 from the snapshot and every level added (mid - 2 is one of them); the asks lost
+    # mid + 2 again
+    assert book.depth(0) == 1 + 12 * 300 + 1200 and book.depth(1) == 12 * 300 + 1200
+    assert batched[4]["BTCUSDT"]["applied"] == 25
