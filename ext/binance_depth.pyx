@@ -909,10 +909,11 @@ def decode_depth(bytes raw, dict specs, bint futures):
     return make_event(symbol, &h)
 
 
-def on_depth(bytes raw, dict specs, bint futures, dict syncs):
+def on_depth(bytes raw, dict specs, bint futures, dict syncs, MessageCounters counters):
     """Decode a depth message and hand it to its symbol's ``BookSync`` (``syncs[symbol]``):
     what ``syncs[symbol].on_event(decode_depth(raw, specs, futures))`` does, returning the
-    same actions, or None (nothing changed anywhere) when the decoder declines.
+    same actions and counting the message (``messages`` and ``depth``), or None (nothing
+    changed anywhere, nothing counted) when the decoder declines.
 
     The common case is done here in C, with no event built: the book is synced (an
     ``L2Ladder`` and an int64 update id) and the event is stale (``u <=`` the id: the sync's
@@ -927,7 +928,27 @@ def on_depth(bytes raw, dict specs, bint futures, dict syncs):
     symbol = scan_message(raw, specs, futures, &h)
     if symbol is None:
         return None
-    return to_sync(symbol, &h, syncs)
+    counters.messages += 1
+    out = to_sync(symbol, &h, syncs)
+    counters.depth += 1
+    return out
+
+
+cdef class MessageCounters:
+    """BinanceBooks' message counters: C integers, so that the compiled path counts a
+    message without making Python ints; Python reads and writes them as attributes."""
+
+    cdef public long long messages, depth, trades, book_tickers, shutdowns, other
+    cdef public long long malformed, bad_snapshots
+
+    FIELDS = ("messages", "depth", "trades", "book_tickers", "shutdowns", "other",
+              "malformed", "bad_snapshots")
+
+    def as_dict(self):
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+    def __repr__(self):
+        return f"MessageCounters({self.as_dict()})"
 
 
 cdef class SyncCounters:

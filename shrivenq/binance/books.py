@@ -22,6 +22,7 @@ import logging
 
 # The compiled decoder and sync fast path: it declines what it is not sure of, having changed
 # nothing, and the plain-Python decoder and BookSync decide.
+from shrivenq._ext.binance_depth import MessageCounters
 from shrivenq._ext.binance_depth import on_depth as _fast
 from shrivenq.binance import decode
 from shrivenq.binance.streams import depth_symbols_of_url, stream_symbol
@@ -32,18 +33,6 @@ log = logging.getLogger("shrivenq.binance.books")
 
 
 _NONE: tuple = ()
-
-
-class MessageCounters:
-    __slots__ = ("messages", "depth", "trades", "book_tickers", "shutdowns", "other",
-                 "malformed", "bad_snapshots")
-
-    def __init__(self):
-        for name in self.__slots__:
-            setattr(self, name, 0)
-
-    def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}
 
 
 class BinanceBooks:
@@ -101,15 +90,14 @@ class BinanceBooks:
     # --- stream messages -------------------------------------------------------------------
 
     def on_message(self, raw) -> tuple:
-        c = self.counters
-        c.messages += 1
         fast = self._fast
         if fast is not None and type(raw) is bytes:
-            # decode + syncs[symbol].on_event(event), the common case in C
-            out = fast(raw, self.specs, self.futures, self.syncs)
+            # decode + syncs[symbol].on_event(event), the common case in C (it counts)
+            out = fast(raw, self.specs, self.futures, self.syncs, self.counters)
             if out is not None:
-                c.depth += 1
                 return out
+        c = self.counters
+        c.messages += 1
         try:
             stream, data = decode.envelope(raw)
         except BinanceMessageError as exc:
