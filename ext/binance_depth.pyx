@@ -38,6 +38,7 @@ from shrivenq._ext.l2_ladder cimport (L2Ladder, Side, ladder_apply_pairs_nogil,
 
 cimport numpy as cnp
 import sys
+from weakref import ref as _weakref
 
 import numpy as np
 
@@ -924,6 +925,11 @@ def on_depth(bytes raw, dict specs, bint futures, dict syncs, MessageCounters co
     sequence gap, a book of another type) is the DepthEvent handed to ``sync.on_event``,
     so the plain-Python sync decides every unusual case.
     """
+    return depth_message(raw, specs, futures, syncs, counters)
+
+
+cdef inline object depth_message(bytes raw, dict specs, bint futures, dict syncs,
+                                 MessageCounters counters):
     cdef Head h
     symbol = scan_message(raw, specs, futures, &h)
     if symbol is None:
@@ -932,6 +938,41 @@ def on_depth(bytes raw, dict specs, bint futures, dict syncs, MessageCounters co
     out = to_sync(symbol, &h, syncs)
     counters.depth += 1
     return out
+
+
+cdef class DepthRouter:
+    """``BinanceBooks.on_message`` in one compiled call: a depth message the decoder reads
+    is done as ``on_depth`` does it; anything else goes to ``plain(books, raw)``, the books'
+    plain-Python handler. (A Python method around on_depth cost about 0.15 us of the 2 us a
+    20+20-level message takes.) It keeps the books' syncs, counters and market, which are
+    theirs for life, and their specs, which the books hand it again whenever they change
+    (``specs``); it reaches the books only through a weak reference, so the two form no
+    cycle."""
+
+    cdef public dict specs
+    cdef dict syncs
+    cdef MessageCounters counters
+    cdef bint futures
+    cdef object books
+    cdef object plain
+
+    def __cinit__(self, books, plain):
+        self.books = _weakref(books)
+        self.plain = plain
+        self.specs = books.specs
+        self.syncs = books.syncs
+        self.counters = books.counters
+        self.futures = books.futures
+
+    def on_message(self, raw):
+        if type(raw) is bytes:
+            out = depth_message(raw, self.specs, self.futures, self.syncs, self.counters)
+            if out is not None:
+                return out
+        books = self.books()
+        if books is None:
+            raise ReferenceError("the BinanceBooks this on_message belonged to is gone")
+        return self.plain(books, raw)
 
 
 cdef class MessageCounters:

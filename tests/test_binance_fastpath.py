@@ -471,3 +471,53 @@ def test_replay_of_wide_messages_and_deep_books_agrees_with_the_plain_path(
     # mid + 2 again
     assert book.depth(0) == 1 + 12 * 300 + 1200 and book.depth(1) == 12 * 300 + 1200
     assert batched[4]["BTCUSDT"]["applied"] == 25
+
+
+@pytest.mark.parametrize("futures", [False, True], ids=["spot", "usdm"])
+def test_a_new_exchange_info_reaches_the_compiled_path(futures, monkeypatch):
+    """on_message's compiled router keeps the specs it was given: each exchangeInfo (here a
+    second one, with BTCUSDT's tick size changed) must reach it, or it would decode with
+    old scales or leave every message to the plain path."""
+    calls = []
+    original = sync_mod.BookSync.on_event
+    monkeypatch.setattr(sync_mod.BookSync, "on_event",
+                        lambda self, ev: calls.append(self) or original(self, ev))
+    market = BinanceMarket(futures=futures, seed=12, depth=10)
+    pair = Pair("usdm" if futures else "spot")
+    info = market.exchange_info()
+    pair.feed("on_exchange_info", dumps(info).encode())
+    for sym in SYMBOLS:
+        pair.feed("on_message", dumps({"stream": f"{sym.lower()}@depth@100ms",
+                                       "data": market.depth_update(sym)}).encode())
+        pair.feed("on_snapshot", sym, dumps(market.snapshot(sym)).encode())
+    changed = json.loads(dumps(info))
+    btc = next(s for s in changed["symbols"] if s["symbol"] == "BTCUSDT")
+    for f in btc["filters"]:
+        if f["filterType"] == "PRICE_FILTER":
+            f["tickSize"] = "1.00000000"      # fewer decimals: the old prices no longer fit
+    pair.feed("on_exchange_info", dumps(changed).encode())
+    assert pair.fast.specs["BTCUSDT"].price_scale == 0
+    calls.clear()
+    for _ in range(30):
+        for sym in SYMBOLS:
+            pair.feed("on_message", dumps({"stream": f"{sym.lower()}@depth@100ms",
+                                           "data": market.depth_update(sym)}).encode())
+    assert pair.fast.counters.malformed > 0          # BTCUSDT's cents no longer fit
+    # the plain books send all 30 of ETHUSDT's events to BookSync.on_event, the compiled
+    # path (nearly) none
+    assert calls.count(pair.plain.syncs["ETHUSDT"]) == 30
+    assert calls.count(pair.fast.syncs["ETHUSDT"]) <= 2
+
+
+def test_books_are_freed_with_their_last_reference():
+    """The compiled router holds its books weakly: no reference cycle keeps a book of
+    thousands of levels alive until the next garbage collection."""
+    import weakref
+    books = BinanceBooks("spot", SYMBOLS)
+    books.on_exchange_info(dumps(BinanceMarket(seed=1).exchange_info()).encode())
+    on_message = books.on_message
+    gone = weakref.ref(books)
+    del books
+    assert gone() is None
+    with pytest.raises(ReferenceError, match="BinanceBooks"):
+        on_message(b"[1]")

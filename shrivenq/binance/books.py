@@ -22,7 +22,7 @@ import logging
 
 # The compiled decoder and sync fast path: it declines what it is not sure of, having changed
 # nothing, and the plain-Python decoder and BookSync decide.
-from shrivenq._ext.binance_depth import MessageCounters
+from shrivenq._ext.binance_depth import DepthRouter, MessageCounters
 from shrivenq._ext.binance_depth import on_depth as _fast
 from shrivenq.binance import decode
 from shrivenq.binance.streams import depth_symbols_of_url, stream_symbol
@@ -44,11 +44,27 @@ class BinanceBooks:
         self._fast = _fast if fast else None
         self.futures = market == "usdm"
         self.wanted = None if symbols is None else [s.upper() for s in symbols]
-        self.specs: dict[str, decode.SymbolSpec] = {}
+        self._specs: dict[str, decode.SymbolSpec] = {}
         self.syncs: dict[str, BookSync] = {}
         self.carriers: dict[int, set[str]] = {}     # conn -> symbols whose depth it carries
         self.counters = MessageCounters()
         self.last_error: str = ""
+        self._router = None
+        if fast:
+            # on_message's common case in one compiled call; the method below does the same
+            self._router = DepthRouter(self, BinanceBooks._plain_message)
+            self.on_message = self._router.on_message
+
+    @property
+    def specs(self) -> dict[str, decode.SymbolSpec]:
+        """Each symbol's scales, from the last exchangeInfo."""
+        return self._specs
+
+    @specs.setter
+    def specs(self, specs: dict[str, decode.SymbolSpec]) -> None:
+        self._specs = specs
+        if self._router is not None:
+            self._router.specs = specs
 
     # --- REST ------------------------------------------------------------------------------
 
@@ -90,12 +106,17 @@ class BinanceBooks:
     # --- stream messages -------------------------------------------------------------------
 
     def on_message(self, raw) -> tuple:
+        """A stream message; the sync actions it caused. (With ``fast``, an instance answers
+        through its DepthRouter, which does what this method does.)"""
         fast = self._fast
         if fast is not None and type(raw) is bytes:
             # decode + syncs[symbol].on_event(event), the common case in C (it counts)
             out = fast(raw, self.specs, self.futures, self.syncs, self.counters)
             if out is not None:
                 return out
+        return self._plain_message(raw)
+
+    def _plain_message(self, raw) -> tuple:
         c = self.counters
         c.messages += 1
         try:
