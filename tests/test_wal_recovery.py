@@ -89,6 +89,27 @@ def test_crash_before_the_header_was_written(tmp_path):
     assert verify(tmp_path).clean
 
 
+@pytest.mark.parametrize("left", [b"", fmt.MAGIC[:5], fmt.MAGIC + b"\x01", b"\0" * 40],
+                         ids=["empty", "magic-cut", "magic-and-more", "zeros"])
+def test_a_segment_cut_while_being_created_is_read_past(tmp_path, left):
+    """What a crash (or a writer caught mid-creation) leaves: a newest segment shorter than
+    its header. Reading the stream gives every record before it and names it as torn;
+    verify names it; verify --repair removes it."""
+    seg, kept = crashed_segment(tmp_path)
+    WalWriter(tmp_path, "v").close()                     # repairs: kept records, footer
+    cut = seg.with_name("000002.wal")
+    cut.write_bytes(left)
+    reader = WalReader(tmp_path / "v")
+    assert reader.read().payloads() == kept
+    assert [(t.segment, t.offset, t.bytes) for t in reader.torn] == [(cut, 0, len(left))]
+    report = verify(tmp_path)
+    assert not report.clean
+    assert any("only %d bytes of a segment header" % len(left) in p for p in report.problems)
+    report = verify(tmp_path, repair=True)
+    assert report.clean and not cut.exists()
+    assert read_wal(tmp_path / "v").payloads() == kept
+
+
 def test_a_bad_block_in_the_middle_is_never_cut_away(tmp_path):
     payloads = [b"%05d" % i * 10 for i in range(200)]
     with WalWriter(tmp_path, "v", block_bytes=500) as w:

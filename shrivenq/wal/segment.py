@@ -7,6 +7,9 @@ A segment is in one of these states (``Segment.state``):
              appending, or it crashed between blocks).
 ``torn``     no footer, and after the last good block come bytes that are not a whole valid
              block (a crash mid-write). Readers stop at the last good block; repair truncates.
+             A file shorter than a header that is the start of one (a segment being created,
+             or a crash at that moment) is torn too, with no header and no blocks; repair
+             removes it.
 ``corrupt``  something that a crash cannot explain: a bad header, a bad block followed by good
              ones, a footer or trailer that fails its checksum. Never modified by repair.
 """
@@ -140,6 +143,10 @@ def open_segment(path: Path | str) -> Segment:
 def _classify(fd: int, path: Path) -> Segment:
     size = os.fstat(fd).st_size
     head = _pread(fd, fmt.HEADER_SIZE, 0)
+    if size < fmt.HEADER_SIZE and _is_header_prefix(head):
+        # A segment whose header is not written yet: a writer creating it right now, or what
+        # a crash at that moment left. It holds nothing; a reader passes it as a torn tail.
+        return Segment(path, size, None, "torn", [], good_end=0)
     try:
         header = fmt.unpack_header(head, str(path))
     except fmt.HeaderError as exc:
@@ -423,17 +430,13 @@ def repair_segment(path: Path | str) -> RepairReport | None:
     (already closed). Never rewrites a good block; a segment damaged in a way a crash cannot
     explain is left as is and reported."""
     path = Path(path)
-    try:
-        seg = open_segment(path)
-    except WalFormatError:
+    seg = open_segment(path)
+    if seg.header is None and seg.state == "torn":
         # Not even a whole header: a crash while creating the segment, nothing in it.
-        size = path.stat().st_size
-        if size < fmt.HEADER_SIZE and _prefix_of_header(path):
-            path.unlink()
-            fsync_dir(path.parent)
-            return RepairReport(path, "removed (no blocks)", dropped_bytes=size,
-                                reason="crash while creating the segment")
-        raise
+        path.unlink()
+        fsync_dir(path.parent)
+        return RepairReport(path, "removed (no blocks)", dropped_bytes=seg.size,
+                            reason="crash while creating the segment")
     if seg.state == "closed":
         return None
     if seg.state == "corrupt":
@@ -478,9 +481,10 @@ def repair_segment(path: Path | str) -> RepairReport | None:
     return report
 
 
-def _prefix_of_header(path: Path) -> bool:
-    data = path.read_bytes()
-    return fmt.MAGIC.startswith(data[:8]) or not data.strip(b"\0")
+def _is_header_prefix(data: bytes) -> bool:
+    """The first bytes of a file shorter than a header: what a segment's header write leaves
+    when it is cut short (its magic so far, or zeros where a power cut lost the write)."""
+    return data[:8] == fmt.MAGIC[:len(data[:8])] or not data.strip(b"\0")
 
 
 def _no_frames(path: Path) -> bool:

@@ -75,8 +75,13 @@ def _summarise(seg: Segment, decode: bool, newest: set[Path] | None = None) -> S
     s.live = (seg.state in ("open", "torn") and (newest is None or seg.path in newest)
               and _live(seg.path))
     if seg.state == "torn" and not s.live:
-        s.problems.append(f"{seg.path}: torn tail of {seg.size - seg.good_end} bytes after "
-                          f"byte {seg.good_end}")
+        if seg.header is None:
+            s.problems.append(f"{seg.path}: only {seg.size} bytes of a segment header, no "
+                              "blocks (a crash while the segment was created; `wal verify "
+                              "--repair` removes it)")
+        else:
+            s.problems.append(f"{seg.path}: torn tail of {seg.size - seg.good_end} bytes "
+                              f"after byte {seg.good_end}")
     f = seg.footer
     if f is not None and not decode:
         s.first_wall_ns, s.last_wall_ns = f.first_wall_ns, f.last_wall_ns
