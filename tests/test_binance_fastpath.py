@@ -386,29 +386,41 @@ def test_replay_of_many_symbols_agrees_with_the_plain_path(tmp_path, futures, mo
 def test_replay_loop_reads_nothing_past_a_record(futures):
     """A record cut anywhere near its end, followed in its batch's data by digits and the
     rest of a message: the decoder must see only the record's own bytes (the eight-byte
-    decimal reads included), so it declines it, and on_message finds it malformed."""
+    decimal reads included), so it declines it, and on_message finds it malformed. The
+    record before it syncs its symbol's entry in the loop's table, so the cut one meets the
+    loop that runs without the GIL first."""
     import numpy as np
 
     from shrivenq._ext.binance_depth import on_depth_records
     market = BinanceMarket(futures=futures, seed=3, depth=10)
     info = dumps(market.exchange_info()).encode()
-    raw = dumps({"stream": "btcusdt@depth@100ms",
-                 "data": market.depth_update("BTCUSDT")}).encode()
+
+    def message():
+        return dumps({"stream": "btcusdt@depth@100ms",
+                      "data": market.depth_update("BTCUSDT")}).encode()
+
+    snap = dumps(market.snapshot("BTCUSDT")).encode()
+    first, good, raw = message(), message(), message()
     tail = b'0123456789012345678"]]}}' + raw
-    kinds = np.array([Kind.TEXT], dtype=np.uint8)
+    kinds = np.array([Kind.TEXT, Kind.TEXT], dtype=np.uint8)
     market_name = "usdm" if futures else "spot"
     for cut in range(len(raw) - 40, len(raw) + 1):
         fast = BinanceBooks(market_name, SYMBOLS)
         plain = BinanceBooks(market_name, SYMBOLS, fast=False)
-        fast.on_exchange_info(info)
-        plain.on_exchange_info(info)
+        for books in (fast, plain):
+            books.on_exchange_info(info)
+            books.on_message(first)
+            books.on_snapshot("BTCUSDT", snap)
+        assert fast.syncs["BTCUSDT"].synced
         decisions: list = []
-        assert on_depth_records(fast, raw[:cut] + tail, kinds, np.array([0], dtype=np.uint64),
-                                np.array([cut], dtype=np.uint32), 0, int(Kind.TEXT),
-                                decisions) == 1
-        want = [tuple(a) for a in plain.on_message(raw[:cut])]
+        data = good + raw[:cut] + tail
+        assert on_depth_records(fast, data, kinds, np.array([0, len(good)], dtype=np.uint64),
+                                np.array([len(good), cut], dtype=np.uint32), 0,
+                                int(Kind.TEXT), decisions) == 2
+        want = [tuple(a) for m in (good, raw[:cut]) for a in plain.on_message(m)]
         assert decisions == want and state_of(fast) == state_of(plain), cut
         assert fast.counters.malformed == (cut < len(raw)), cut
+        assert fast.syncs["BTCUSDT"].counters.applied == 2 + (cut == len(raw)), cut
 
 
 @pytest.mark.parametrize("futures", [False, True], ids=["spot", "usdm"])
@@ -521,3 +533,16 @@ def test_books_are_freed_with_their_last_reference():
     assert gone() is None
     with pytest.raises(ReferenceError, match="BinanceBooks"):
         on_message(b"[1]")
+
+
+def test_a_subclass_that_overrides_on_message_keeps_its_own():
+    class Counting(BinanceBooks):
+        seen = 0
+
+        def on_message(self, raw):
+            self.seen += 1
+            return super().on_message(raw)
+
+    books = Counting("spot", SYMBOLS)
+    books.on_message(b"[1]")
+    assert books.seen == 1 and books.counters.malformed == 1

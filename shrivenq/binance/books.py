@@ -50,9 +50,10 @@ class BinanceBooks:
         self.counters = MessageCounters()
         self.last_error: str = ""
         self._router = None
-        if fast:
+        if fast and type(self).on_message is BinanceBooks.on_message:
             # on_message's common case in one compiled call; the method below does the same
-            self._router = DepthRouter(self, BinanceBooks._plain_message)
+            # (a subclass that overrides on_message keeps its own)
+            self._router = DepthRouter(self, type(self)._plain_message)
             self.on_message = self._router.on_message
 
     @property
@@ -62,9 +63,9 @@ class BinanceBooks:
 
     @specs.setter
     def specs(self, specs: dict[str, decode.SymbolSpec]) -> None:
-        self._specs = specs
         if self._router is not None:
-            self._router.specs = specs
+            self._router.specs = specs      # first: it refuses anything but a dict
+        self._specs = specs
 
     # --- REST ------------------------------------------------------------------------------
 
