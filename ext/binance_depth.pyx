@@ -1045,6 +1045,30 @@ cdef object to_sync(str symbol, const Head* h, dict syncs):
 
 cdef enum:
     NOGIL_PAIRS = 1024      # levels a side may have for run_nogil (more: the GIL's loop)
+    # What slot_step did with a decoded message:
+    STEP_STALE = 0          # counted stale
+    STEP_APPLIED = 1        # applied, id and counters moved
+    STEP_CROSSED = 2        # applied, and the book is now crossed: the sync restarts it
+    STEP_GAP = 3            # it does not continue the book: the sync decides; nothing changed
+    STEP_NO_ROOM = 4        # the ladder must grow first (or a quantity is negative); nothing changed
+
+
+cdef inline int slot_step(RunSlot* sl, const Head* h, const int64_t* bids,
+                          const int64_t* asks) noexcept nogil:
+    """to_sync's synced case on a run slot: a stale message counted, a continuing one
+    applied (its pairs in ``bids``/``asks``), as BookSync.on_event does them."""
+    if h.u <= sl.book_id:
+        sl.stale[0] += 1
+        return STEP_STALE
+    if not ((h.pu == sl.book_id) if sl.futures else (h.U - 1 == sl.book_id)):
+        return STEP_GAP
+    if ladder_apply_pairs_nogil(sl.sides, bids, h.nb, asks, h.na) < 0:
+        return STEP_NO_ROOM
+    sl.book_id = h.u
+    sl.dirty = True
+    sl.applied[0] += 1
+    sl.levels[0] += h.nb + h.na
+    return STEP_CROSSED if ladder_crossed(sl.sides) else STEP_APPLIED
 
 
 cdef Py_ssize_t run_nogil(const char* base, Py_ssize_t size, const uint8_t[:] kinds,
@@ -1065,7 +1089,7 @@ cdef Py_ssize_t run_nogil(const char* base, Py_ssize_t size, const uint8_t[:] ki
     cdef const char* e
     cdef const char* s
     cdef RunSlot* sl
-    cdef int k
+    cdef int k, r
     crossed[0] = -1
     while i < n and kinds[i] == text:
         o, length = <Py_ssize_t>offsets[i], <Py_ssize_t>lengths[i]
@@ -1082,23 +1106,14 @@ cdef Py_ssize_t run_nogil(const char* base, Py_ssize_t size, const uint8_t[:] ki
         h.ps, h.qs = sl.ps, sl.qs
         if compact_body(p, e, futures, h, bids, NOGIL_PAIRS, asks, NOGIL_PAIRS) == NULL:
             return i
-        if h.u <= sl.book_id:
-            sl.stale[0] += 1
-        elif (h.pu == sl.book_id) if sl.futures else (h.U - 1 == sl.book_id):
-            if ladder_apply_pairs_nogil(sl.sides, bids, h.nb, asks, h.na) < 0:
-                return i
-            sl.book_id = h.u
-            sl.dirty = True
-            sl.applied[0] += 1
-            sl.levels[0] += h.nb + h.na
-            if ladder_crossed(sl.sides):
-                crossed[0] = k
-                depth[0] += 1
-                return i + 1
-        else:
-            return i        # a gap: the sync decides
+        r = slot_step(sl, h, bids, asks)
+        if r == STEP_GAP or r == STEP_NO_ROOM:
+            return i
         depth[0] += 1
         i += 1
+        if r == STEP_CROSSED:
+            crossed[0] = k
+            return i
     return i
 
 
@@ -1123,15 +1138,13 @@ def on_depth_records(books, const uint8_t[::1] data not None, const uint8_t[:] k
     cdef Head h
     cdef Run run
     cdef RunSlot* sl
-    cdef SyncCounters c
-    cdef L2Ladder book
     cdef Py_ssize_t n = kinds.shape[0], size = data.shape[0], o, length
     cdef Py_ssize_t depth = 0
     cdef const char* base = <const char*>&data[0] if size else NULL
     cdef dict specs = books.specs
     cdef dict syncs = books.syncs
     cdef bint futures = books.futures
-    cdef int k, crossed
+    cdef int k, crossed, step
     cdef int64_t* pairs = NULL      # run_nogil's bids then asks, NOGIL_PAIRS pairs each
     if offsets.shape[0] != n or lengths.shape[0] != n:
         raise ValueError(f"{n} kinds but {offsets.shape[0]} offsets and {lengths.shape[0]} "
@@ -1181,25 +1194,18 @@ def on_depth_records(books, const uint8_t[::1] data not None, const uint8_t[:] k
                 else:
                     # to_sync's synced branch, on the table's copy of the sync
                     sl = &run.slots[k]
-                    c = <SyncCounters>sl.counters
-                    if h.u <= sl.book_id:
-                        c.stale += 1
+                    step = slot_step(sl, &h, scratch[0], scratch[1])
+                    if step == STEP_NO_ROOM:
+                        # grow the ladder (a negative quantity raises, as apply_pairs does)
+                        (<L2Ladder>sl.book).make_room(scratch[0], h.nb, scratch[1], h.na)
+                        step = slot_step(sl, &h, scratch[0], scratch[1])
+                    if step == STEP_STALE or step == STEP_APPLIED:
                         continue
-                    if not ((h.pu == sl.book_id) if sl.futures else (h.U - 1 == sl.book_id)):
-                        sync = <object>sl.sync
-                        run_flush(&run)
-                        out = sync.on_event(make_event(symbol, &h))   # a gap: the sync decides
-                    else:
-                        book = <L2Ladder>sl.book
-                        book.apply_pairs(scratch[0], h.nb, scratch[1], h.na)
-                        sl.book_id = h.u
-                        sl.dirty = True
-                        c.applied += 1
-                        c.levels += h.nb + h.na
-                        if not book.crossed():
-                            continue
-                        sync = <object>sl.sync
-                        run_flush(&run)
+                    sync = <object>sl.sync
+                    run_flush(&run)
+                    if step == STEP_GAP:
+                        out = sync.on_event(make_event(symbol, &h))   # the sync decides
+                    else:   # STEP_CROSSED (make_room left room for the pairs)
                         out = sync._restart("crossed", make_event(symbol, &h), ())
             if out:
                 for a in out:

@@ -37,6 +37,11 @@ cdef class L2Ladder:
     cdef int apply_pairs(self, const int64_t* bids, Py_ssize_t nb, const int64_t* asks,
                          Py_ssize_t na) except -1
 
+    # apply_pairs' checks and growth without the update: after it, ladder_apply_pairs_nogil
+    # (below) applies the same pairs.
+    cdef int make_room(self, const int64_t* bids, Py_ssize_t nb, const int64_t* asks,
+                       Py_ssize_t na) except -1
+
     # Best bid >= best ask (both sides non-empty).
     cdef bint crossed(self) noexcept
 

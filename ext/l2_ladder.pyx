@@ -219,12 +219,17 @@ cdef class L2Ladder:
 
     cdef int apply_pairs(self, const int64_t* bids, Py_ssize_t nb, const int64_t* asks,
                          Py_ssize_t na) except -1:
+        self.make_room(bids, nb, asks, na)
+        apply_levels(&self.sides[0], bids, bids + 1, nb, 2)
+        apply_levels(&self.sides[1], asks, asks + 1, na, 2)
+        return 0
+
+    cdef int make_room(self, const int64_t* bids, Py_ssize_t nb, const int64_t* asks,
+                       Py_ssize_t na) except -1:
         _check_pairs(bids, nb)
         _check_pairs(asks, na)
         side_reserve(&self.sides[0], nb)
         side_reserve(&self.sides[1], na)
-        apply_levels(&self.sides[0], bids, bids + 1, nb, 2)
-        apply_levels(&self.sides[1], asks, asks + 1, na, 2)
         return 0
 
     cdef bint crossed(self) noexcept:
