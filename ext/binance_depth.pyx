@@ -1050,7 +1050,7 @@ cdef enum:
     STEP_APPLIED = 1        # applied, id and counters moved
     STEP_CROSSED = 2        # applied, and the book is now crossed: the sync restarts it
     STEP_GAP = 3            # it does not continue the book: the sync decides; nothing changed
-    STEP_NO_ROOM = 4        # the ladder must grow first (or a quantity is negative); nothing changed
+    STEP_NO_ROOM = 4        # the ladder must grow (or a quantity is negative); nothing changed
 
 
 cdef inline int slot_step(RunSlot* sl, const Head* h, const int64_t* bids,

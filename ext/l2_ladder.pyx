@@ -136,12 +136,13 @@ cdef void apply_levels(Side* s, const int64_t* prices, const int64_t* qtys, Py_s
             side_put_k(s, prices[i * stride], qtys[i * stride], False)
 
 
-cdef inline bint pairs_ok(const int64_t* pairs, Py_ssize_t n) noexcept nogil:
+cdef inline Py_ssize_t first_negative(const int64_t* pairs, Py_ssize_t n) noexcept nogil:
+    """The index of the first (price, quantity) pair with a negative quantity, or -1."""
     cdef Py_ssize_t i
     for i in range(n):
         if pairs[2 * i + 1] < 0:
-            return False
-    return True
+            return i
+    return -1
 
 
 cdef int ladder_apply_pairs_nogil(Side* sides, const int64_t* bids, Py_ssize_t nb,
@@ -149,7 +150,7 @@ cdef int ladder_apply_pairs_nogil(Side* sides, const int64_t* bids, Py_ssize_t n
     """L2Ladder.apply_pairs on a ladder's ``sides``, for a caller without the GIL: -1, with
     nothing changed, when a quantity is negative or a side lacks room for its batch (the
     caller then takes apply_pairs, which raises or grows); 0 when applied."""
-    if (not pairs_ok(bids, nb) or not pairs_ok(asks, na)
+    if (first_negative(bids, nb) >= 0 or first_negative(asks, na) >= 0
             or sides[0].cap - sides[0].n < nb or sides[1].cap - sides[1].n < na):
         return -1
     apply_levels(&sides[0], bids, bids + 1, nb, 2)
@@ -187,10 +188,9 @@ cdef Py_ssize_t _check_batch(cnp.ndarray prices, cnp.ndarray quantities) except 
 
 
 cdef int _check_pairs(const int64_t* pairs, Py_ssize_t n) except -1:
-    cdef Py_ssize_t i
-    for i in range(n):
-        if pairs[2 * i + 1] < 0:
-            raise ValueError(f"negative quantity {pairs[2 * i + 1]} at price {pairs[2 * i]}")
+    cdef Py_ssize_t i = first_negative(pairs, n)
+    if i >= 0:
+        raise ValueError(f"negative quantity {pairs[2 * i + 1]} at price {pairs[2 * i]}")
     return 0
 
 
