@@ -37,25 +37,22 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
-import json
 import logging
 import os
 import random
 import re
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection, serve
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Response
 
 from shrivenq.binance.decimal import format_fixed
 from shrivenq.sim.binance_market import DEFAULT_SYMBOLS, BinanceMarket, SimSymbol, dumps
+from shrivenq.sim.thread import ServerThread
 
 log = logging.getLogger("shrivenq.sim.binance")
 _ws_log = logging.getLogger("shrivenq.sim.binance.ws")
@@ -546,7 +543,7 @@ class BinanceSimServer:
         return 200, used, dumps(m.snapshot(symbol, limit, at=at)).encode()
 
 
-class SimThread:
+class SimThread(ServerThread):
     """Run a ``BinanceSimServer`` on its own loop in a background thread (for ``--sim``)::
 
         with SimThread(market="spot") as sim:
@@ -554,29 +551,7 @@ class SimThread:
     """
 
     def __init__(self, **kwargs: Any):
-        self.server = BinanceSimServer(**kwargs)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="binance-sim",
-                                        daemon=True)
-
-    def __enter__(self) -> BinanceSimServer:
-        self._thread.start()
-        self.run(self.server.start())
-        return self.server
-
-    def __exit__(self, *exc: Any) -> None:
-        try:
-            self.run(self.server.stop(), timeout=10)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-            self._loop.close()
-
-    def run(self, coro, timeout: float | None = 30) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
-
-    def call(self, fn: Callable, *args: Any) -> None:
-        self._loop.call_soon_threadsafe(fn, *args)
+        super().__init__(BinanceSimServer(**kwargs), "binance-sim")
 
 
 def banner(server: BinanceSimServer) -> str:

@@ -51,7 +51,6 @@ import itertools
 import json
 import logging
 import secrets
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -70,6 +69,7 @@ from shrivenq.kite import (
 from shrivenq.kite.instruments import Instrument, InstrumentMaster, sample_csv_bytes
 from shrivenq.kite.wire import PACKET_DTYPES, PACKET_LENGTHS, encode_frame, packets_of_kind
 from shrivenq.sim.market import _KIND_FIELDS, KiteMarket, universe_from_instruments
+from shrivenq.sim.thread import ServerThread
 
 log = logging.getLogger("shrivenq.sim.kite")
 # websockets logs the handshake's request line, credentials in the query included, at DEBUG:
@@ -910,7 +910,7 @@ def sim_master(instruments: int | None = None) -> InstrumentMaster:
     return InstrumentMaster(rows)
 
 
-class SimThread:
+class SimThread(ServerThread):
     """Run a ``KiteSimServer`` on its own event loop in a background thread::
 
         with SimThread(rate=10, record=True) as sim:
@@ -920,26 +920,7 @@ class SimThread:
     ``run(coro)`` to run a coroutine on the simulator's loop."""
 
     def __init__(self, **kwargs: Any):
-        self.server = KiteSimServer(**kwargs)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="kite-sim",
-                                        daemon=True)
-
-    def __enter__(self) -> KiteSimServer:
-        self._thread.start()
-        self.run(self.server.start())
-        return self.server
-
-    def __exit__(self, *exc: Any) -> None:
-        try:
-            self.run(self.server.stop(), timeout=10)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-            self._loop.close()
-
-    def run(self, coro, timeout: float | None = 30) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+        super().__init__(KiteSimServer(**kwargs), "kite-sim")
 
 
 def banner(server: KiteSimServer) -> str:
