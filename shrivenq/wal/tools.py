@@ -123,6 +123,12 @@ def _summarise(seg: Segment, decode: bool, newest: set[Path] | None = None) -> S
 def inspect(path) -> list[SegmentSummary]:
     """A summary per segment under ``path``: from the footer when there is one, otherwise by
     decoding the blocks. Raises WalIOError if ``path`` does not exist."""
+    return _summaries(path, decode=False)
+
+
+def _summaries(path, decode: bool) -> list[SegmentSummary]:
+    """_summarise of every segment under ``path``; one that cannot be opened is listed as
+    unreadable, with why."""
     out = []
     paths = layout.find_segments(path)
     newest = _newest(paths)
@@ -133,7 +139,7 @@ def inspect(path) -> list[SegmentSummary]:
             venue, stream = layout.stream_key(p)
             out.append(SegmentSummary(p, venue, stream, "unreadable", problems=[str(err)]))
             continue
-        out.append(_summarise(seg, decode=False, newest=newest))
+        out.append(_summarise(seg, decode=decode, newest=newest))
     return out
 
 
@@ -178,15 +184,4 @@ def verify(path, repair: bool = False) -> VerifyReport:
                     continue
                 if r is not None:
                     repairs.append(r)
-    out = []
-    paths = layout.find_segments(path)
-    newest = _newest(paths)
-    for p in paths:
-        try:
-            seg = open_segment(p)
-        except WalError as err:
-            venue, stream = layout.stream_key(p)
-            out.append(SegmentSummary(p, venue, stream, "unreadable", problems=[str(err)]))
-            continue
-        out.append(_summarise(seg, decode=True, newest=newest))
-    return VerifyReport(out, repairs)
+    return VerifyReport(_summaries(path, decode=True), repairs)
