@@ -26,7 +26,7 @@ from shrivenq.binance.books import BinanceBooks
 from shrivenq.binance.decimal import format_fixed
 from shrivenq.binance.decode import symbol_key
 from shrivenq.binance.reference import ReferenceSync
-from shrivenq.binance.replay import replay_wal
+from shrivenq.replay.binance import replay_wal
 from shrivenq.binance.sync import BookSync
 from shrivenq.books import ASK, BID
 from shrivenq.sim.binance_market import BinanceMarket, dumps

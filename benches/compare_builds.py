@@ -41,7 +41,7 @@ def measure(wal_dir: Path) -> dict[str, float]:
     """Run inside one build's process (PYTHONPATH set to that tree)."""
     from kiteconnect import KiteTicker
 
-    from shrivenq.binance.replay import replay_wal
+    from shrivenq.replay.binance import replay_wal
     from shrivenq.kite import KIND_FULL, KIND_QUOTE, parse_frame, parse_ticks
     from shrivenq.kite.wire import encode_frame
     from shrivenq.replay.kite import KiteReplay

@@ -42,7 +42,7 @@ from weakref import ref as _weakref
 
 import numpy as np
 
-from shrivenq.binance.decode import DepthEvent
+from shrivenq.events import DepthEvent
 
 _tuple_new = tuple.__new__    # a namedtuple without its Python-level __new__
 

@@ -13,7 +13,7 @@ import time
 import msgpack
 import pytest
 
-from shrivenq.binance.replay import replay_wal
+from shrivenq.replay.binance import replay_wal
 from shrivenq.binance.sync import GAP, SYNCED
 from shrivenq.books import ASK, BID
 from shrivenq.capture.binance import (
@@ -301,7 +301,7 @@ def test_run_binance_capture_with_the_simulator_exits_zero(tmp_path, capsys):
 
 
 def test_replay_starts_over_at_each_session_and_refuses_records_without_one(tmp_path):
-    from shrivenq.binance.replay import replay_records
+    from shrivenq.replay.binance import replay_records
     from shrivenq.errors import ReplayError
     from shrivenq.wal.reader import Record
 

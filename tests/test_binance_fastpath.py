@@ -13,11 +13,11 @@ import random
 
 import pytest
 
-from shrivenq.binance import replay as replay_mod
 from shrivenq.binance import sync as sync_mod
 from shrivenq.binance.books import BinanceBooks
 from shrivenq.binance.decimal import format_fixed
 from shrivenq.binance.decode import symbol_key
+from shrivenq.replay import binance as replay_mod
 from shrivenq.sim.binance_market import BinanceMarket, dumps
 from shrivenq.wal import UTC, Kind, WalWriter, read_wal
 from shrivenq.wal import records as rec

@@ -9,9 +9,10 @@ import random
 import pytest
 from kiteconnect import KiteTicker
 
+from shrivenq.backoff import Backoff
 from shrivenq.errors import ConfigError
 from shrivenq.kite.protocol import (
-    Backoff, feed_url, mode_message, redacted, shard, subscribe_message,
+    feed_url, mode_message, redacted, shard, subscribe_message,
     subscription_messages, unsubscribe_message,
 )
 

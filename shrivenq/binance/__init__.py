@@ -10,7 +10,6 @@ kept provably in sync with the exchange (docs/BINANCE.md).
     streams     stream names, connection plans, URLs
     feed        BinanceFeed: the asyncio websockets layer (reconnects, handovers, gaps)
     rest        python-binance wiring, the request-weight pacer, the snapshot fetcher
-    replay      replay_wal / replay_records: the same books again from the WAL
-
-Capture is ``shrivenq.capture.binance``; the simulator ``shrivenq.sim.binance_server``.
+Capture is ``shrivenq.capture.binance``, replay from the WAL ``shrivenq.replay.binance``, the
+simulator ``shrivenq.sim.binance_server``: this package knows nothing of the WAL.
 """

@@ -16,6 +16,7 @@ import xxhash
 
 from shrivenq.binance.decimal import parse_fixed, scale_of
 from shrivenq.errors import BinanceMessageError
+from shrivenq.events import DepthEvent  # noqa: F401  (re-exported: part of this module's API)
 
 MARKETS = ("spot", "usdm")
 
@@ -28,20 +29,6 @@ class SymbolSpec(NamedTuple):
     qty_scale: int
     tick_size: str
     step_size: str
-
-
-class DepthEvent(NamedTuple):
-    """One depthUpdate. ``prev_id`` is futures' ``pu`` (-1 on spot)."""
-
-    symbol: str
-    first_id: int
-    last_id: int
-    prev_id: int
-    event_time: int
-    bid_prices: np.ndarray
-    bid_qtys: np.ndarray
-    ask_prices: np.ndarray
-    ask_qtys: np.ndarray
 
 
 class Snapshot(NamedTuple):

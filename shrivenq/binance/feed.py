@@ -30,9 +30,9 @@ from typing import Any, Protocol
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from shrivenq.backoff import Backoff
 from shrivenq.binance.streams import ConnectionPlan, stream_url
 from shrivenq.errors import ConfigError
-from shrivenq.kite.protocol import Backoff
 
 log = logging.getLogger("shrivenq.binance.feed")
 

@@ -80,7 +80,7 @@ class ReferenceKiteBooks:
     def state(self):
         import numpy as np
 
-        from shrivenq.kite import TICK_DTYPE
+        from shrivenq._ext.kite_frame import TICK_DTYPE
 
         out = np.zeros(len(self.books), dtype=TICK_DTYPE)
         for i, token in enumerate(sorted(self.books)):

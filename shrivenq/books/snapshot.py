@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import msgpack
 import numpy as np
 
+from shrivenq._ext.kite_frame import TICK_DTYPE
 from shrivenq.books import state_hash
 from shrivenq.errors import WalFormatError
-from shrivenq.kite import TICK_DTYPE
 
 SNAPSHOT_VERSION = 1
 KITE_FORMAT = "kite-tick-v1"

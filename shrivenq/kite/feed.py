@@ -24,9 +24,10 @@ from typing import Any, Protocol
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from shrivenq.backoff import Backoff
 from shrivenq.errors import AuthError, ConfigError
 from shrivenq.kite.protocol import (
-    DEFAULT_ROOT, Backoff, feed_url, redacted, shard, subscription_messages, unsubscribe_message,
+    DEFAULT_ROOT, feed_url, redacted, shard, subscription_messages, unsubscribe_message,
 )
 
 log = logging.getLogger("shrivenq.kite.feed")

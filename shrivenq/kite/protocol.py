@@ -1,5 +1,6 @@
 """Kite WebSocket session rules, sans-I/O: subscription messages, sharding across
-connections, reconnect backoff, and URLs that never leak a token into a log.
+connections, and URLs that never leak a token into a log (reconnect pacing is
+``shrivenq.backoff``, shared with Binance).
 
 Nothing here touches a socket; ``shrivenq.kite.feed`` is the asyncio layer that uses it.
 """
@@ -7,8 +8,6 @@ Nothing here touches a socket; ``shrivenq.kite.feed`` is the asyncio layer that 
 from __future__ import annotations
 
 import json
-import random
-from dataclasses import dataclass, field
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from shrivenq.errors import ConfigError
@@ -77,25 +76,3 @@ def redacted(url: str) -> str:
     """A feed URL safe for logs: the query (which holds the credentials) is dropped."""
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
-
-
-@dataclass
-class Backoff:
-    """Exponential backoff with full jitter: delay n is uniform in [0, min(cap, base * 2^n)].
-
-    Jitter keeps three connections (or many capture processes) that dropped together from
-    reconnecting in lockstep.
-    """
-
-    base: float = 0.5
-    cap: float = 30.0
-    attempt: int = 0
-    rng: random.Random = field(default_factory=random.Random)
-
-    def next_delay(self) -> float:
-        ceiling = min(self.cap, self.base * (2 ** self.attempt))
-        self.attempt += 1
-        return self.rng.uniform(0.0, ceiling)
-
-    def reset(self) -> None:
-        self.attempt = 0

@@ -149,7 +149,7 @@ def _run_binance(req: ReplayRequest, out: TextIO) -> int:
     """Binance books rebuilt from the recorded stream messages and REST snapshots, through the
     same sync machine as capture. No snapshots are stored for Binance yet, so replay always
     starts at a session's start, and there is nothing to --verify against."""
-    from shrivenq.binance.replay import replay_wal
+    from shrivenq.replay.binance import replay_wal
     from shrivenq.binance.decimal import format_fixed
     from shrivenq.timeutil import UTC
 
