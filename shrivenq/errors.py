@@ -113,7 +113,10 @@ class WalCorruptError(WalError):
         self.offset = offset
         self.block = block
         self.reason = reason
-        super().__init__(f"{self.segment}: block {block} at byte {offset}: {reason}")
+        # block -1: the damage is not inside a block (a segment header, a missing segment)
+        where = (f"block {block} at byte {offset}" if block >= 0
+                 else f"byte {offset}" if offset else "")
+        super().__init__(f"{self.segment}: {where + ': ' if where else ''}{reason}")
 
     def __reduce__(self):
         return (type(self), (self.segment, self.offset, self.block, self.reason))

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
 import time
 from pathlib import Path
 
@@ -17,10 +19,12 @@ import shrivenq
 from shrivenq.books.snapshot import encode_kite_snapshot
 from shrivenq.capture.kite import KiteCapture, KiteCaptureSettings
 from shrivenq.cli import app
+from shrivenq.errors import WalCorruptError
 from shrivenq.replay.kite import KiteReplay
 from shrivenq.sim.kite_server import DEMO_ACCESS_TOKEN, DEMO_API_KEY, KiteSimServer
 from shrivenq.timeutil import format_ns
-from shrivenq.wal import Kind, read_wal
+from shrivenq.wal import Kind, WalReader, read_wal
+from shrivenq.wal.segment import open_segment
 
 NIFTY, BANKNIFTY = 256265, 260105
 
@@ -196,7 +200,87 @@ def test_a_damaged_segment_is_named_and_can_be_skipped(day, tmp_path):
     result = cli("--data-dir", copy)
     assert result.exit_code == 1 and segment.name in result.output
     skipped = cli("--data-dir", copy, "--skip-corrupt")
-    assert skipped.exit_code == 0 and "ticks replayed" in skipped.output
+    # Replayed, but not whole: exit 3, and what was left out is named.
+    assert skipped.exit_code == 3 and "ticks replayed" in skipped.output
+    assert "SKIPPED" in skipped.output and segment.name in skipped.output
+
+
+def _copy(day, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(day, copy)
+    return copy, sorted((copy / "kite").glob("*/ticks/*.wal"))
+
+
+def _wal_cli(*args):
+    return CliRunner().invoke(app, ["wal", *map(str, args)], catch_exceptions=False)
+
+
+def test_a_deleted_segment_is_reported_not_passed_over(day, tmp_path):
+    """A segment missing from the middle of a day (deleted, lost in a copy) is data lost: the
+    numbering shows the hole, so verify fails and replay refuses or, told to skip, says so."""
+    copy, segments = _copy(day, tmp_path)
+    whole = cli("--data-dir", copy)
+    gone = segments[1]
+    gone.unlink()
+    verify = _wal_cli("verify", copy)
+    assert verify.exit_code == 1 and f"missing: {gone.name}" in verify.output
+    result = cli("--data-dir", copy)
+    assert result.exit_code == 1 and f"{gone.name}: missing" in result.output
+    skipped = cli("--data-dir", copy, "--skip-corrupt")
+    assert skipped.exit_code == 3 and f"{gone.name}: missing" in skipped.output
+    replayed = int(re.search(r"([\d,]+) ticks replayed", skipped.output)[1].replace(",", ""))
+    assert 0 < replayed < int(re.search(r"([\d,]+) ticks replayed", whole.output)[1].replace(",", ""))
+
+
+def test_a_hole_outside_the_time_range_read_is_not_a_loss(day, tmp_path):
+    copy, segments = _copy(day, tmp_path)
+    after = segments[2]
+    start = int(open_segment(after).blocks[0].frame.min_wall_ns) + 1
+    segments[1].unlink()
+    with pytest.raises(WalCorruptError, match="missing"):
+        list(WalReader(copy / "kite", "ticks", workers=1).batches())
+    reader = WalReader(copy / "kite", "ticks", start_ns=start, workers=1)
+    assert sum(len(b) for b in reader.batches()) > 0 and not reader.skipped
+
+
+def test_a_cut_short_segment_with_later_ones_is_damage_not_a_crash(day, tmp_path):
+    """Only the newest segment of a directory can have a crash's torn tail (the next writer
+    repairs it); one cut short in the middle lost records and is reported as such."""
+    copy, segments = _copy(day, tmp_path)
+    middle = segments[1]
+    with open(middle, "r+b") as f:
+        f.truncate(middle.stat().st_size // 2)
+    result = cli("--data-dir", copy)
+    assert result.exit_code == 1 and middle.name in result.output
+    assert "later segments exist" in result.output
+    skipped = cli("--data-dir", copy, "--skip-corrupt")
+    assert skipped.exit_code == 3 and middle.name in skipped.output
+
+
+def test_a_file_that_is_not_a_segment_is_skipped_on_request_and_named(day, tmp_path):
+    copy, segments = _copy(day, tmp_path)
+    bad = segments[1]
+    bad.write_bytes(os.urandom(bad.stat().st_size))
+    result = cli("--data-dir", copy)
+    assert result.exit_code == 1 and bad.name in result.output and "bad magic" in result.output
+    skipped = cli("--data-dir", copy, "--skip-corrupt")
+    assert skipped.exit_code == 3 and bad.name in skipped.output
+    assert "ticks replayed" in skipped.output
+
+
+def test_a_failed_replay_leaves_an_earlier_out_file_whole(day, tmp_path):
+    copy, segments = _copy(day, tmp_path)
+    out = tmp_path / "books.csv"
+    assert cli("--data-dir", copy, "--out", out).exit_code == 0
+    before = out.read_bytes()
+    data = bytearray(segments[1].read_bytes())
+    data[400] ^= 0x40
+    segments[1].write_bytes(bytes(data))
+    assert cli("--data-dir", copy, "--out", out).exit_code == 1
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["books.csv", "copy"]
 
 
 # --- the notebook API -----------------------------------------------------------------------

@@ -79,6 +79,19 @@ def test_opening_a_writer_recovers_and_continues_in_a_new_segment(tmp_path):
     assert verify(tmp_path).clean
 
 
+def test_a_file_that_is_not_a_segment_does_not_stop_a_new_writer(tmp_path):
+    """Damage of an earlier session must not stop today's capture: the writer leaves the file
+    as it is, says so, and records into the next segment."""
+    seg, kept = crashed_segment(tmp_path)
+    seg.write_bytes(b"garbage, not a segment" * 10)
+    with WalWriter(tmp_path, "v") as w:
+        assert [(r.path, r.action) for r in w.recovery] == [(seg, "left as is")]
+        assert "bad magic" in w.recovery[0].reason and "move it aside" in w.recovery[0].reason
+        w.append(Kind.BINARY, b"after", T0 + 10**6, 0)
+    assert seg.read_bytes() == b"garbage, not a segment" * 10
+    assert read_wal(seg.parent / "000002.wal").payloads() == [b"after"]
+
+
 def test_crash_before_the_header_was_written(tmp_path):
     crashed_segment(tmp_path)
     WalWriter(tmp_path, "v").close()

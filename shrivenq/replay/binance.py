@@ -34,6 +34,9 @@ class BinanceReplay:
     decisions: list[tuple] = field(default_factory=list)
     sessions: int = 0
     records: int = 0
+    #: What the read skipped (with on_corrupt="skip") and torn tails it stopped at.
+    skipped: list[str] = field(default_factory=list)
+    torn: list[str] = field(default_factory=list)
     _by_key: dict[int, str] = field(default_factory=dict)
 
     def _start(self, payload: bytes) -> None:
@@ -100,7 +103,8 @@ def replay_wal(path, **reader_kw) -> BinanceReplay:
     """Replay the ticks stream under ``path`` (a venue directory, a day, a segment)."""
     rp = BinanceReplay()
     text = int(Kind.TEXT)
-    for batch in WalReader(path, "ticks", **reader_kw).batches():
+    reader = WalReader(path, "ticks", **reader_kw)
+    for batch in reader.batches():
         data = batch.data   # the block's payloads, in place: the compiled loop reads views
         kinds, offsets, lengths = batch.kind, batch.offset, batch.length
         n = len(kinds)
@@ -125,4 +129,5 @@ def replay_wal(path, **reader_kw) -> BinanceReplay:
                 keys = batch.instruments(i) if batch.inst_count[i] else ()
                 rp.feed(k, int(batch.conn[i]), bytes(data[o:o + int(lengths[i])]), keys)
             i += 1
+    rp.skipped, rp.torn = [str(p) for p in reader.skipped], [str(t) for t in reader.torn]
     return rp

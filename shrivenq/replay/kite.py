@@ -75,6 +75,10 @@ class ReplayResult:
     ticks: int = 0
     seeded_from: SnapshotInfo | None = None
     bad_frames: int = 0
+    #: What the read skipped (on_corrupt="skip": damaged blocks, missing or unreadable
+    #: segments) and the torn tails it stopped at (what a crash leaves), as messages.
+    skipped: list[str] = field(default_factory=list)
+    torn: list[str] = field(default_factory=list)
     #: The books as they stood at the start time (TICK_DTYPE rows, of the instruments asked
     #: for): what a sampler reports for an instrument that has not ticked since.
     start_books: np.ndarray | None = None
@@ -253,6 +257,9 @@ class KiteReplay:
                     start = cut + 1
         except ShrivenqError:
             raise
+        finally:
+            res.skipped = [str(p) for p in reader.skipped]
+            res.torn = [str(t) for t in reader.torn]
         if start_ns is not None and res.start_books is None:
             res.start_books = self._books_of(book_state, token_filter)
         if waiting_for_mark is not None:

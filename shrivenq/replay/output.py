@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -97,7 +98,10 @@ def _flat(rows: np.ndarray, names: dict[int, str]) -> list[dict]:
 
 
 class BookWriter:
-    """Streams BOOK_DTYPE rows to ``path`` in the format its extension names."""
+    """Streams BOOK_DTYPE rows to ``path`` in the format its extension names. Rows go to a
+    hidden file beside ``path`` that replaces it only at ``close(complete=True)``: a replay
+    that fails part-way leaves an earlier, whole ``path`` as it was, never a partial file
+    that would read as a whole one."""
 
     FORMATS = (".csv", ".jsonl", ".parquet")
 
@@ -118,8 +122,13 @@ class BookWriter:
                 import pyarrow  # noqa: F401
             except ImportError:
                 raise ConfigError("parquet output needs pyarrow: pip install pyarrow") from None
+        self._partial = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
         try:
-            self._file = None if self.format == ".parquet" else open(self.path, "w", newline="")
+            if self.format == ".parquet":
+                self._file = None
+                self._partial.touch()      # fails now, not after the replay, if unwritable
+            else:
+                self._file = open(self._partial, "w", newline="")
         except OSError as exc:
             raise ConfigError(f"--out {self.path}: {exc.strerror}") from None
 
@@ -141,16 +150,27 @@ class BookWriter:
 
             table = pa.Table.from_pylist(flat)
             if self._pq is None:
-                self._pq = pq.ParquetWriter(self.path, table.schema)
+                self._pq = pq.ParquetWriter(self._partial, table.schema)
             self._pq.write_table(table)
 
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        if self._pq is not None:
-            self._pq.close()
-        elif self.format == ".parquet" and not self.rows:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
+    def close(self, complete: bool = True) -> None:
+        """Finish the file and put it in place; ``complete=False`` (the replay failed):
+        drop what was written and leave ``path`` untouched."""
+        try:
+            if self._file is not None:
+                self._file.close()
+            if self._pq is not None:
+                self._pq.close()
+            elif self.format == ".parquet" and not self.rows and complete:
+                import pyarrow as pa
+                import pyarrow.parquet as pq
 
-            pq.write_table(pa.table({"time": pa.array([], pa.string())}), self.path)
+                pq.write_table(pa.table({"time": pa.array([], pa.string())}), self._partial)
+        except BaseException:
+            complete = False
+            raise
+        finally:
+            if complete:
+                os.replace(self._partial, self.path)
+            else:
+                self._partial.unlink(missing_ok=True)

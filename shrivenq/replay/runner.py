@@ -18,7 +18,8 @@ from shrivenq.replay.kite import KiteReplay, ReplayResult
 from shrivenq.replay.output import BookWriter, book_rows, sample
 from shrivenq.timeutil import format_ns, parse_datetime, parse_duration_ns, to_ns
 
-EXIT_OK, EXIT_ERROR, EXIT_MISMATCH = 0, 1, 4
+# 3: replayed, but with --skip-corrupt damaged or missing WAL data was left out (listed).
+EXIT_OK, EXIT_ERROR, EXIT_SKIPPED, EXIT_MISMATCH = 0, 1, 3, 4
 
 
 @dataclass
@@ -65,6 +66,7 @@ def run_replay(req: ReplayRequest, out: TextIO | None = None) -> int:
     writer = BookWriter(req.out, ds.names()) if req.out is not None else None
     replay = KiteReplay(ds.vdir, on_corrupt="skip" if req.skip_corrupt else "raise")
     batches = replay.ticks(start_ns, end_ns, tokens, verify=req.verify, books=writer is not None)
+    complete = False
     try:
         if writer is None:
             for _ in batches:
@@ -79,9 +81,10 @@ def run_replay(req: ReplayRequest, out: TextIO | None = None) -> int:
                 for rows in sample(_chain(first, batches), begin, end_ns, every_ns,
                                    lambda: replay.result.start_books):
                     writer.write(rows)
+        complete = True
     finally:
         if writer is not None:
-            writer.close()
+            writer.close(complete)
     result = replay.result
     if result.ticks == 0:
         where = (f" between {format_ns(start_ns)} and {format_ns(end_ns)} IST"
@@ -89,7 +92,23 @@ def run_replay(req: ReplayRequest, out: TextIO | None = None) -> int:
         raise ReplayError(f"no ticks{where} in {ds.vdir}"
                           + (" for those instruments" if tokens else ""))
     print(format_result(result, ds.names(), writer), file=out)
-    return EXIT_MISMATCH if result.mismatches else EXIT_OK
+    if result.mismatches:
+        return EXIT_MISMATCH
+    return EXIT_SKIPPED if result.skipped else EXIT_OK
+
+
+def damage_lines(skipped: list[str], torn: list[str]) -> list[str]:
+    """What the read left out, for a replay summary."""
+    lines = []
+    if skipped:
+        lines.append(f"SKIPPED (--skip-corrupt): {len(skipped)} damaged or missing part(s) of "
+                     "the WAL; the books lack what they held:")
+        lines += [f"  {p}" for p in skipped[:20]]
+        if len(skipped) > 20:
+            lines.append(f"  ... and {len(skipped) - 20} more (`shrivenq wal verify` lists all)")
+    for t in torn:
+        lines.append(f"note: {t} (a crash's leftover; `shrivenq wal verify --repair` cuts it)")
+    return lines
 
 
 def _chain(first, rest):
@@ -129,6 +148,7 @@ def format_result(res: ReplayResult, names: dict[int, str], writer: BookWriter |
                          f"({g['reason']})")
     else:
         lines.append("no gaps recorded in range")
+    lines += damage_lines(res.skipped, res.torn)
     if writer is not None:
         lines.append(f"wrote {writer.rows:,} book rows to {writer.path}")
     if res.snapshots_checked or res.mismatches:
@@ -189,5 +209,6 @@ def _run_binance(req: ReplayRequest, out: TextIO) -> int:
                  "of the last session")
     lines.append(f"GAPS: {len(gaps)} resync(s): " + ", ".join(f"{a[1]} ({a[2]})" for a in gaps[:10])
                  if gaps else "no gaps in the last session")
+    lines += damage_lines(replay.skipped, replay.torn)
     print("\n".join(lines), file=out)
-    return EXIT_OK
+    return EXIT_SKIPPED if replay.skipped else EXIT_OK

@@ -92,3 +92,27 @@ def find_segments(path: Path | str, stream: str | None = None) -> list[Path]:
 def stream_key(seg: Path) -> tuple[str, str]:
     """(venue, stream) of a segment path laid out as ROOT/VENUE/DAY/STREAM/N.wal."""
     return seg.parent.parent.parent.name, seg.parent.name
+
+
+def numbering_holes(paths: list[Path]) -> dict[Path, tuple[int, int]]:
+    """Segments missing from the numbering of their directories (each directory's segments
+    are numbered from 1 without gaps as they are written), for ``paths`` as find_segments
+    orders them: {the segment after a hole: (first missing number, how many)}."""
+    holes = {}
+    prev: tuple[Path, int] | None = None
+    for p in paths:
+        if not p.stem.isdigit():
+            continue                 # a file named by hand: not numbered
+        number = int(p.stem)
+        expected = prev[1] + 1 if prev is not None and prev[0] == p.parent else 1
+        if number > expected:
+            holes[p] = (expected, number - expected)
+        prev = (p.parent, number)
+    return holes
+
+
+def describe_hole(after: Path, first: int, count: int) -> str:
+    names = (segment_name(first) if count == 1
+             else f"{segment_name(first)} to {segment_name(first + count - 1)}")
+    return f"missing: {names} (before {after.name}) are not in {after.parent}"
+

@@ -8,7 +8,12 @@
 A segment without a footer (still being written, or left by a crash) is read up to its last
 good block. A block that fails its checksum or does not decode raises WalCorruptError (segment,
 offset, block) with ``on_corrupt="raise"``; with ``"skip"`` it is left out and listed in
-``reader.skipped``. Nothing is ever returned that did not verify.
+``reader.skipped``. So is data lost in other ways, which no crash leaves: a segment that is
+missing from the numbering of its directory (records it held in the time range read), a
+file that is not a segment (bad magic), and a torn tail in a segment that later segments
+follow (a crashed writer's torn tail is repaired when the next writer opens the stream, so
+only the newest segment of a directory may have one). Nothing is ever returned that did not
+verify.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 import zstandard
 
-from shrivenq.errors import ConfigError, WalCorruptError, WalIOError
+from shrivenq.errors import ConfigError, WalCorruptError, WalError, WalIOError
 from shrivenq.wal import format as fmt
 from shrivenq.wal import layout
 from shrivenq.wal.records import CONTROL_KINDS
@@ -255,16 +260,67 @@ class WalReader:
         for path in self.segment_paths:
             yield open_segment(path)
 
+    def _segments_checked(self) -> Iterator[tuple[Path, Segment | None, list[Problem]]]:
+        """Each segment path, its Segment (None if the file is not one) and the losses found
+        before and in it that its blocks do not show: a hole in the numbering before it, the
+        file itself unreadable, a torn tail with later segments after it. An unreadable
+        file raises its own error in "raise" mode."""
+        # The newest segment of each directory (a single file named: itself).
+        last_in_dir = {path.parent: path for path in self.segment_paths}
+        # One segment file named: no numbering to check.
+        holes = {} if self.path.is_file() else layout.numbering_holes(self.segment_paths)
+        prev: tuple[Path, int | None] | None = None   # directory, last wall time
+        for path in self.segment_paths:
+            found = []
+            try:
+                seg = open_segment(path)
+            except WalError as err:
+                if self.on_corrupt == "raise":
+                    raise
+                seg = None
+                found.append(Problem(path, 0, -1, f"not readable, skipped: {err}"))
+            first_wall = seg.blocks[0].frame.min_wall_ns if seg is not None and seg.blocks else None
+            if path in holes and self._hole_in_range(
+                    prev[1] if prev is not None and prev[0] == path.parent else None, first_wall):
+                first, count = holes[path]
+                what = "it" if count == 1 else f"they ({count} segments up to {path.name})"
+                found.insert(0, Problem(path.parent / layout.segment_name(first), 0, -1,
+                                        f"missing (deleted or lost); what {what} held is "
+                                        "lost to this read"))
+            if (seg is not None and seg.state == "torn" and seg.size > seg.good_end
+                    and path != last_in_dir[path.parent]):
+                found.append(Problem(path, seg.good_end, -1,
+                                     f"the last {seg.size - seg.good_end} bytes (from byte "
+                                     f"{seg.good_end}) are damaged or cut off, and later "
+                                     f"segments exist, so no crash left them; not read"))
+            last_wall = (max(b.frame.max_wall_ns for b in seg.blocks)
+                         if seg is not None and seg.blocks else None)
+            prev = (path.parent, last_wall)
+            yield path, seg, found
+
+    def _hole_in_range(self, before_ns: int | None, after_ns: int | None) -> bool:
+        """Whether records written between a segment ending at ``before_ns`` and one starting
+        at ``after_ns`` (either unknown: None) may fall in the time range read."""
+        if self.end_ns is not None and before_ns is not None and before_ns >= self.end_ns:
+            return False
+        if self.start_ns is not None and after_ns is not None and after_ns < self.start_ns:
+            return False
+        return True
+
     def __iter__(self) -> Iterator[RecordBatch]:
         return self.batches()
 
     def _plan(self) -> Iterator[tuple]:
         """(segment, item, is_problem) in read order; blocks outside the time range are
         dropped here without being read."""
-        for seg in self.segments():
-            if seg.state == "torn":
+        for path, seg, found in self._segments_checked():
+            if seg is None:
+                for p in found:
+                    yield path, p, True
+                continue
+            if seg.state == "torn" and not any(p.segment == path for p in found):
                 self.torn.append(TornTail(seg.path, seg.good_end, seg.size - seg.good_end))
-            items: list = [(p.offset, 1, p) for p in seg.problems]
+            items: list = [(p.offset, 1, p) for p in seg.problems + found]
             items += [(b.offset, 0, b) for b in seg.blocks]
             items.sort(key=lambda t: (t[0], t[1]))
             for _, is_problem, item in items:

@@ -62,7 +62,7 @@ class Problem:
         return WalCorruptError(self.segment, self.offset, self.block, self.reason)
 
     def __str__(self) -> str:
-        return f"{self.segment}: block {self.block} at byte {self.offset}: {self.reason}"
+        return str(self.error())
 
 
 @dataclass

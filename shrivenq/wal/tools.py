@@ -132,14 +132,19 @@ def _summaries(path, decode: bool) -> list[SegmentSummary]:
     out = []
     paths = layout.find_segments(path)
     newest = _newest(paths)
+    holes = {} if Path(path).is_file() else layout.numbering_holes(paths)
     for p in paths:
         try:
             seg = open_segment(p)
         except WalError as err:
             venue, stream = layout.stream_key(p)
             out.append(SegmentSummary(p, venue, stream, "unreadable", problems=[str(err)]))
-            continue
-        out.append(_summarise(seg, decode=decode, newest=newest))
+        else:
+            out.append(_summarise(seg, decode=decode, newest=newest))
+        if p in holes:
+            # Listed first: the loss comes before this segment's own records.
+            out[-1].problems.insert(0, f"{p.parent}: {layout.describe_hole(p, *holes[p])}"
+                                       " (deleted or lost: the records they held are gone)")
     return out
 
 

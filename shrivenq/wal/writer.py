@@ -727,7 +727,12 @@ def recover_stream(root, venue: str, stream: str) -> list[RepairReport]:
                 seg_state = "unreadable"
             if seg_state == "closed":
                 continue
-            report = repair_segment(path)
+            try:
+                report = repair_segment(path)
+            except WalError as err:
+                # Not a segment at all (bad magic, a newer format): keep it untouched and go
+                # on recording after it; refusing to capture would lose the live data too.
+                report = RepairReport(path, "left as is", reason=f"{err}; move it aside")
             if report is not None:
                 reports.append(report)
                 if report.action == "left as is":
