@@ -52,6 +52,7 @@ def auth_login(
     try:
         creds = auth.load_credentials(env_file=env_file)
         creds.require_secret()
+        auth.check_cache_dir(cache_dir)
         if request_token is None:
             typer.echo("Log in to Kite in a browser:\n  " + auth.login_url(creds.api_key))
             typer.echo("Kite then redirects to your app's URL with ?request_token=...")
@@ -101,8 +102,9 @@ def instruments_sync(
     try:
         creds = auth.load_credentials(env_file=env_file)
         token = auth.access_token(creds, cache_dir)
-        path, downloaded = instruments.sync(cache_dir, creds.api_key, token, root=api_root,
-                                            force=force)
+        path, downloaded = instruments.sync(
+            cache_dir, creds.api_key, token, root=api_root, force=force,
+            token_source=auth.ENV_ACCESS_TOKEN if creds.access_token else None)
         count = len(instruments.InstrumentMaster.load(path))
     except ShrivenqError as err:
         _kite_fail("instruments sync", err)
@@ -123,6 +125,8 @@ def instruments_search(
     from shrivenq.errors import ShrivenqError
     from shrivenq.kite import instruments
 
+    if limit < 1:
+        _kite_fail("instruments search", f"--limit must be at least 1, not {limit}")
     try:
         master = (instruments.InstrumentMaster.sample() if sample
                   else instruments.load_master(cache_dir))
@@ -156,11 +160,18 @@ def sim_kite(
     """Run a Kite simulator (ticker WebSocket + REST) until Ctrl-C."""
     import asyncio
     import logging
+    import math
 
     from shrivenq.sim import kite_server
 
-    if rate < 0 or (instruments is not None and instruments < 1):
-        _kite_fail("sim kite", ValueError("--rate must be >= 0 and --instruments >= 1"))
+    if not math.isfinite(rate) or rate < 0:
+        _kite_fail("sim kite", f"--rate must be a number >= 0, not {rate:g}")
+    if instruments is not None and instruments < 1:
+        _kite_fail("sim kite", f"--instruments must be at least 1, not {instruments}")
+    try:
+        kite_server.check_ports(port, rest_port)
+    except ValueError as err:
+        _kite_fail("sim kite", err)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("websockets").setLevel(logging.WARNING)
     logging.getLogger("shrivenq.sim.kite.ws").setLevel(logging.WARNING)
@@ -292,20 +303,28 @@ app.add_typer(capture_app, name="capture")
 def capture_run(
     symbols: str = typer.Option("", help='Comma-separated names, e.g. "NIFTY 50,NIFTY BANK".'),
     tokens: str = typer.Option("", help="Comma-separated instrument tokens, e.g. 256265,260105."),
-    mode: str = typer.Option("full", help="full, quote or ltp."),
+    mode: Optional[str] = typer.Option(None, help="Kite: full, quote or ltp (default full)."),
     exchange: str = typer.Option("kite", help="kite or binance."),
     market: str = typer.Option("spot", help="Binance: spot or usdm (USD-M futures)."),
     data_dir: Path = typer.Option(Path("data"), help="Where the WAL goes."),
-    cache_dir: Path = typer.Option(Path("cache"), help="Instrument master and token cache."),
+    cache_dir: Optional[Path] = typer.Option(
+        None, help="Kite: instrument master and token cache (default cache)."),
     duration: Optional[float] = typer.Option(None, help="Stop after this many seconds."),
-    until: Optional[str] = typer.Option(None, help="Stop at this time: HH:MM (IST) or ISO."),
+    until: Optional[str] = typer.Option(None, help="Stop at this time: HH:MM (IST for Kite, "
+                                        "UTC for Binance) or ISO."),
     sim: bool = typer.Option(False, "--sim", help="Capture from the built-in simulator."),
-    sim_rate: float = typer.Option(1.0, help="With --sim: ticks per instrument per second."),
-    snapshot_interval: float = typer.Option(60.0, help="Seconds between book snapshots."),
+    sim_rate: Optional[float] = typer.Option(
+        None, help="Kite with --sim: ticks per instrument per second (default 1; "
+                   "0: as fast as it can go)."),
+    snapshot_interval: Optional[float] = typer.Option(
+        None, help="Kite: seconds between book snapshots (default 60)."),
+    snapshot_limit: Optional[int] = typer.Option(
+        None, help="Binance: levels in each depth snapshot (default 1000)."),
     segment_size: str = typer.Option("100MB", help="Largest WAL segment, e.g. 100MB."),
     fsync: str = typer.Option("interval:1000",
                               help="every-block, interval:MS, on-rotate or never."),
-    metrics_port: Optional[int] = typer.Option(None, help="Serve /metrics and /health here."),
+    metrics_port: Optional[int] = typer.Option(None, help="Kite: serve /metrics and /health "
+                                               "on this port (0-65535)."),
     watchdog: Optional[float] = typer.Option(None, help="Reconnect after this many silent "
                                              "seconds (default 5 for Kite, 30 for Binance)."),
     quiet: bool = typer.Option(False, "--quiet", help="No live status line (for services)."),
@@ -320,7 +339,8 @@ def capture_run(
         exchange=exchange, market=market, symbols=_split(symbols), tokens=_split(tokens), mode=mode, data_dir=data_dir,
         cache_dir=cache_dir, duration=duration, until=until, sim=sim, sim_rate=sim_rate,
         snapshot_interval=snapshot_interval, segment_size=segment_size, fsync=fsync,
-        metrics_port=metrics_port, watchdog=watchdog, quiet=quiet)
+        metrics_port=metrics_port, watchdog=watchdog, snapshot_limit=snapshot_limit,
+        quiet=quiet)
     _exit_with("capture run", run_capture, req)
 
 

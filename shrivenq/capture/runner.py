@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import signal
 import sys
@@ -64,19 +65,27 @@ class CaptureRequest:
     market: str = "spot"          # Binance: spot or usdm
     symbols: list[str] = field(default_factory=list)
     tokens: list[str] = field(default_factory=list)
-    mode: str = "full"
+    mode: str | None = None       # Kite; None: "full"
     data_dir: Path = Path("data")
-    cache_dir: Path = Path("cache")
+    cache_dir: Path | None = None  # Kite; None: Path("cache")
     duration: float | None = None
     until: str | None = None
     sim: bool = False
-    sim_rate: float = 1.0
-    snapshot_interval: float = 60.0
+    sim_rate: float | None = None  # Kite --sim; None: 1.0
+    snapshot_interval: float | None = None  # Kite; None: 60.0
     segment_size: str = "100MB"
     fsync: str = "interval:1000"
     metrics_port: int | None = None
     watchdog: float | None = None  # None: 5 s for Kite, 30 s for Binance
+    snapshot_limit: int | None = None  # Binance; None: 1000
     quiet: bool = False
+
+
+#: Kite's defaults for the options left None (None means "not given on the command line", so
+#: that Binance capture can refuse the Kite-only ones the user did give).
+KITE_DEFAULTS = {"mode": "full", "cache_dir": Path("cache"), "sim_rate": 1.0,
+                 "snapshot_interval": 60.0}
+BINANCE_SNAPSHOT_LIMIT = 1000
 
 
 def _token_modes(req: CaptureRequest, master) -> tuple[dict[int, str], list[str]]:
@@ -108,17 +117,32 @@ def _token_modes(req: CaptureRequest, master) -> tuple[dict[int, str], list[str]
     return tokens, names
 
 
+def _check_seconds(option: str, value: float | None, zero_ok: bool = False) -> None:
+    """A number of seconds (or a rate) from the command line: finite, positive (or >= 0 when
+    ``zero_ok``); NaN and infinity are refused, not silently turned into 0 or forever."""
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise ConfigError(f"{option} {value} is not a finite number")
+    if value < 0 or (value == 0 and not zero_ok):
+        bound = "zero or positive" if zero_ok else "positive"
+        raise ConfigError(f"{option} must be {bound}, not {value:g}")
+
+
+def check_port(option: str, port: int | None) -> None:
+    """A TCP port to listen on: 0 (any free port) to 65535."""
+    if port is not None and not 0 <= port <= 65535:
+        raise ConfigError(f"{option} {port} is not a TCP port: a port must be 0-65535")
+
+
 def _check(req: CaptureRequest) -> None:
-    if req.duration is not None and req.duration <= 0:
-        raise ConfigError(f"--duration must be positive seconds, not {req.duration}")
+    _check_seconds("--duration", req.duration)
     if req.duration is not None and req.until:
         raise ConfigError("give --duration or --until, not both")
-    if req.snapshot_interval <= 0:
-        raise ConfigError(f"--snapshot-interval must be positive, not {req.snapshot_interval}")
-    if req.watchdog is not None and req.watchdog <= 0:
-        raise ConfigError(f"--watchdog must be positive, not {req.watchdog}")
-    if req.metrics_port is not None and not 0 <= req.metrics_port <= 65535:
-        raise ConfigError(f"--metrics-port {req.metrics_port} is not a TCP port")
+    _check_seconds("--snapshot-interval", req.snapshot_interval)
+    _check_seconds("--watchdog", req.watchdog)
+    _check_seconds("--sim-rate", req.sim_rate, zero_ok=True)   # 0: as fast as it can go
+    check_port("--metrics-port", req.metrics_port)
     FsyncPolicy.parse(req.fsync)
 
 
@@ -210,6 +234,12 @@ def run_capture(req: CaptureRequest, out: TextIO | None = None) -> int:
         return _run_binance(req, out)
     if req.exchange != "kite":
         raise ConfigError(f"--exchange {req.exchange!r} is not one of kite, binance")
+    if req.snapshot_limit is not None:
+        raise ConfigError("--snapshot-limit is for Binance; Kite capture snapshots its books "
+                          "every --snapshot-interval seconds")
+    for name, default in KITE_DEFAULTS.items():
+        if getattr(req, name) is None:
+            setattr(req, name, default)
     segment_bytes = parse_size(req.segment_size)
     duration = req.duration if req.until is None else seconds_until(req.until)
     sim_ctx = None
@@ -245,24 +275,50 @@ def run_capture(req: CaptureRequest, out: TextIO | None = None) -> int:
 
 def _run_binance(req: CaptureRequest, out: TextIO) -> int:
     """Binance capture: symbols straight from the exchange's exchangeInfo; times in UTC."""
+    from shrivenq.binance.rest import check_limit
+    from shrivenq.binance.streams import check_market
     from shrivenq.capture.binance import BinanceCaptureSettings, run_binance_capture
     from shrivenq.timeutil import UTC
 
     for given, option in ((req.tokens, "--tokens"), (req.metrics_port is not None, "--metrics-port"),
-                          (req.mode != "full", "--mode")):
+                          (req.mode is not None, "--mode"),
+                          (req.snapshot_interval is not None, "--snapshot-interval"),
+                          (req.sim_rate is not None, "--sim-rate"),
+                          (req.cache_dir is not None, "--cache-dir")):
         if given:
             raise ConfigError(f"{option} is for Kite; Binance capture records depth, trades and "
                               "best bid/offer of --symbols")
     if not req.symbols:
         raise ConfigError("nothing to capture: give --symbols, e.g. BTCUSDT,ETHUSDT")
+    check_market(req.market)
+    limit = BINANCE_SNAPSHOT_LIMIT if req.snapshot_limit is None else req.snapshot_limit
+    try:
+        check_limit(req.market, limit)
+    except ConfigError as exc:
+        msg = str(exc)
+        raise ConfigError(msg.replace("snapshot limit", "--snapshot-limit", 1)
+                          if msg.startswith("snapshot limit") else f"--snapshot-limit: {msg}"
+                          ) from None
     duration = req.duration if req.until is None else seconds_until(req.until, tz=UTC)
     settings = BinanceCaptureSettings(
         symbols=[s.upper() for s in req.symbols], data_dir=req.data_dir, market=req.market,
-        duration=duration, segment_bytes=parse_size(req.segment_size), fsync=req.fsync,
-        session_note=[])
+        duration=duration, snapshot_limit=limit, segment_bytes=parse_size(req.segment_size),
+        fsync=req.fsync, session_note=[])
     if req.watchdog is not None:
         settings.watchdog = req.watchdog
     return run_binance_capture(settings, sim=req.sim, out=out)
+
+
+def _os_reason(exc: OSError) -> str:
+    """'address already in use' from an OSError, without asyncio's wording around it."""
+    import errno
+    import os
+
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use"
+    if exc.errno is not None:
+        return os.strerror(exc.errno).lower()
+    return str(exc) or type(exc).__name__
 
 
 def _run(settings: KiteCaptureSettings, req: CaptureRequest, out: TextIO) -> int:
@@ -276,7 +332,15 @@ def _run(settings: KiteCaptureSettings, req: CaptureRequest, out: TextIO) -> int
             loop.add_signal_handler(sig, stop.set)
         metrics = None
         if req.metrics_port is not None:
-            metrics = await MetricsServer(capture, port=req.metrics_port).start()
+            # Before capture.run(): a port that cannot be listened on stops us before the WAL
+            # is opened, so nothing is written.
+            try:
+                metrics = await MetricsServer(capture, port=req.metrics_port).start()
+            except OSError as exc:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+                raise ConfigError(f"--metrics-port {req.metrics_port}: "
+                                  f"{_os_reason(exc)}") from None
             print(f"metrics on http://127.0.0.1:{metrics.port}/metrics and /health",
                   file=sys.stderr)
         try:

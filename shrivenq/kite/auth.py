@@ -82,6 +82,10 @@ def read_env_file(path: str | os.PathLike) -> dict[str, str]:
         return {}
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        # Say where, never what: the bytes may be a secret.
+        raise ConfigError(f"{path}: not a .env file: not UTF-8 text (bad byte at offset "
+                          f"{exc.start})") from None
     out: dict[str, str] = {}
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -185,11 +189,33 @@ def token_path(cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR) -> Path:
     return Path(cache_dir) / TOKEN_FILE
 
 
+def check_cache_dir(cache_dir: str | os.PathLike) -> Path:
+    """``ConfigError`` if ``cache_dir`` exists but is not a directory (checked before a login
+    spends its single-use request token)."""
+    path = Path(cache_dir)
+    for p in (path, *path.parents):       # the nearest one that exists must be a directory
+        if p.exists():
+            if not p.is_dir():
+                raise ConfigError(f"{path}: the cache dir is not a directory"
+                                  + (f" ({p} is a file)" if p != path else "")
+                                  + "; cannot write the token cache there")
+            break
+    return path
+
+
 def save_token(cache_dir: str | os.PathLike, token: CachedToken) -> Path:
     """Write the token file with mode 0600 from its creation, then rename it into place."""
     path = token_path(cache_dir)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        # a file where the cache dir (or one of its parents) should be
+        raise ConfigError(f"{path.parent}: the cache dir is not a directory; cannot write "
+                          "the token cache there") from None
+    except OSError as exc:
+        raise ConfigError(f"{path.parent}: cannot create the cache dir: {exc.strerror}"
+                          ) from None
+    try:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             os.unlink(tmp)
@@ -224,7 +250,7 @@ def load_token(cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR) -> CachedToken 
     path = token_path(cache_dir)
     try:
         st = path.stat()
-        raw = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -232,17 +258,26 @@ def load_token(cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR) -> CachedToken 
     if st.st_mode & 0o077:
         raise AuthError(f"{path} is readable by others (mode {st.st_mode & 0o777:o}); "
                         "delete it and run `shrivenq auth login`")
+    # Whatever is wrong with the file, say what and where, never its contents (a token).
     try:
-        doc = json.loads(raw)
-        return CachedToken(
+        doc = json.loads(raw.decode("utf-8"))
+        token = CachedToken(
             api_key=str(doc["api_key"]), access_token=str(doc["access_token"]),
             issued_at=datetime.fromisoformat(doc["issued_at"]),
             expires_at=datetime.fromisoformat(doc["expires_at"]),
             user_id=str(doc.get("user_id") or ""),
         )
-    except (ValueError, KeyError, TypeError):
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a shrivenq token cache (not UTF-8 text); delete it "
+                          "and run `shrivenq auth login`") from None
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise ConfigError(f"{path}: not a shrivenq token cache; delete it and run "
                           "`shrivenq auth login`") from None
+    for name in ("issued_at", "expires_at"):
+        if getattr(token, name).tzinfo is None:
+            raise ConfigError(f"{path}: not a shrivenq token cache ({name} has no time zone); "
+                              "delete it and run `shrivenq auth login`")
+    return token
 
 
 def clear_token(cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR) -> bool:
@@ -287,6 +322,7 @@ def login(creds: Credentials, request_token: str, cache_dir: str | os.PathLike =
 
     secret = creds.require_secret()
     request_token = extract_request_token(request_token)
+    check_cache_dir(cache_dir)
     kite = KiteConnect(creds.api_key, root=root)
     where = root or KiteConnect._default_root_uri
     try:
@@ -343,7 +379,7 @@ def status(cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR, creds: Credentials 
                           "its expiry is unknown", api_key=key)
     try:
         token = load_token(cache_dir)
-    except AuthError as exc:
+    except (AuthError, ConfigError) as exc:   # unreadable or not a token cache: no token
         return AuthStatus(False, "cache", str(exc), api_key=key)
     path = token_path(cache_dir)
     if token is None:

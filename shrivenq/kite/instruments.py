@@ -314,6 +314,8 @@ class InstrumentMaster:
 
     def closest(self, query: str, n: int = 5) -> list[str]:
         """Up to ``n`` tradingsymbols or names that look most like ``query``."""
+        if n < 1:
+            return []
         key = _norm(query)
         candidates = list(self._by_symbol) + [k for k in self._by_name if k not in self._by_symbol]
         out = difflib.get_close_matches(key, candidates, n=n, cutoff=0.5)
@@ -335,7 +337,7 @@ class InstrumentMaster:
         """Instruments for a free-text query: exact symbol/name matches, then tradingsymbols
         or names containing every word of the query, then fuzzy matches."""
         key = _norm(query)
-        if not key:
+        if not key or limit < 1:
             return []
         out: list[Instrument] = []
         seen: set[int] = set()
@@ -445,9 +447,12 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def fetch_records(api_key: str, access_token: str, root: str | None = None,
-                  timeout: float | None = None) -> list[dict[str, Any]]:
+                  timeout: float | None = None, token_source: str | None = None,
+                  ) -> list[dict[str, Any]]:
     """``KiteConnect(api_key, access_token, root).instruments()``, with the SDK's errors
-    turned into ``AuthError`` (token refused) or ``ExchangeError`` (anything else)."""
+    turned into ``AuthError`` (token refused) or ``ExchangeError`` (anything else).
+    ``token_source`` names the environment variable the token came from (None: the cache),
+    so that a refusal tells the user what to fix."""
     from kiteconnect import KiteConnect
     from kiteconnect import exceptions as kex
 
@@ -456,6 +461,10 @@ def fetch_records(api_key: str, access_token: str, root: str | None = None,
     try:
         return kite.instruments()
     except kex.TokenException as exc:
+        if token_source:
+            raise AuthError(f"Kite refused the access token in {token_source} fetching "
+                            f"instruments from {where} ({exc.code}): unset {token_source} "
+                            "(to use the cached token) or replace it") from None
         raise AuthError(f"Kite refused the access token fetching instruments from {where} "
                         f"({exc.code}): run `shrivenq auth login`") from None
     except kex.KiteException as exc:
@@ -468,7 +477,7 @@ def fetch_records(api_key: str, access_token: str, root: str | None = None,
 
 def sync(cache_dir: str | os.PathLike, api_key: str, access_token: str,
          root: str | None = None, now: datetime | None = None, force: bool = False,
-         ) -> tuple[Path, bool]:
+         token_source: str | None = None) -> tuple[Path, bool]:
     """Make sure today's (IST) instrument master is cached; returns ``(path, downloaded)``.
 
     Reuses ``cache/kite_instruments_<today>.csv`` when it exists (unless ``force``);
@@ -477,7 +486,7 @@ def sync(cache_dir: str | os.PathLike, api_key: str, access_token: str,
     if path.is_file() and not force:
         log.info("instrument master for %s already cached at %s", path.stem[-10:], path)
         return path, False
-    records = fetch_records(api_key, access_token, root=root)
+    records = fetch_records(api_key, access_token, root=root, token_source=token_source)
     if not records:
         raise ExchangeError("the instruments list came back empty; not caching it")
     try:

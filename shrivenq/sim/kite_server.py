@@ -50,6 +50,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -346,8 +347,9 @@ class KiteSimServer:
                  frame_interval: float = 0.05, max_batch: int = 500, record: bool = False,
                  record_limit: int | None = None, api_key: str = DEMO_API_KEY,
                  api_secret: str = DEMO_API_SECRET, drop_after: int | None = None):
-        if rate is not None and rate < 0:
-            raise ValueError("rate must be >= 0 (0 or None: as fast as possible)")
+        if rate is not None and not (math.isfinite(rate) and rate >= 0):
+            raise ValueError("rate must be a finite number >= 0 (0 or None: as fast as "
+                             "possible)")
         if not 1 <= max_batch <= 0xFFFF:
             raise ValueError("max_batch must be 1..65535 packets per frame")
         self.host = host
@@ -940,12 +942,26 @@ def banner(server: KiteSimServer) -> str:
     return "\n".join(lines)
 
 
+def check_ports(port: int, rest_port: int | None) -> int:
+    """The REST port ``run`` will use (``port + 1`` by default, 0 with 0); ``ValueError``
+    naming the option if a port is not 0-65535."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port {port}: a port must be 0-65535")
+    if rest_port is not None and not 0 <= rest_port <= 65535:
+        raise ValueError(f"--rest-port {rest_port}: a port must be 0-65535")
+    if rest_port is None:
+        rest_port = port + 1 if port else 0
+        if rest_port > 65535:
+            raise ValueError(f"--port {port}: the REST port defaults to --port + 1 = "
+                             f"{rest_port}, but a port must be 0-65535; give --rest-port")
+    return rest_port
+
+
 async def run(host: str = "127.0.0.1", port: int = 8765, rest_port: int | None = None,
               rate: float | None = 1.0, instruments: int | None = None, seed: int = 1,
               on_ready: Callable[[KiteSimServer], None] | None = None) -> None:
     """Serve until cancelled (Ctrl-C). ``rest_port`` defaults to ``port + 1`` (0 with 0)."""
-    if rest_port is None:
-        rest_port = port + 1 if port else 0
+    rest_port = check_ports(port, rest_port)
     server = KiteSimServer(host=host, port=port, rest_port=rest_port, rate=rate,
                            instruments=instruments, seed=seed)
     async with server:
