@@ -92,6 +92,22 @@ def test_a_file_that_is_not_a_segment_does_not_stop_a_new_writer(tmp_path):
     assert read_wal(seg.parent / "000002.wal").payloads() == [b"after"]
 
 
+def test_bytes_appended_to_a_closed_segment_are_a_tail_to_cut_not_a_lost_segment(tmp_path):
+    payloads = [b"%05d" % i for i in range(400)]
+    with WalWriter(tmp_path, "v", block_bytes=500, fsync="never") as w:
+        for i, p in enumerate(payloads):
+            w.append(Kind.BINARY, p, T0 + i, i)
+    seg = next(tmp_path.rglob("*.wal"))
+    closed = seg.read_bytes()
+    seg.write_bytes(closed + random.Random(5).randbytes(5000))
+    assert open_segment(seg).state == "torn"
+    assert read_wal(tmp_path / "v").payloads() == payloads
+    assert not verify(tmp_path).clean
+    report = repair_segment(seg)
+    assert report.dropped_bytes == 5000 and report.kept_records == len(payloads)
+    assert seg.read_bytes() == closed and verify(tmp_path).clean
+
+
 def test_crash_before_the_header_was_written(tmp_path):
     crashed_segment(tmp_path)
     WalWriter(tmp_path, "v").close()

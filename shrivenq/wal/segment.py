@@ -9,7 +9,8 @@ A segment is in one of these states (``Segment.state``):
              block (a crash mid-write). Readers stop at the last good block; repair truncates.
              A file shorter than a header that is the start of one (a segment being created,
              or a crash at that moment) is torn too, with no header and no blocks; repair
-             removes it.
+             removes it. So is a closed segment with bytes appended after its trailer: its
+             blocks and footer are good (``footer`` is set), and repair cuts the extra bytes.
 ``corrupt``  something that a crash cannot explain: a bad header, a bad block followed by good
              ones, a footer or trailer that fails its checksum. Never modified by repair.
 """
@@ -234,12 +235,21 @@ def _scan(fd, path, size, header) -> Segment:
         return seg
     frame = _valid_block_at(fd, pos, size)
     if frame is not None and frame.magic == fmt.FOOTER_MAGIC:
-        if pos + frame.size + fmt.TRAILER_SIZE <= size:
-            seg.state = "corrupt"
-            seg.problems.append(Problem(path, size - fmt.TRAILER_SIZE, len(seg.blocks),
-                                        "segment trailer is damaged"))
-        else:
+        end = pos + frame.size + fmt.TRAILER_SIZE
+        if end > size:
             seg.state = "torn"      # crashed while writing the trailer
+            return seg
+        if end < size and fmt.unpack_trailer(
+                _pread(fd, fmt.TRAILER_SIZE, end - fmt.TRAILER_SIZE)) == pos:
+            # A whole closed segment with bytes after its trailer (appended to it later):
+            # every block is good; the extra bytes are a tail to cut, like a torn one.
+            closed = _with_footer(fd, path, end, header, pos)
+            if closed.state == "closed":
+                closed.state, closed.size, closed.good_end = "torn", size, end
+                return closed
+        seg.state = "corrupt"
+        seg.problems.append(Problem(path, end - fmt.TRAILER_SIZE, -1,
+                                    "segment trailer (after the footer) is damaged"))
         return seg
     later = _resync(fd, pos + 1, size)
     if later is not None:
@@ -449,6 +459,23 @@ def repair_segment(path: Path | str) -> RepairReport | None:
                                 reason="damaged header and no blocks")
         return RepairReport(path, "left as is", len(seg.blocks), seg.records,
                             reason="; ".join(str(p) for p in seg.problems))
+    if seg.footer is not None:
+        # Closed, with bytes after its trailer: cut them; nothing before them changes.
+        cut = seg.size - seg.good_end
+        try:
+            fd = os.open(path, os.O_RDWR)
+            try:
+                os.ftruncate(fd, seg.good_end)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise WalIOError(path, f"repair failed: {exc.strerror or exc}") from None
+        report = RepairReport(path, "bytes after the trailer cut", len(seg.blocks),
+                              seg.records, seg.good_end - fmt.HEADER_SIZE, cut,
+                              reason="the segment was closed; its footer is kept")
+        log.warning("WAL recovery: %s", report)
+        return report
     dropped = seg.size - seg.good_end
     dropped_records = 0
     if dropped:
