@@ -65,6 +65,10 @@ def test_capture_stores_every_message_byte_for_byte_and_snapshots_match_the_tick
     kinds = [Kind(k).name for k in batch.kind if k not in (Kind.BINARY, Kind.SNAPSHOT_MARK)]
     assert kinds[:5] == ["SESSION_START", "CONNECT", "SUBSCRIBE", "MODE", "MODE"]
     assert kinds[-2:] == ["UNSUBSCRIBE", "SESSION_STOP"]
+    # CONNECT names the feed URL, without the query that carries the credentials.
+    url = msgpack.unpackb(batch.payload(int(np.flatnonzero(batch.kind == Kind.CONNECT)[0])))["url"]
+    assert url.startswith("ws://127.0.0.1:") and "?" not in url
+    assert not any(DEMO_ACCESS_TOKEN.encode() in batch.payload(i) for i in range(len(batch)))
     assert summary.counters.gaps == 0 and not summary.lost_anything
     assert summary.counters.ticks == sum(len(parse_frame_lenient(p)[0]) for p in sent)
     # Each snapshot equals the books rebuilt from the ticks stream up to its mark.
@@ -145,6 +149,32 @@ def test_cli_sim_capture_records_and_exits_zero(tmp_path):
     assert {int(t) for t in np.concatenate([ticks_of(tmp_path).instruments(i) for i in
                                             range(len(ticks_of(tmp_path)))])} == {NIFTY,
                                                                                    BANKNIFTY}
+
+
+def test_cli_capture_that_had_a_gap_exits_3(tmp_path, monkeypatch):
+    """A dropped connection is a gap in the recording: the summary says so and the exit code
+    (3) lets a script tell it from a clean run."""
+    import threading
+
+    from shrivenq.sim import kite_server
+
+    class DroppingSim(kite_server.SimThread):
+        def __enter__(self):
+            server = super().__enter__()
+
+            def drop_once_streaming():
+                while not (server.connections and server.connections[0].stats.frames_sent > 5):
+                    time.sleep(0.02)
+                server.drop(server.connections[0])
+            threading.Thread(target=drop_once_streaming, daemon=True).start()
+            return server
+
+    monkeypatch.setattr(kite_server, "SimThread", DroppingSim)
+    result = cli("capture", "run", "--sim", "--symbols", "NIFTY 50", "--duration", "2.5",
+                 "--sim-rate", "50", "--data-dir", str(tmp_path), "--quiet")
+    assert result.exit_code == 3, result.output
+    assert "GAPS" in result.output or "gap" in result.output.lower()
+    assert sum(k == Kind.GAP for k in ticks_of(tmp_path).kind) == 1
 
 
 @pytest.mark.parametrize("args,words", [

@@ -160,7 +160,9 @@ class KiteFeed:
                                    compression=None, logger=ws_log) as ws:
                     stats.connects += 1
                     stats.connected = True
-                    self._event("connect", conn, attempt=stats.connects)
+                    # The URL without its query: the credentials never reach the WAL.
+                    self._event("connect", conn, attempt=stats.connects,
+                                url=redacted(self.url))
                     for message in subscription_messages(token_modes):
                         await ws.send(message)
                     modes: dict[str, list[int]] = {}
