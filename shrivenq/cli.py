@@ -208,7 +208,7 @@ app.add_typer(wal_app, name="wal")
 
 def _fail(command: str, err: Exception) -> None:
     typer.echo(f"shrivenq wal {command}: {err}", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(1)      # as every other command's errors (2 is typer's usage errors)
 
 
 def _ts(ns) -> str:
@@ -223,9 +223,13 @@ def wal_inspect(directory: str = typer.Argument("data", help="a data root, venue
                                                               "directory, or one segment file"),
                 top: int = typer.Option(5, help="how many of the busiest instruments to list")
                 ) -> None:
-    """Segments, time ranges, counts, sizes, compression ratio and instruments."""
+    """Segments, time ranges, counts, sizes, compression ratio and instruments, from the
+    segments' footers (quick: block checksums are checked by `wal verify`). Exit 1 if a
+    segment is unreadable or shows a problem."""
     from shrivenq.errors import ShrivenqError
     from shrivenq.wal import inspect
+    if top < 0:
+        _fail("inspect", ValueError(f"--top must be 0 or more, not {top}"))
     try:
         summaries = inspect(directory)
     except ShrivenqError as err:
@@ -260,7 +264,7 @@ def wal_inspect(directory: str = typer.Argument("data", help="a data root, venue
         busiest = sorted(inst.items(), key=lambda kv: -kv[1])[:top]
         if busiest:
             typer.echo("  busiest: " + ", ".join(f"{k} ({c:,})" for k, c in busiest))
-    if unreadable:
+    if unreadable or any(s.problems for s in summaries):
         raise typer.Exit(1)
 
 
@@ -320,7 +324,10 @@ def capture_run(
         None, help="Kite: seconds between book snapshots (default 60)."),
     snapshot_limit: Optional[int] = typer.Option(
         None, help="Binance: levels in each depth snapshot (default 1000)."),
-    segment_size: str = typer.Option("100MB", help="Largest WAL segment, e.g. 100MB."),
+    segment_size: str = typer.Option("100MB", help="Start a new WAL segment once one reaches "
+                                     "this size, e.g. 100MB (the block that reaches it is "
+                                     "the segment's last, so a segment can exceed it by one "
+                                     "block)."),
     fsync: str = typer.Option("interval:1000",
                               help="every-block, interval:MS, on-rotate or never."),
     metrics_port: Optional[int] = typer.Option(None, help="Kite: serve /metrics and /health "

@@ -2,6 +2,9 @@
 
 Catch ``ShrivenqError`` to handle anything the library reports; catch a leaf to handle one
 failure. Each error says what failed and where (a byte offset, a path, a segment, an argument).
+Inputs from outside (network bytes, files, CLI arguments, environment) fail only this way.
+Calling code that breaks an API's contract (an instrument key that is not a u64, columns of
+different lengths) gets Python's own ``ValueError``/``TypeError``, as any library's would.
 
     ShrivenqError
     ├── ConfigError                 a bad CLI argument, config value or environment variable

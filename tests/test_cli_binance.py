@@ -24,6 +24,8 @@ def test_capture_then_replay_rebuilds_synced_books(tmp_path):
             if line.startswith(("BTCUSDT", "ETHUSDT"))]
     assert [r[0] for r in rows] == ["BTCUSDT", "ETHUSDT"] and all(r[1] == "yes" for r in rows)
     assert all(float(r[4]) < float(r[5]) for r in rows)   # best bid below best ask
+    typo = cli("replay", "--exchange", "binance", "--data-dir", tmp_path, "--symbols", "BTCUSTD")
+    assert typo.exit_code == 1 and "BTCUSTD" in typo.output and "closest: BTCUSDT" in typo.output
 
 
 @pytest.mark.parametrize("args,words", [

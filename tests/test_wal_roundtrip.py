@@ -327,6 +327,10 @@ def test_bad_inputs_name_the_path(tmp_path):
     assert len(reader.read()) == 0 and [(t.offset, t.bytes) for t in reader.torn] == [(0, 40)]
     with pytest.raises(ConfigError):
         WalWriter(tmp_path, "a/b")
+    # Names too long for a segment header are refused at once, with nothing created.
+    with pytest.raises(ConfigError, match="too long"):
+        WalWriter(tmp_path / "fresh", "v" * 40)
+    assert not (tmp_path / "fresh").exists()
 
 
 def test_newer_format_versions_are_refused(tmp_path):
@@ -361,15 +365,23 @@ def test_cli_inspect_and_verify(tmp_path):
     assert "kite/ticks" in out.stdout and "ratio" in out.stdout
     ok = run("verify", str(tmp_path))
     assert ok.returncode == 0 and ok.stdout.startswith("OK: 1 segments, 200 records")
-    missing = run("verify", str(tmp_path / "nope"))
-    assert missing.returncode == 2 and "Traceback" not in missing.stderr
-    assert missing.stderr.strip().count("\n") == 0 and "nope" in missing.stderr
+    for cmd in ("inspect", "verify"):   # an error, exit 1 like every command's (2: usage)
+        missing = run(cmd, str(tmp_path / "nope"))
+        assert missing.returncode == 1 and "Traceback" not in missing.stderr
+        assert missing.stderr.strip().count("\n") == 0 and "nope" in missing.stderr
     seg = next(tmp_path.rglob("*.wal"))
-    data = bytearray(seg.read_bytes())
+    healthy = seg.read_bytes()
+    data = bytearray(healthy)
     data[200] ^= 0x40
     seg.write_bytes(data)
     bad = run("verify", str(tmp_path))
     assert bad.returncode == 1 and "block 0" in bad.stderr and "Traceback" not in bad.stderr
+    # inspect reads footers only (this block's damage is verify's to find) but says when a
+    # segment shows a problem: here, a tail appended after the trailer.
+    seg.write_bytes(healthy + b"appended" * 20)
+    looked = run("inspect", str(tmp_path))
+    assert looked.returncode == 1 and "torn tail of 160 bytes" in looked.stdout
+    seg.write_bytes(data)
     newer = tmp_path / "newer.wal"
     newer.write_bytes(data[:8] + b"\x07\x00" + data[10:])
     for cmd in ("inspect", "verify"):

@@ -191,6 +191,14 @@ def _run_binance(req: ReplayRequest, out: TextIO) -> int:
     if books is None or not books.syncs:
         raise ReplayError(f"no Binance capture session in {vdir}")
     wanted = {s.upper() for s in req.symbols}
+    unknown = sorted(wanted - set(books.syncs))
+    if unknown:
+        import difflib
+
+        hints = {u: difflib.get_close_matches(u, list(books.syncs), n=3) for u in unknown}
+        raise ConfigError("--symbols: not in this capture: " + "; ".join(
+            f"{u}" + (f" (closest: {', '.join(h)})" if h else "") for u, h in hints.items())
+            + f". Captured: {', '.join(sorted(books.syncs))}")
     header = f"{'symbol':<12}{'synced':>8}{'bid levels':>12}{'ask levels':>12}{'best bid':>20}{'best ask':>20}"
     lines = [header, "-" * len(header)]
     for symbol, sync in sorted(books.syncs.items()):

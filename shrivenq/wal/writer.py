@@ -215,6 +215,11 @@ class WalWriter:
             raise ConfigError(f"venue {venue!r} is not a directory name")
         if stream not in ("ticks", "snapshots") and ("/" in stream or not stream):
             raise ConfigError(f"stream {stream!r} is not a directory name")
+        # Each segment header holds both names (32 and 16 bytes of UTF-8): checked here, not
+        # when the first block is written on the writer thread.
+        if len(venue.encode()) > 32 or len(stream.encode()) > 16:
+            raise ConfigError(f"venue {venue!r} or stream {stream!r} is too long: at most 32 "
+                              "and 16 bytes")
         if block_bytes < 1 or segment_bytes < fmt.HEADER_SIZE or queue_blocks < 1:
             raise ConfigError("block_bytes, segment_bytes and queue_blocks must be positive")
         self.root = Path(root)
