@@ -293,10 +293,13 @@ def test_unknown_symbols_and_bad_arguments_are_refused_before_anything_is_writte
 def test_run_binance_capture_with_the_simulator_exits_zero(tmp_path, capsys):
     code = run_binance_capture(BinanceCaptureSettings(symbols=SYMBOLS, data_dir=tmp_path,
                                                       duration=1.5), sim=True,
-                               sim_interval=0.02)
-    out = capsys.readouterr().out
-    assert code == 0, out
-    assert "no gaps" in out and "2 books synced" in out
+                               sim_interval=0.02, status=True)
+    captured = capsys.readouterr()
+    assert code == 0, captured.out
+    assert "no gaps" in captured.out and "2 books synced" in captured.out
+    assert "KB on disk" in captured.out         # sizes a short capture can read (not 0.0 MB)
+    # The live status line, on stderr: books in sync, message rate, WAL size.
+    assert "2/2 books in sync" in captured.err and "messages/s" in captured.err
     assert verify(tmp_path).clean
 
 

@@ -175,7 +175,7 @@ def binance_settings(monkeypatch):
 
     got = []
 
-    def run(settings, *, sim=False, sim_interval=0.1, out=None):
+    def run(settings, *, sim=False, sim_interval=0.1, out=None, status=False):
         got.append(settings)
         return 0
 
@@ -192,6 +192,7 @@ def binance_settings(monkeypatch):
     (["--exchange", "binance", "--market", "usdm", "--snapshot-limit", "7"],
      "--snapshot-limit 7"),
     (["--snapshot-limit", "100"], "--snapshot-limit is for Binance"),
+    (["--market", "usdm"], "--market is for Binance"),
 ])
 def test_binance_and_kite_options_are_refused_not_ignored(tmp_path, binance_settings, args,
                                                           words):

@@ -47,6 +47,7 @@ from shrivenq.binance.rest import (
 from shrivenq.binance.streams import (
     DEFAULT_WS_ROOT, check_market, check_symbols, plan, stream_symbol, streams_of_url)
 from shrivenq.binance.sync import FETCH, GAP, SYNCED
+from shrivenq.capture.status import Rate, StatusLine, fmt_bytes
 from shrivenq.errors import BinanceMessageError, ConfigError, ShrivenqError
 from shrivenq.wal import UTC, Kind, WalWriter
 from shrivenq.wal import records as rec
@@ -325,16 +326,25 @@ class BinanceCapture:
             stop_reason=reason)
 
 
-def status_text(capture: BinanceCapture) -> str:
-    """One status line: connections, books in sync, messages, gaps, WAL size."""
-    up = sum(1 for st in capture.feed.stats if st.connected)
-    synced = sum(1 for s in capture.books.syncs.values() if s.synced)
-    c = capture.books.counters
-    wal = capture.ticks.stats.bytes_written if capture.ticks is not None else 0
-    return (f"binance {capture.market} {up}/{len(capture.feed.stats)} conn · "
-            f"{synced}/{len(capture.symbols)} books in sync · {c.messages:,} messages · "
-            f"gaps {len(capture.feed_gaps)} feed, {len(capture.book_gaps)} book · "
-            f"WAL {wal / 1e6:.1f} MB")
+class BinanceStatus:
+    """The Binance capture's status line: connections, books in sync, messages/s, gaps, WAL."""
+
+    def __init__(self) -> None:
+        self.rate = Rate()
+
+    def __call__(self, capture: BinanceCapture) -> str | None:
+        if capture.ticks is None:
+            return None
+        up = sum(1 for st in capture.feed.stats if st.connected)
+        synced = sum(1 for s in capture.books.syncs.values() if s.synced)
+        c = capture.books.counters
+        gaps = len(capture.feed_gaps) + len(capture.book_gaps)
+        colour = "green" if up == len(capture.feed.stats) and gaps == 0 else "red"
+        return (f"[{colour}]●[/] binance {capture.market} {up}/{len(capture.feed.stats)} conn · "
+                f"{synced}/{len(capture.symbols)} books in sync · "
+                f"{self.rate.update(c.messages):,.0f} messages/s · {c.messages:,} messages · "
+                f"gaps {len(capture.feed_gaps)} feed, {len(capture.book_gaps)} book · "
+                f"WAL {fmt_bytes(capture.ticks.stats.bytes_written)}")
 
 
 def format_summary(s: BinanceCaptureSummary, data_dir: Path) -> str:
@@ -347,8 +357,8 @@ def format_summary(s: BinanceCaptureSummary, data_dir: Path) -> str:
         f"bookTicker {m['book_tickers']:,}, other {m['other'] + m['shutdowns']}",
         f"  snapshots {s.snapshots_fetched} ({s.snapshot_failures} failed requests, retried), "
         f"handovers {s.handovers}",
-        f"  WAL records {s.records:,}, {s.wal_bytes / 1e6:.1f} MB on disk for "
-        f"{s.payload_bytes / 1e6:.1f} MB of payload",
+        f"  WAL records {s.records:,}, {fmt_bytes(s.wal_bytes)} on disk for "
+        f"{fmt_bytes(s.payload_bytes)} of payload",
         f"  data in {data_dir / VENUES[s.market]}",
     ]
     if m["malformed"] or m["bad_snapshots"]:
@@ -367,31 +377,37 @@ def format_summary(s: BinanceCaptureSummary, data_dir: Path) -> str:
 
 
 def run_binance_capture(settings: BinanceCaptureSettings, *, sim: bool = False,
-                        sim_interval: float = 0.1, out: TextIO | None = None) -> int:
+                        sim_interval: float = 0.1, out: TextIO | None = None,
+                        status: bool = False) -> int:
     """The whole of ``shrivenq capture run --exchange binance``; returns the exit code
     (0 clean, 3 a gap). Errors the user can fix raise ShrivenqError (exit 1) before anything
-    is written; a failure part-way raises after the WAL was closed cleanly."""
+    is written; a failure part-way raises after the WAL was closed cleanly. ``status``: a
+    live status line on stderr."""
     out = out or sys.stdout
     capture = BinanceCapture(settings)   # checks symbols, market, limits
     if not sim:
-        return _run(capture, settings, out)
+        return _run(capture, settings, out, status)
     from shrivenq.sim.binance_server import SimThread
 
     with SimThread(market=capture.market, interval=sim_interval) as server:
         settings.ws_root, settings.rest_root = server.ws_url, server.rest_url
         capture = BinanceCapture(settings)
         print(f"simulator on {server.ws_url} (REST {server.rest_url})", file=sys.stderr)
-        return _run(capture, settings, out)
+        return _run(capture, settings, out, status)
 
 
-def _run(capture: BinanceCapture, settings: BinanceCaptureSettings, out: TextIO) -> int:
+def _run(capture: BinanceCapture, settings: BinanceCaptureSettings, out: TextIO,
+         status: bool) -> int:
     async def main() -> BinanceCaptureSummary:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
-            return await capture.run(stop)
+            if not status:
+                return await capture.run(stop)
+            with StatusLine(BinanceStatus()) as line:
+                return await capture.run(stop, on_status=line)
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)

@@ -16,7 +16,6 @@ import math
 import re
 import signal
 import sys
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import TextIO
 
 from shrivenq.capture.kite import CaptureSummary, KiteCapture, KiteCaptureSettings
 from shrivenq.capture.metrics import MetricsServer, health_of
+from shrivenq.capture.status import Rate, StatusLine, fmt_bytes
 from shrivenq.errors import ConfigError, ShrivenqError
 from shrivenq.kite.protocol import MODES
 from shrivenq.timeutil import IST, parse_datetime
@@ -146,58 +146,24 @@ def _check(req: CaptureRequest) -> None:
     FsyncPolicy.parse(req.fsync)
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
+class KiteStatus:
+    """The Kite capture's status line: connections, instruments, ticks/s, ticks, gaps, WAL."""
 
+    def __init__(self) -> None:
+        self.rate = Rate()
 
-class StatusLine:
-    """One live line on stderr: connections, instruments, ticks/s, ticks, gaps, WAL size."""
-
-    def __init__(self, stream: TextIO = sys.stderr):
-        from rich.console import Console
-        from rich.live import Live
-
-        self.console = Console(file=stream)
-        self.live = Live(console=self.console, refresh_per_second=4, transient=False)
-        self._last = (time.monotonic(), 0)
-        self._rate = 0.0
-
-    def __enter__(self) -> "StatusLine":
-        from rich.logging import RichHandler
-
-        # Log lines print above the live line instead of tearing through it.
-        root = logging.getLogger()
-        self._saved = root.handlers[:]
-        root.handlers = [RichHandler(console=self.console, show_path=False)]
-        self.live.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.live.stop()
-        logging.getLogger().handlers = self._saved
-
-    def __call__(self, capture: KiteCapture) -> None:
+    def __call__(self, capture: KiteCapture) -> str | None:
         if capture.recorder is None or capture.feed is None:
-            return
+            return None
         c = capture.recorder.counters
-        now = time.monotonic()
-        then, ticks_then = self._last
-        if now - then >= 1.0:
-            self._rate = (c.ticks - ticks_then) / (now - then)
-            self._last = (now, c.ticks)
         h = health_of(capture)
         st = capture.ticks.stats
         ratio = st.payload_bytes / st.bytes_written if st.bytes_written else 0
         colour = "green" if h["connected"] else "red"
-        self.live.update(
-            f"[{colour}]●[/] kite {h['connections_up']}/{h['connections']} conn · "
-            f"{len(capture.settings.token_modes)} instruments · {self._rate:,.0f} ticks/s · "
-            f"{c.ticks:,} ticks · gaps {c.gaps} · WAL {_fmt_bytes(st.bytes_written)}"
-            f" ({ratio:.1f}x) · queue {h['queue_depth']}")
+        return (f"[{colour}]●[/] kite {h['connections_up']}/{h['connections']} conn · "
+                f"{len(capture.settings.token_modes)} instruments · "
+                f"{self.rate.update(c.ticks):,.0f} ticks/s · {c.ticks:,} ticks · gaps {c.gaps} · "
+                f"WAL {fmt_bytes(st.bytes_written)} ({ratio:.1f}x) · queue {h['queue_depth']}")
 
 
 def format_summary(s: CaptureSummary, data_dir: Path) -> str:
@@ -205,10 +171,10 @@ def format_summary(s: CaptureSummary, data_dir: Path) -> str:
     lines = [
         f"capture {s.session[:8]} {s.stop_reason} after {s.seconds:.1f}s",
         f"  instruments {s.instruments} over {s.connections} connection(s)",
-        f"  messages {c.messages:,} ({_fmt_bytes(c.bytes)}), ticks {c.ticks:,}, "
+        f"  messages {c.messages:,} ({fmt_bytes(c.bytes)}), ticks {c.ticks:,}, "
         f"heartbeats {c.heartbeats:,}, text {c.text_messages}",
-        f"  WAL records {s.records:,}, {_fmt_bytes(s.wal_bytes)} on disk for "
-        f"{_fmt_bytes(s.payload_bytes)} of payload ({s.ratio:.1f}x), snapshots {c.snapshots}",
+        f"  WAL records {s.records:,}, {fmt_bytes(s.wal_bytes)} on disk for "
+        f"{fmt_bytes(s.payload_bytes)} of payload ({s.ratio:.1f}x), snapshots {c.snapshots}",
         f"  data in {data_dir / 'kite'}",
     ]
     if c.malformed_frames:
@@ -237,6 +203,9 @@ def run_capture(req: CaptureRequest, out: TextIO | None = None) -> int:
     if req.snapshot_limit is not None:
         raise ConfigError("--snapshot-limit is for Binance; Kite capture snapshots its books "
                           "every --snapshot-interval seconds")
+    if req.market != "spot":
+        raise ConfigError(f"--market is for Binance (spot or usdm); Kite's instruments come "
+                          f"from --symbols or --tokens, not --market {req.market}")
     for name, default in KITE_DEFAULTS.items():
         if getattr(req, name) is None:
             setattr(req, name, default)
@@ -306,7 +275,8 @@ def _run_binance(req: CaptureRequest, out: TextIO) -> int:
         fsync=req.fsync, session_note=[])
     if req.watchdog is not None:
         settings.watchdog = req.watchdog
-    return run_binance_capture(settings, sim=req.sim, out=out)
+    return run_binance_capture(settings, sim=req.sim, out=out,
+                               status=not req.quiet and sys.stderr.isatty())
 
 
 def _os_reason(exc: OSError) -> str:
@@ -346,7 +316,7 @@ def _run(settings: KiteCaptureSettings, req: CaptureRequest, out: TextIO) -> int
         try:
             if req.quiet or not sys.stderr.isatty():
                 return await capture.run(stop)
-            with StatusLine() as status:
+            with StatusLine(KiteStatus()) as status:
                 return await capture.run(stop, on_status=status)
         finally:
             if metrics is not None:
