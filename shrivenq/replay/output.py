@@ -97,6 +97,9 @@ def _flat(rows: np.ndarray, names: dict[int, str]) -> list[dict]:
     return out
 
 
+PARQUET_TZ = "Asia/Kolkata"
+
+
 class BookWriter:
     """Streams BOOK_DTYPE rows to ``path`` in the format its extension names. Rows go to a
     hidden file beside ``path`` that replaces it only at ``close(complete=True)``: a replay
@@ -149,6 +152,9 @@ class BookWriter:
             import pyarrow.parquet as pq
 
             table = pa.Table.from_pylist(flat)
+            # A real timestamp column (IST), not the text the other formats carry.
+            table = table.set_column(table.schema.get_field_index("time"), "time", pa.array(
+                rows["wall_ns"].astype(np.int64), pa.timestamp("ns", tz=PARQUET_TZ)))
             if self._pq is None:
                 self._pq = pq.ParquetWriter(self._partial, table.schema)
             self._pq.write_table(table)
@@ -165,7 +171,8 @@ class BookWriter:
                 import pyarrow as pa
                 import pyarrow.parquet as pq
 
-                pq.write_table(pa.table({"time": pa.array([], pa.string())}), self._partial)
+                pq.write_table(pa.table({"time": pa.array([], pa.timestamp("ns", tz=PARQUET_TZ))}),
+                               self._partial)
         except BaseException:
             complete = False
             raise
