@@ -308,10 +308,12 @@ def test_latency_and_rss_at_realistic_load(benchmark, tmp_path):
     rss_med = float(np.median(rss))
     assert r["gaps"] == 0 and r["malformed"] == 0 and r["connections"] == 3
     rate = r["ticks"] / r["window_s"]
-    floor_p50 = float(np.median(machine_floor_us()))
+    floor = machine_floor_us()
+    floor_p50, floor_p99 = (float(v) for v in np.percentile(floor, [50, 99]))
     scale = max(1.0, floor_p50 / FLOOR_REF_US)
     benchmark.extra_info.update({
-        "floor_p50_us": round(floor_p50, 1), "gate_p99_us": round(2 * TARGET_P99_US * scale, 1),
+        "floor_p50_us": round(floor_p50, 1), "floor_p99_us": round(floor_p99, 1),
+        "gate_p99_us": round(2 * TARGET_P99_US * scale, 1),
         "messages": len(lat), "ticks_s": round(rate), "p50_us": round(p50, 1),
         "p99_us": round(p99, 1), "p999_us": round(p999, 1), "max_us": round(lat.max(), 1),
         "rss_median_mb": round(rss_med, 1), "rss_max_mb": round(float(rss.max()), 1),
@@ -323,7 +325,8 @@ def test_latency_and_rss_at_realistic_load(benchmark, tmp_path):
           f"median {rss_med:.1f} MB, max {rss.max():.1f} MB (target {TARGET_RSS_MB:.0f}; "
           f"{r['rss_imported_kb'] / 1024:.1f} MB before the capture started); gc "
           f"{r['gc_collections']}; load {os.getloadavg()[0]:.1f}; machine floor p50 "
-          f"{floor_p50:.1f} us ({FLOOR_REF_US:.0f} when the target was checked): p99 gate "
+          f"{floor_p50:.1f} us ({FLOOR_REF_US:.0f} when the target was checked), p99 "
+          f"{floor_p99:.1f} us: p99 gate "
           f"{2 * TARGET_P99_US * scale:.0f} us")
     assert len(lat) > 1000 and rate > 0.8 * INSTRUMENTS * LATENCY_RATE
     assert rss_med <= 2 * TARGET_RSS_MB, f"steady RSS {rss_med:.0f} MB"
