@@ -7,8 +7,10 @@ write-ahead log. See README.md for the quick start.
 __version__ = "0.1.0"
 
 
-def open(data_dir="data", cache_dir="cache"):  # noqa: A001 (shrivenq.open, like io.open)
-    """Open captured data for reading in code and notebooks; see shrivenq.replay.dataset."""
+def open(data_dir="data", cache_dir="cache", on_corrupt="raise"):  # noqa: A001 (like io.open)
+    """Open captured data for reading in code and notebooks; see shrivenq.replay.dataset.
+    ``on_corrupt="skip"`` reads past damaged or missing WAL data, lists it in ``.skipped``
+    and warns, instead of raising."""
     from shrivenq.replay.dataset import Dataset
 
-    return Dataset(data_dir, cache_dir)
+    return Dataset(data_dir, cache_dir, on_corrupt)

@@ -19,7 +19,7 @@ import shrivenq
 from shrivenq.books.snapshot import encode_kite_snapshot
 from shrivenq.capture.kite import KiteCapture, KiteCaptureSettings
 from shrivenq.cli import app
-from shrivenq.errors import WalCorruptError
+from shrivenq.errors import ConfigError, WalCorruptError
 from shrivenq.replay.kite import KiteReplay
 from shrivenq.sim.kite_server import DEMO_ACCESS_TOKEN, DEMO_API_KEY, KiteSimServer
 from shrivenq.timeutil import format_ns
@@ -271,6 +271,25 @@ def test_a_file_that_is_not_a_segment_is_skipped_on_request_and_named(day, tmp_p
     skipped = cli("--data-dir", copy, "--skip-corrupt")
     assert skipped.exit_code == 3 and bad.name in skipped.output
     assert "ticks replayed" in skipped.output
+
+
+def test_the_notebook_api_raises_on_damage_or_skips_it_with_a_warning(day, tmp_path):
+    from shrivenq.replay.dataset import ShrivenqDataWarning
+
+    copy, segments = _copy(day, tmp_path)
+    whole = len(shrivenq.open(copy).ticks())
+    segments[1].unlink()
+    with pytest.raises(WalCorruptError, match="missing"):
+        shrivenq.open(copy).ticks()
+    ds = shrivenq.open(copy, on_corrupt="skip")
+    with pytest.warns(ShrivenqDataWarning, match="left out"):
+        part = ds.ticks()
+    assert 0 < len(part) < whole and len(ds.skipped) == 1
+    assert segments[1].name in ds.skipped[0]
+    with pytest.warns(ShrivenqDataWarning):
+        assert len(ds.books(every="1s")) > 0
+    with pytest.raises(ConfigError, match="on_corrupt"):
+        shrivenq.open(copy, on_corrupt="ignore")
 
 
 def test_a_failed_replay_leaves_an_earlier_out_file_whole(day, tmp_path):

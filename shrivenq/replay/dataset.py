@@ -12,11 +12,17 @@ Symbols resolve through the instrument master (the cached one under ``cache_dir`
 sample shipped with shrivenq, which covers the simulator); tokens can be given directly.
 Memory follows the rows asked for: the WAL is read block by block, skipping blocks outside
 the time range and, where it can, blocks without the instruments asked for.
+
+Damaged or missing WAL data raises ``WalCorruptError`` naming it. ``shrivenq.open(data_dir,
+on_corrupt="skip")`` reads past it instead: each read then lists what it left out in
+``ds.skipped`` and warns (``ShrivenqDataWarning``), so a result with holes never passes for
+a whole one.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -38,6 +44,10 @@ TIMED_TICK_DTYPE = np.dtype([("wall_ns", "<i8"), ("conn", "<u4")]
 TimeArg = str | datetime | int | None
 
 
+class ShrivenqDataWarning(UserWarning):
+    """A read with ``on_corrupt="skip"`` left damaged or missing WAL data out."""
+
+
 def time_ns(value: TimeArg, what: str) -> int | None:
     if value is None:
         return None
@@ -51,11 +61,30 @@ def time_ns(value: TimeArg, what: str) -> int | None:
 
 
 class Dataset:
-    def __init__(self, data_dir: str | Path = "data", cache_dir: str | Path = "cache"):
+    def __init__(self, data_dir: str | Path = "data", cache_dir: str | Path = "cache",
+                 on_corrupt: str = "raise"):
+        if on_corrupt not in ("raise", "skip"):
+            raise ConfigError(f"on_corrupt={on_corrupt!r}: use 'raise' or 'skip'")
         self.data_dir = Path(data_dir)
         self.vdir = venue_dir(self.data_dir)
         self.cache_dir = Path(cache_dir)
+        self.on_corrupt = on_corrupt
+        #: What the last read left out (on_corrupt="skip"), as messages naming each part.
+        self.skipped: list[str] = []
         self._master = None
+
+    def _replay(self) -> KiteReplay:
+        return KiteReplay(self.vdir, on_corrupt=self.on_corrupt)
+
+    def _batches(self, replay: KiteReplay, *args, **kw):
+        """replay.ticks(...), then what it skipped into ``skipped``, with a warning."""
+        self.skipped = []
+        yield from replay.ticks(*args, **kw)
+        self.skipped = list(replay.result.skipped)
+        if self.skipped:
+            warnings.warn(f"{len(self.skipped)} damaged or missing part(s) of the WAL left "
+                          f"out of this read (ds.skipped lists them): {self.skipped[0]}",
+                          ShrivenqDataWarning, stacklevel=3)
 
     def __repr__(self) -> str:
         return f"shrivenq.Dataset({str(self.data_dir)!r})"
@@ -95,7 +124,8 @@ class Dataset:
         """Parsed ticks with their receive times, as one TIMED_TICK_DTYPE array."""
         start_ns, end_ns = self._range(start, end)
         parts = []
-        for batch in KiteReplay(self.vdir).ticks(start_ns, end_ns, self.tokens_for(symbols, tokens)):
+        for batch in self._batches(self._replay(), start_ns, end_ns,
+                                   self.tokens_for(symbols, tokens)):
             part = np.empty(len(batch.rows), dtype=TIMED_TICK_DTYPE)
             part["wall_ns"], part["conn"] = batch.wall_ns, batch.conn
             for name in TICK_DTYPE.names:
@@ -136,8 +166,9 @@ class Dataset:
               every: str | int | None = None) -> np.ndarray:
         """Book states (BOOK_DTYPE): after every tick, or sampled ``every`` ('1s', '5m', ns)."""
         start_ns, end_ns = self._range(start, end)
-        replay = KiteReplay(self.vdir)
-        batches = replay.ticks(start_ns, end_ns, self.tokens_for(symbols, tokens), books=True)
+        replay = self._replay()
+        batches = self._batches(replay, start_ns, end_ns, self.tokens_for(symbols, tokens),
+                                books=True)
         if every is None:
             parts = [book_rows(b.books, b.wall_ns) for b in batches]
         else:
@@ -156,8 +187,8 @@ class Dataset:
         """(tick, book) per tick, in order: a TIMED_TICK_DTYPE row and the instrument's
         BOOK_DTYPE book right after it."""
         start_ns, end_ns = self._range(start, end)
-        for batch in KiteReplay(self.vdir).ticks(start_ns, end_ns,
-                                                 self.tokens_for(symbols, tokens), books=True):
+        for batch in self._batches(self._replay(), start_ns, end_ns,
+                                   self.tokens_for(symbols, tokens), books=True):
             ticks = np.empty(len(batch.rows), dtype=TIMED_TICK_DTYPE)
             ticks["wall_ns"], ticks["conn"] = batch.wall_ns, batch.conn
             for name in TICK_DTYPE.names:
