@@ -47,6 +47,7 @@ from shrivenq.binance.rest import (
 from shrivenq.binance.streams import (
     DEFAULT_WS_ROOT, check_market, check_symbols, plan, stream_symbol, streams_of_url)
 from shrivenq.binance.sync import FETCH, GAP, SYNCED
+from shrivenq.capture.session import CaptureSession
 from shrivenq.capture.status import Rate, StatusLine, fmt_bytes
 from shrivenq.errors import BinanceMessageError, ConfigError, ShrivenqError
 from shrivenq.wal import UTC, Kind, WalWriter
@@ -104,7 +105,7 @@ class BinanceCaptureSummary:
         return bool(self.feed_gaps or self.book_gaps)
 
 
-class BinanceCapture:
+class BinanceCapture(CaptureSession):
     """One capture session. Build it (arguments are checked here), then ``await run(stop)``."""
 
     def __init__(self, settings: BinanceCaptureSettings):
@@ -272,9 +273,7 @@ class BinanceCapture:
             reason = f"failed: {type(exc).__name__}"
             raise
         finally:
-            for task in helpers:
-                task.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            await self._stop_helpers(helpers)
             self._close(reason)
         return self.summary(reason)
 
@@ -284,16 +283,6 @@ class BinanceCapture:
         for t in done:
             if not t.cancelled():
                 t.result()
-
-    async def _deadline(self, stop: asyncio.Event, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-        self._deadline_hit = True
-        stop.set()
-
-    async def _status_loop(self, on_status, every: float) -> None:
-        while True:
-            on_status(self)
-            await asyncio.sleep(every)
 
     def _close(self, reason: str) -> None:
         if self.ticks is None:

@@ -25,6 +25,7 @@ import numpy as np
 from shrivenq import __version__
 from shrivenq.books import KiteBooks
 from shrivenq.books.snapshot import encode_kite_snapshot
+from shrivenq.capture.session import CaptureSession
 from shrivenq.errors import ProtocolError, ShrivenqError
 from shrivenq.kite import frame_keys, parse_frame_lenient, parse_text
 from shrivenq.kite.feed import FeedEvent, KiteFeed
@@ -243,7 +244,7 @@ class KiteRecorder:
 StatusCallback = Callable[["KiteCapture"], None]
 
 
-class KiteCapture:
+class KiteCapture(CaptureSession):
     """One capture session. Build it, then ``await run(stop)``."""
 
     def __init__(self, settings: KiteCaptureSettings):
@@ -329,23 +330,9 @@ class KiteCapture:
             reason = f"failed: {type(exc).__name__}"
             raise
         finally:
-            for task in helpers:
-                task.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            await self._stop_helpers(helpers)
             self._close(reason)
         return self.summary(reason)
-
-    _deadline_hit = False
-
-    async def _deadline(self, stop: asyncio.Event, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-        self._deadline_hit = True
-        stop.set()
-
-    async def _status_loop(self, on_status: StatusCallback, every: float) -> None:
-        while True:
-            on_status(self)
-            await asyncio.sleep(every)
 
     def _close(self, reason: str) -> None:
         """Final snapshot, session stop, then both WAL streams closed cleanly (footers,
