@@ -603,18 +603,33 @@ def _positional_fill(enabled=None):
     return _direct
 
 
-cdef object _timestamp(dict cache, uint32_t value):
+cdef struct StampMemo:
+    # The last two seconds looked up (a full packet has two: last trade, exchange time),
+    # their datetimes borrowed from the call's cache dict, which keeps them alive.
+    uint32_t value[2]
+    PyObject* stamp[2]
+    int next
+
+
+cdef object _timestamp(dict cache, StampMemo* memo, uint32_t value):
     """``datetime.fromtimestamp`` as kiteconnect calls it (local time, None on failure),
-    memoised per call because one frame's packets mostly share the same second."""
+    memoised per call because one frame's packets mostly share the same second: first in
+    ``memo`` (no int key to make, no hashing), then in ``cache``."""
+    if memo.stamp[0] != NULL and memo.value[0] == value:
+        return <object>memo.stamp[0]
+    if memo.stamp[1] != NULL and memo.value[1] == value:
+        return <object>memo.stamp[1]
     cdef object key = value
-    cdef object hit = cache.get(key, cache)
-    if hit is not cache:
-        return hit
-    try:
-        stamp = datetime.fromtimestamp(value)
-    except Exception:
-        stamp = None
-    cache[key] = stamp
+    cdef object stamp = cache.get(key, cache)
+    if stamp is cache:
+        try:
+            stamp = datetime.fromtimestamp(value)
+        except Exception:
+            stamp = None
+        cache[key] = stamp
+    memo.value[memo.next] = value
+    memo.stamp[memo.next] = <PyObject*>stamp
+    memo.next ^= 1
     return stamp
 
 
@@ -655,7 +670,7 @@ cdef inline object _change(double last_price, double close):
     return 0
 
 
-cdef dict _tick_dict(const uint8_t* p, uint16_t plen, dict stamps):
+cdef dict _tick_dict(const uint8_t* p, uint16_t plen, dict stamps, StampMemo* memo):
     cdef uint32_t token = be32(p)
     cdef uint32_t segment = token & 0xFF
     cdef double divisor = divisor_for(segment)
@@ -679,7 +694,7 @@ cdef dict _tick_dict(const uint8_t* p, uint16_t plen, dict stamps):
                                              close))
         _put(d, e, P_IDX_CHANGE, K_CHANGE, _change(last_price, close))
         if plen == 32:
-            _put(d, e, P_IDX_EXCH_TS, K_EXCH_TS, _timestamp(stamps, be32(p + 28)))
+            _put(d, e, P_IDX_EXCH_TS, K_EXCH_TS, _timestamp(stamps, memo, be32(p + 28)))
         _track(d)
     else:
         template = T_QUOTE if plen == 44 else T_FULL
@@ -695,11 +710,11 @@ cdef dict _tick_dict(const uint8_t* p, uint16_t plen, dict stamps):
                                          be32(p + 36) / divisor, close))
         _put(d, e, P_CHANGE, K_CHANGE, _change(last_price, close))
         if plen == 184:
-            _put(d, e, P_LTT, K_LTT, _timestamp(stamps, be32(p + 44)))
+            _put(d, e, P_LTT, K_LTT, _timestamp(stamps, memo, be32(p + 44)))
             _put(d, e, P_OI, K_OI, be32(p + 48))
             _put(d, e, P_OI_HIGH, K_OI_HIGH, be32(p + 52))
             _put(d, e, P_OI_LOW, K_OI_LOW, be32(p + 56))
-            _put(d, e, P_EXCH_TS, K_EXCH_TS, _timestamp(stamps, be32(p + 60)))
+            _put(d, e, P_EXCH_TS, K_EXCH_TS, _timestamp(stamps, memo, be32(p + 60)))
             depth = PyDict_Copy(T_DEPTH)
             eo = _slots(depth, T_DEPTH)
             _put(depth, eo, P_BUY, K_BUY, _depth_side(p + 64, divisor))
@@ -725,6 +740,9 @@ def parse_ticks(const uint8_t[::1] frame not None):
     cdef const uint8_t* base
     cdef list ticks = []
     cdef dict stamps = {}
+    cdef StampMemo memo
+    memo.stamp[0] = memo.stamp[1] = NULL
+    memo.next = 0
     # Check the whole frame first, so that a bad frame gives no partial list.
     _parse(frame, NULL, 0, _Issues(False))
     if n < 2:
@@ -733,7 +751,7 @@ def parse_ticks(const uint8_t[::1] frame not None):
     count = be16(base)
     for i in range(count):
         plen = be16(base + pos)
-        ticks.append(_tick_dict(base + pos + 2, plen, stamps))
+        ticks.append(_tick_dict(base + pos + 2, plen, stamps, &memo))
         pos += 2 + plen
     return ticks
 
