@@ -303,6 +303,12 @@ def test_a_failed_replay_leaves_an_earlier_out_file_whole(day, tmp_path):
     assert cli("--data-dir", copy, "--out", out).exit_code == 1
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["books.csv", "copy"]
+    # Nothing in range is an error too: the earlier file stays.
+    empty = cli("--data-dir", day, "--out", out, "--start", "2001-01-01T09:15",
+                "--end", "2001-01-01T09:16")
+    assert empty.exit_code == 1 and "no ticks" in empty.output
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["books.csv", "copy"]
 
 
 # --- the notebook API -----------------------------------------------------------------------

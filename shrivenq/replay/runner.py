@@ -63,8 +63,9 @@ def run_replay(req: ReplayRequest, out: TextIO | None = None) -> int:
         raise ConfigError("--every samples the books written by --out; give --out too")
     ds = Dataset(req.data_dir, req.cache_dir)
     tokens = _tokens(req, ds)
-    writer = BookWriter(req.out, ds.names()) if req.out is not None else None
     replay = KiteReplay(ds.vdir, on_corrupt="skip" if req.skip_corrupt else "raise")
+    # Created last: nothing between it and the try below can fail and leave its partial file.
+    writer = BookWriter(req.out, ds.names()) if req.out is not None else None
     batches = replay.ticks(start_ns, end_ns, tokens, verify=req.verify, books=writer is not None)
     complete = False
     try:
@@ -81,16 +82,16 @@ def run_replay(req: ReplayRequest, out: TextIO | None = None) -> int:
                 for rows in sample(_chain(first, batches), begin, end_ns, every_ns,
                                    lambda: replay.result.start_books):
                     writer.write(rows)
+        if replay.result.ticks == 0:     # an error: an earlier --out file stays as it was
+            where = (f" between {format_ns(start_ns)} and {format_ns(end_ns)} IST"
+                     if start_ns or end_ns else "")
+            raise ReplayError(f"no ticks{where} in {ds.vdir}"
+                              + (" for those instruments" if tokens else ""))
         complete = True
     finally:
         if writer is not None:
             writer.close(complete)
     result = replay.result
-    if result.ticks == 0:
-        where = (f" between {format_ns(start_ns)} and {format_ns(end_ns)} IST"
-                 if start_ns or end_ns else "")
-        raise ReplayError(f"no ticks{where} in {ds.vdir}"
-                          + (" for those instruments" if tokens else ""))
     print(format_result(result, ds.names(), writer), file=out)
     if result.mismatches:
         return EXIT_MISMATCH

@@ -169,6 +169,29 @@ class TornTail:
                 f"{self.offset}) are a torn write; not read")
 
 
+class _Unreadable(Problem):
+    """A file named like a segment that cannot be opened as one; raises its own error."""
+
+    def __init__(self, segment, offset, block, reason, err: WalError):
+        super().__init__(segment, offset, block, reason)
+        self.err = err
+
+    def error(self) -> WalError:
+        return self.err
+
+    def __str__(self) -> str:
+        return f"{self.err} (not read)"
+
+
+def _first_wall(seg) -> int | None:
+    return seg.blocks[0].frame.min_wall_ns if isinstance(seg, Segment) and seg.blocks else None
+
+
+def _last_wall(seg) -> int | None:
+    return (max(b.frame.max_wall_ns for b in seg.blocks)
+            if isinstance(seg, Segment) and seg.blocks else None)
+
+
 def default_workers() -> int:
     """Block-decoding threads when a caller does not say: two where this process may run on
     two cores or more (zstd and the tick codec release the GIL, so decoding the next blocks
@@ -260,47 +283,71 @@ class WalReader:
         for path in self.segment_paths:
             yield open_segment(path)
 
+    def _opened(self) -> Iterator[tuple[Path, Segment | WalError]]:
+        """Each segment path with its Segment, or the error opening it raised. A directory's
+        newest segment that is gone by the time it is opened is left out: a writer's
+        recovery or a repair removed what a crash left while creating it (it held nothing)."""
+        newest = {path.parent: path for path in self.segment_paths}
+        for path in self.segment_paths:
+            try:
+                yield path, open_segment(path)
+            except WalIOError as err:
+                if path == newest[path.parent] and not path.exists():
+                    continue
+                yield path, err
+            except WalError as err:
+                yield path, err
+
     def _segments_checked(self) -> Iterator[tuple[Path, Segment | None, list[Problem]]]:
         """Each segment path, its Segment (None if the file is not one) and the losses found
-        before and in it that its blocks do not show: a hole in the numbering before it, the
-        file itself unreadable, a torn tail with later segments after it. An unreadable
-        file raises its own error in "raise" mode."""
-        # The newest segment of each directory (a single file named: itself).
-        last_in_dir = {path.parent: path for path in self.segment_paths}
+        before and in it that its blocks do not show: segments missing from the numbering
+        before it, the file itself unreadable, and its end lost while later segments exist
+        (no crash leaves that: recovery closes a crashed writer's segment before the next one
+        is made). A loss is reported only if its records could fall in the time range read:
+        the segments on either side (in any directory) bound its times."""
+        newest = {path.parent: path for path in self.segment_paths}
         # One segment file named: no numbering to check.
         holes = {} if self.path.is_file() else layout.numbering_holes(self.segment_paths)
-        prev: tuple[Path, int | None] | None = None   # directory, last wall time
-        for path in self.segment_paths:
-            found = []
-            try:
-                seg = open_segment(path)
-            except WalError as err:
-                if self.on_corrupt == "raise":
-                    raise
-                seg = None
-                found.append(Problem(path, 0, -1, f"not readable, skipped: {err}"))
-            first_wall = seg.blocks[0].frame.min_wall_ns if seg is not None and seg.blocks else None
-            if path in holes and self._hole_in_range(
-                    prev[1] if prev is not None and prev[0] == path.parent else None, first_wall):
+        opened = self._opened()
+        current = next(opened, None)
+        before_ns: int | None = None      # the last record time of the segments read so far
+        while current is not None:
+            following = next(opened, None)
+            path, seg = current
+            after_ns = _first_wall(following[1]) if following is not None else None
+            found: list[Problem] = []
+            first_ns = _first_wall(seg)
+            if path in holes and self._loss_in_range(before_ns,
+                                                     first_ns if first_ns is not None else after_ns):
                 first, count = holes[path]
                 what = "it" if count == 1 else f"they ({count} segments up to {path.name})"
-                found.insert(0, Problem(path.parent / layout.segment_name(first), 0, -1,
-                                        f"missing (deleted or lost); what {what} held is "
-                                        "lost to this read"))
-            if (seg is not None and seg.state == "torn" and seg.size > seg.good_end
-                    and path != last_in_dir[path.parent]):
+                found.append(Problem(path.parent / layout.segment_name(first), 0, -1,
+                                     f"missing (deleted or lost); what {what} held is lost to "
+                                     "this read"))
+            if not isinstance(seg, Segment):
+                if self._loss_in_range(before_ns, after_ns):
+                    found.append(_Unreadable(path, 0, -1, f"not readable, skipped: {seg}", seg))
+                yield path, None, found
+                current = following
+                continue
+            last_ns = _last_wall(seg)
+            if (seg.footer is None and seg.state in ("open", "torn")
+                    and path != newest[path.parent]
+                    and self._loss_in_range(last_ns if last_ns is not None else before_ns,
+                                            after_ns)):
                 found.append(Problem(path, seg.good_end, -1,
-                                     f"the last {seg.size - seg.good_end} bytes (from byte "
-                                     f"{seg.good_end}) are damaged or cut off, and later "
-                                     f"segments exist, so no crash left them; not read"))
-            last_wall = (max(b.frame.max_wall_ns for b in seg.blocks)
-                         if seg is not None and seg.blocks else None)
-            prev = (path.parent, last_wall)
+                                     f"not closed, though later segments exist: what followed "
+                                     f"byte {seg.good_end} was cut off or damaged after it was "
+                                     "written (a crash leaves this only in a directory's newest "
+                                     "segment); lost to this read"))
+            if last_ns is not None:
+                before_ns = last_ns
             yield path, seg, found
+            current = following
 
-    def _hole_in_range(self, before_ns: int | None, after_ns: int | None) -> bool:
-        """Whether records written between a segment ending at ``before_ns`` and one starting
-        at ``after_ns`` (either unknown: None) may fall in the time range read."""
+    def _loss_in_range(self, before_ns: int | None, after_ns: int | None) -> bool:
+        """Whether records lost between a record at ``before_ns`` and one at ``after_ns``
+        (either unknown: None) may fall in the time range read."""
         if self.end_ns is not None and before_ns is not None and before_ns >= self.end_ns:
             return False
         if self.start_ns is not None and after_ns is not None and after_ns < self.start_ns:

@@ -32,6 +32,7 @@ class SegmentSummary:
     instruments: dict[int, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     live: bool = False          # a writer holds the stream right now
+    later: bool = False         # later segments exist in its directory
 
     @property
     def ratio(self) -> float:
@@ -59,6 +60,11 @@ def _live(seg_path: Path) -> bool:
         os.close(fd)
 
 
+def _newest_in_dirs(paths: list[Path]) -> set[Path]:
+    """The newest segment of each directory: the only one a crash can leave unclosed."""
+    return set({p.parent: p for p in paths}.values())
+
+
 def _newest(paths: list[Path]) -> set[Path]:
     """The newest segment of each venue/stream: the only one a live writer can be writing."""
     last: dict[tuple[str, str], Path] = {}
@@ -67,14 +73,22 @@ def _newest(paths: list[Path]) -> set[Path]:
     return set(last.values())
 
 
-def _summarise(seg: Segment, decode: bool, newest: set[Path] | None = None) -> SegmentSummary:
+def _summarise(seg: Segment, decode: bool, newest: set[Path] | None = None,
+               later: bool = False) -> SegmentSummary:
     venue, stream = layout.stream_key(seg.path)
     s = SegmentSummary(seg.path, venue, stream, seg.state, seg.size, len(seg.blocks),
-                       seg.records, problems=[str(p) for p in seg.problems])
+                       seg.records, problems=[str(p) for p in seg.problems], later=later)
     # A live writer's segment is open, or torn while a block is half-written: both normal.
     s.live = (seg.state in ("open", "torn") and (newest is None or seg.path in newest)
               and _live(seg.path))
-    if seg.state == "torn" and not s.live:
+    if later and seg.footer is None and seg.state in ("open", "torn"):
+        # Each segment is closed before the next is made, and recovery closes a crashed
+        # writer's: this one lost its end after it was written.
+        s.problems.append(f"{seg.path}: not closed, though later segments exist: what "
+                          f"followed byte {seg.good_end} was cut off or damaged after it was "
+                          "written (a crash leaves this only in a directory's newest "
+                          "segment); repair leaves it as is")
+    elif seg.state == "torn" and not s.live:
         if seg.header is None:
             s.problems.append(f"{seg.path}: only {seg.size} bytes of a segment header, no "
                               "blocks (a crash while the segment was created; `wal verify "
@@ -133,6 +147,7 @@ def _summaries(path, decode: bool) -> list[SegmentSummary]:
     paths = layout.find_segments(path)
     newest = _newest(paths)
     holes = {} if Path(path).is_file() else layout.numbering_holes(paths)
+    last_in_dir = _newest_in_dirs(paths)
     for p in paths:
         try:
             seg = open_segment(p)
@@ -140,7 +155,8 @@ def _summaries(path, decode: bool) -> list[SegmentSummary]:
             venue, stream = layout.stream_key(p)
             out.append(SegmentSummary(p, venue, stream, "unreadable", problems=[str(err)]))
         else:
-            out.append(_summarise(seg, decode=decode, newest=newest))
+            out.append(_summarise(seg, decode=decode, newest=newest,
+                                  later=p not in last_in_dir))
         if p in holes:
             # Listed first: the loss comes before this segment's own records.
             out[-1].problems.insert(0, f"{p.parent}: {layout.describe_hole(p, *holes[p])}"
@@ -164,24 +180,30 @@ class VerifyReport:
         out = []
         for s in self.segments:
             out.extend(s.problems)
-            if s.state == "open" and not s.live:
+            if s.state == "open" and not s.live and not s.later:
                 out.append(f"{s.path}: no footer (a writer crashed); run verify --repair")
         return out
 
 
 def verify(path, repair: bool = False) -> VerifyReport:
     """Check every header, frame, checksum and footer under ``path`` and decode every record.
-    ``repair``: first cut torn tails and rebuild missing footers of segments no live writer
-    holds (a segment damaged in any other way is never modified)."""
+    ``repair``: first do what a writer's recovery does after a crash, to segments no live
+    writer holds: cut the torn tail and rebuild the footer of each directory's newest
+    segment, and cut bytes appended after a closed segment's trailer. A segment damaged in
+    any other way (an older one that lost its end included) is never modified."""
     repairs = []
     if repair:
         paths = layout.find_segments(path)
         newest = _newest(paths)
+        crash_leftovers = _newest_in_dirs(paths)
         for p in paths:
             try:
-                state = open_segment(p).state
+                seg = open_segment(p)
+                state, appended = seg.state, seg.footer is not None and seg.state == "torn"
             except WalFormatError:
-                state = "unreadable"
+                state, appended = "unreadable", False
+            if not (p in crash_leftovers or appended):
+                continue
             if state in ("open", "torn", "unreadable") and not (p in newest and _live(p)):
                 try:
                     r = repair_segment(p)

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import zstandard
 
-from shrivenq.errors import ConfigError, WalError, WalIOError, WalLockedError
+from shrivenq.errors import ConfigError, WalError, WalFormatError, WalIOError, WalLockedError
 from shrivenq.wal import format as fmt
 from shrivenq.wal import layout
 from shrivenq.wal.records import RECORD_VERSION
@@ -719,13 +719,17 @@ class WalWriter:
 
 
 def recover_stream(root, venue: str, stream: str) -> list[RepairReport]:
-    """Repair footer-less segments of the newest day of ``venue``/``stream`` (what a crashed
-    writer leaves). The caller must hold the stream's lock (WalWriter does)."""
+    """Repair the newest segment of the newest day of ``venue``/``stream`` if it has no
+    footer (what a crashed writer leaves). The caller must hold the stream's lock (WalWriter
+    does)."""
     venue_dir = Path(root) / venue
     days = sorted(p for p in venue_dir.iterdir() if p.is_dir() and (p / stream).is_dir())
     reports = []
     for day in days[-1:]:
-        for path in layout.segments_in(day / stream):
+        # Only the newest segment can be a crashed writer's (each one is closed before the
+        # next is made); an older one that is not closed lost its end later, and repairing
+        # it would hide that. Readers and verify report it.
+        for path in layout.segments_in(day / stream)[-1:]:
             try:
                 seg_state = open_segment(path).state
             except WalError:
@@ -734,7 +738,7 @@ def recover_stream(root, venue: str, stream: str) -> list[RepairReport]:
                 continue
             try:
                 report = repair_segment(path)
-            except WalError as err:
+            except WalFormatError as err:
                 # Not a segment at all (bad magic, a newer format): keep it untouched and go
                 # on recording after it; refusing to capture would lose the live data too.
                 report = RepairReport(path, "left as is", reason=f"{err}; move it aside")
