@@ -86,6 +86,9 @@ def test_a_hole_or_a_cut_outside_the_time_range_read_is_not_a_loss(two_days, tmp
     # Wholly inside day 1, after the cut: neither loss can hold records of the range.
     n, err, skipped = read(copy / "v", start_ns=after_cut + 1, end_ns=T0 + 1900 * 10**6)
     assert err is None and skipped == [] and n > 0
+    # Nor can the hole at the start of day 2 hold records of day 1, whatever day 1's last
+    # record was: a day's directory holds only that day.
+    assert read(copy / "v", start_ns=after_cut + 1, end_ns=T0 + DAY - 3600 * 10**9)[1] is None
     # A range that takes in the start of day 2 reaches the hole.
     assert "missing" in read(copy / "v", start_ns=T0 + DAY - 10**9)[1]
 

@@ -44,6 +44,13 @@ def day_name(day: int) -> str:
     return _dt.date.fromordinal(_EPOCH_ORDINAL + day).isoformat()
 
 
+def day_from_int(yyyymmdd: int) -> int:
+    """Inverse of day_int: days since 1970-01-01 of a YYYYMMDD integer (ValueError if it is
+    not a date)."""
+    d = _dt.date(yyyymmdd // 10000, yyyymmdd // 100 % 100, yyyymmdd % 100)
+    return d.toordinal() - _EPOCH_ORDINAL
+
+
 def day_int(day: int) -> int:
     d = _dt.date.fromordinal(_EPOCH_ORDINAL + day)
     return d.year * 10000 + d.month * 100 + d.day

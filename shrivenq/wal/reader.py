@@ -187,6 +187,19 @@ def _first_wall(seg) -> int | None:
     return seg.blocks[0].frame.min_wall_ns if isinstance(seg, Segment) and seg.blocks else None
 
 
+def _day_start_ns(seg) -> int | None:
+    """Wall time at which the trading day of a segment's directory began (its header's day,
+    at its offset); None if unknown."""
+    h = seg.header if isinstance(seg, Segment) else None
+    if h is None or not h.day:
+        return None
+    try:
+        day = layout.day_from_int(h.day)
+    except ValueError:
+        return None
+    return (day * 86_400 - h.tz_offset_s) * 1_000_000_000
+
+
 def _last_wall(seg) -> int | None:
     return (max(b.frame.max_wall_ns for b in seg.blocks)
             if isinstance(seg, Segment) and seg.blocks else None)
@@ -317,7 +330,12 @@ class WalReader:
             after_ns = _first_wall(following[1]) if following is not None else None
             found: list[Problem] = []
             first_ns = _first_wall(seg)
-            if path in holes and self._loss_in_range(before_ns,
+            # A hole at the start of a day's directory held records of that day, no earlier.
+            hole_from = before_ns
+            day_start = _day_start_ns(seg)
+            if day_start is not None and (hole_from is None or hole_from < day_start):
+                hole_from = day_start
+            if path in holes and self._loss_in_range(hole_from,
                                                      first_ns if first_ns is not None else after_ns):
                 first, count = holes[path]
                 what = "it" if count == 1 else f"they ({count} segments up to {path.name})"
