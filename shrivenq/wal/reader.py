@@ -8,12 +8,11 @@
 A segment without a footer (still being written, or left by a crash) is read up to its last
 good block. A block that fails its checksum or does not decode raises WalCorruptError (segment,
 offset, block) with ``on_corrupt="raise"``; with ``"skip"`` it is left out and listed in
-``reader.skipped``. So is data lost in other ways, which no crash leaves: a segment that is
-missing from the numbering of its directory (records it held in the time range read), a
-file that is not a segment (bad magic), and a torn tail in a segment that later segments
-follow (a crashed writer's torn tail is repaired when the next writer opens the stream, so
-only the newest segment of a directory may have one). Nothing is ever returned that did not
-verify.
+``reader.skipped``. So is data lost in ways no crash explains, where what it held could fall
+in the time range read: a segment missing from its directory's numbering, a file that is
+not a segment (bad magic), and a segment without a footer that is not its directory's
+newest (a writer closes each segment before making the next, and the next writer's
+recovery closes a crashed one's). Nothing is ever returned that did not verify.
 """
 
 from __future__ import annotations
@@ -344,7 +343,7 @@ class WalReader:
                                      "this read"))
             if not isinstance(seg, Segment):
                 if self._loss_in_range(before_ns, after_ns):
-                    found.append(_Unreadable(path, 0, -1, f"not readable, skipped: {seg}", seg))
+                    found.append(_Unreadable(path, 0, -1, "not readable", seg))
                 yield path, None, found
                 current = following
                 continue
