@@ -205,6 +205,25 @@ def test_a_resync_storm_over_many_symbols_stays_within_the_weight_limit(tmp_path
     assert_replay_matches(tmp_path, capture)
 
 
+def test_a_quiet_trades_connection_that_answers_pings_is_not_a_gap(tmp_path):
+    """USD-M trades have their own connection; on a quiet contract it can be silent for
+    longer than the watchdog. Answering a ping, it is alive: no reconnect, no gap, nothing
+    reported lost. The depth connection beside it keeps the strict watchdog (a stall of it
+    is a gap, as the test below shows)."""
+    async def main():
+        async with BinanceSimServer(market="usdm", interval=0.01, trade_every=200) as sim:
+            capture = BinanceCapture(settings(tmp_path, sim, symbols=["BTCUSDT"], duration=4,
+                                              watchdog=1.0))
+            summary = await capture.run()
+            return capture, summary
+
+    capture, summary = asyncio.run(main())
+    trades = summary.messages["trades"]
+    assert 0 < trades <= 3                  # a trade every 200 steps (>= 2 s): silent past 1 s
+    assert summary.feed_gaps == [] and not summary.lost_anything
+    assert sum(s.connects for s in capture.feed.stats) == 2
+
+
 def test_disconnects_stalls_and_server_shutdown(tmp_path):
     async def main():
         async with BinanceSimServer(interval=0.01) as sim:

@@ -4,7 +4,10 @@ One task per planned connection (``streams.plan``: at most 1024 streams each; US
 and trades on separate paths). Every message goes to the sink the moment it arrives, as
 received (text), with wall and monotonic receive times. The library answers the server's
 pings with pongs echoing their payload; the client pings too, so a dead TCP connection is
-noticed, and a watchdog reconnects when no message arrived for ``watchdog`` seconds.
+noticed, and a watchdog reconnects when no message arrived for ``watchdog`` seconds. A
+connection of trade streams only (USD-M's ``/market``) may be silent for longer on a quiet
+contract: when it is, the watchdog pings it first and reconnects only if no pong comes back.
+Depth and bookTicker streams flow whenever the book moves, so their silence is a stall.
 
 Binance ends every connection after 24 hours and announces maintenance with a
 ``serverShutdown`` event. Both are handled make-before-break: a second connection to the
@@ -152,6 +155,9 @@ class BinanceFeed:
         self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
         self.stats = [ShardStats(i, u, len(p.streams)) for i, (u, p) in
                       enumerate(zip(self.urls, plans))]
+        # Shards whose silence may just be a quiet market (see the module docstring).
+        self._may_be_quiet = [all("@depth" not in st and "@bookTicker" not in st
+                                  for st in p.streams) for p in plans]
         self._ids = itertools.count(1)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -198,7 +204,9 @@ class BinanceFeed:
             if time.monotonic() - link.opened >= self.max_age:
                 return "age"
             if (time.monotonic_ns() - link.last_mono) / 1e9 > self.watchdog:
-                return "stale"
+                if not (self._may_be_quiet[link.shard] and await self._answers_ping(link)):
+                    return "stale"
+                link.last_mono = time.monotonic_ns()   # quiet, not dead: nothing was missed
             waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(
                 link.shutdown_seen.wait())]
             try:
@@ -207,6 +215,14 @@ class BinanceFeed:
             finally:
                 for w in waiters:
                     w.cancel()
+
+    async def _answers_ping(self, link: _Link) -> bool:
+        try:
+            pong = await link.ws.ping()
+            await asyncio.wait_for(pong, timeout=min(self.watchdog, 10.0))
+            return True
+        except (ConnectionClosed, OSError, asyncio.TimeoutError, RuntimeError):
+            return False
 
     async def _run_shard(self, shard: int, stop: asyncio.Event) -> None:
         st = self.stats[shard]
