@@ -224,6 +224,61 @@ def test_a_quiet_trades_connection_that_answers_pings_is_not_a_gap(tmp_path):
     assert sum(s.connects for s in capture.feed.stats) == 2
 
 
+def test_a_book_out_of_sync_at_the_end_is_not_reported_as_resynced(tmp_path):
+    """Stopped while BTCUSDT waited for a snapshot (a 418 with a long Retry-After): the
+    summary must not call it resynced, nor count it among the books in sync."""
+    async def main():
+        async with BinanceSimServer(interval=0.01) as sim:
+            capture = BinanceCapture(settings(tmp_path, sim, symbols=["BTCUSDT"]))
+            stop = asyncio.Event()
+            task = asyncio.create_task(capture.run(stop))
+            await until(lambda: capture.books.syncs
+                        and all(s.synced for s in capture.books.syncs.values()))
+            sim.fail_snapshots(5, status=418, retry_after=30)
+            sim.lose_events(1)
+            await until(lambda: not capture.books.syncs["BTCUSDT"].synced)
+            await asyncio.sleep(0.3)
+            stop.set()
+            return await task
+
+    summary = asyncio.run(main())
+    text = format_summary(summary, tmp_path)
+    assert summary.out_of_sync == ["BTCUSDT"] and summary.lost_anything
+    assert "0 books in sync at the end" in text and "NOT IN SYNC at the end: BTCUSDT" in text
+    assert "BTCUSDT: sequence, not resynced by the end" in text
+
+
+def test_a_full_disk_stops_capture_and_the_summary_counts_what_reached_it(tmp_path):
+    """RLIMIT_FSIZE makes the kernel refuse the WAL's writes past a size, as a full disk
+    would: exit 1 naming the segment, the summary's record count is what is on disk, and
+    what was received but not written is reported as lost."""
+    import re
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8_000, 8_000))
+
+    out = subprocess.run([sys.executable, "-m", "shrivenq.cli", "capture", "run", "--exchange",
+                          "binance", "--sim", "--symbols", "BTCUSDT,ETHUSDT", "--duration", "8",
+                          "--data-dir", str(tmp_path), "--quiet"], capture_output=True,
+                         text=True, timeout=60, preexec_fn=small_disk)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "000001.wal: File too large" in out.stderr and "Traceback" not in out.stderr
+    written = int(re.search(r"WAL records ([\d,]+)", out.stdout)[1].replace(",", ""))
+    assert written == len(read_wal(tmp_path / "binance", "ticks")) > 0
+    assert re.search(r"LOST: [\d,]+ records received but not written", out.stdout)
+    assert "no gaps: every book" not in out.stdout
+    # Replay says the session never ended, rather than passing its books as final.
+    replay = subprocess.run([sys.executable, "-m", "shrivenq.cli", "replay", "--exchange",
+                             "binance", "--data-dir", str(tmp_path)], capture_output=True,
+                            text=True, timeout=60)
+    assert replay.returncode == 0 and "the last session has no end record" in replay.stdout
+
+
 def test_disconnects_stalls_and_server_shutdown(tmp_path):
     async def main():
         async with BinanceSimServer(interval=0.01) as sim:
@@ -315,7 +370,7 @@ def test_run_binance_capture_with_the_simulator_exits_zero(tmp_path, capsys):
                                sim_interval=0.02, status=True)
     captured = capsys.readouterr()
     assert code == 0, captured.out
-    assert "no gaps" in captured.out and "2 books synced" in captured.out
+    assert "no gaps" in captured.out and "2 books in sync at the end" in captured.out
     assert "KB on disk" in captured.out         # sizes a short capture can read (not 0.0 MB)
     # The live status line, on stderr: books in sync, message rate, WAL size.
     assert "2/2 books in sync" in captured.err and "messages/s" in captured.err

@@ -17,9 +17,10 @@ def test_capture_then_replay_rebuilds_synced_books(tmp_path):
     result = cli("capture", "run", "--exchange", "binance", "--sim", "--symbols",
                  "BTCUSDT,ETHUSDT", "--duration", "2", "--data-dir", tmp_path, "--quiet")
     assert result.exit_code == 0, result.output
-    assert "2 books synced" in result.output and "no gaps" in result.output
+    assert "2 books in sync at the end" in result.output and "no gaps" in result.output
     replay = cli("replay", "--exchange", "binance", "--data-dir", tmp_path)
     assert replay.exit_code == 0, replay.output
+    assert "no end record" not in replay.output          # the session closed cleanly
     rows = [line.split() for line in replay.output.splitlines()
             if line.startswith(("BTCUSDT", "ETHUSDT"))]
     assert [r[0] for r in rows] == ["BTCUSDT", "ETHUSDT"] and all(r[1] == "yes" for r in rows)

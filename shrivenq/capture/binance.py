@@ -98,11 +98,14 @@ class BinanceCaptureSummary:
     snapshots_fetched: int = 0
     snapshot_failures: int = 0
     stop_reason: str = ""
+    out_of_sync: list[str] = field(default_factory=list)   # books not in sync at the end
+    unwritten: int = 0          # records appended that never reached the disk (write error)
 
     @property
     def lost_anything(self) -> bool:
-        """A feed gap (no connection) or a book gap (a synced book had to be rebuilt)."""
-        return bool(self.feed_gaps or self.book_gaps)
+        """A feed gap (no connection) or a book gap (a synced book had to be rebuilt), or
+        records the disk refused."""
+        return bool(self.feed_gaps or self.book_gaps or self.unwritten)
 
 
 class BinanceCapture(CaptureSession):
@@ -305,14 +308,17 @@ class BinanceCapture(CaptureSession):
         return BinanceCaptureSummary(
             session=self.session, market=self.market,
             seconds=time.monotonic() - self.started_mono, symbols=len(self.symbols),
-            connections=len(self.plans), records=st.appended_records if st else 0,
+            connections=len(self.plans), records=st.written_records if st else 0,
             wal_bytes=st.bytes_written if st else 0, payload_bytes=st.payload_bytes if st else 0,
             messages=self.books.counters.as_dict(),
             sync={sym: s.counters.as_dict() for sym, s in self.books.syncs.items()},
             feed_gaps=list(self.feed_gaps), book_gaps=list(self.book_gaps),
             handovers=sum(x.handovers for x in self.feed.stats),
             snapshots_fetched=self.fetcher.bodies, snapshot_failures=self.fetcher.failures,
-            stop_reason=reason)
+            stop_reason=reason,
+            out_of_sync=sorted(sym for sym, s in self.books.syncs.items() if not s.synced),
+            unwritten=(st.appended_records - st.written_records
+                       if st is not None and reason.startswith("failed") else 0))
 
 
 class BinanceStatus:
@@ -338,10 +344,10 @@ class BinanceStatus:
 
 def format_summary(s: BinanceCaptureSummary, data_dir: Path) -> str:
     m = s.messages
-    synced = sum(1 for c in s.sync.values() if c["syncs"])
     lines = [
         f"capture {s.session[:8]} (binance {s.market}) {s.stop_reason} after {s.seconds:.1f}s",
-        f"  symbols {s.symbols} over {s.connections} connection(s), {synced} books synced",
+        f"  symbols {s.symbols} over {s.connections} connection(s), "
+        f"{s.symbols - len(s.out_of_sync)} books in sync at the end",
         f"  messages {m['messages']:,}: depth {m['depth']:,}, trades {m['trades']:,}, "
         f"bookTicker {m['book_tickers']:,}, other {m['other'] + m['shutdowns']}",
         f"  snapshots {s.snapshots_fetched} ({s.snapshot_failures} failed requests, retried), "
@@ -353,14 +359,22 @@ def format_summary(s: BinanceCaptureSummary, data_dir: Path) -> str:
     if m["malformed"] or m["bad_snapshots"]:
         lines.append(f"  malformed messages {m['malformed']}, bad snapshots "
                      f"{m['bad_snapshots']} (stored raw)")
+    if s.unwritten:
+        lines.append(f"  LOST: {s.unwritten:,} records received but not written (the WAL "
+                     "failed; what is on disk before them is intact)")
+    if s.out_of_sync:
+        lines.append(f"  NOT IN SYNC at the end: {', '.join(s.out_of_sync)}")
     if s.feed_gaps or s.book_gaps:
         lines.append(f"  GAPS: {len(s.feed_gaps)} feed, {len(s.book_gaps)} book:")
         for g in s.feed_gaps[:5]:
             lines.append(f"    conn {g['conn']}: {(g['to_ns'] - g['from_ns']) / 1e9:.2f}s "
                          f"({g['reason']})")
         for g in s.book_gaps[:10]:
-            lines.append(f"    {g['symbol']}: {g['reason']}, resynced")
-    else:
+            after = "not resynced by the end" if g["symbol"] in s.out_of_sync else "resynced"
+            lines.append(f"    {g['symbol']}: {g['reason']}, {after}")
+    elif s.unwritten:
+        lines.append("  no feed or book gaps before the WAL failed")
+    elif not s.out_of_sync:
         lines.append("  no gaps: every book stayed in sync")
     return "\n".join(lines)
 

@@ -77,11 +77,12 @@ class CaptureSummary:
     counters: CaptureCounters
     instruments: int
     connections: int
-    records: int                  # records appended to the ticks stream
+    records: int                  # records of the ticks stream written to disk
     wal_bytes: int                # block bytes written to disk (ticks + snapshots)
     payload_bytes: int            # the raw bytes those blocks hold
     gaps: list[dict] = field(default_factory=list)
     stop_reason: str = ""
+    unwritten: int = 0            # records appended that never reached the disk (write error)
 
     @property
     def ratio(self) -> float:
@@ -89,8 +90,9 @@ class CaptureSummary:
 
     @property
     def lost_anything(self) -> bool:
-        """A gap is a span in which the feed was not received: ticks may be missing."""
-        return self.counters.gaps > 0
+        """A gap (a span in which the feed was not received: ticks may be missing), or
+        records the disk refused."""
+        return self.counters.gaps > 0 or self.unwritten > 0
 
 
 class LatencyRecorder:
@@ -362,7 +364,9 @@ class KiteCapture(CaptureSession):
             session=self.session, seconds=time.monotonic() - self.started_mono,
             counters=self.recorder.counters, instruments=len(self.settings.token_modes),
             connections=len(self.feed.shards),
-            records=self.ticks.stats.appended_records if self.ticks else 0,
+            records=self.ticks.stats.written_records if self.ticks else 0,
             wal_bytes=sum(st.bytes_written for st in stats),
             payload_bytes=sum(st.payload_bytes for st in stats),
-            gaps=list(self.recorder.gaps), stop_reason=reason)
+            gaps=list(self.recorder.gaps), stop_reason=reason,
+            unwritten=(self.ticks.stats.appended_records - self.ticks.stats.written_records
+                       if self.ticks and reason.startswith("failed") else 0))

@@ -177,6 +177,9 @@ def format_summary(s: CaptureSummary, data_dir: Path) -> str:
         f"{fmt_bytes(s.payload_bytes)} of payload ({s.ratio:.1f}x), snapshots {c.snapshots}",
         f"  data in {data_dir / 'kite'}",
     ]
+    if s.unwritten:
+        lines.append(f"  LOST: {s.unwritten:,} records received but not written (the WAL "
+                     "failed; what is on disk before them is intact)")
     if c.malformed_frames:
         lines.append(f"  malformed frames: {c.malformed_frames} (stored raw)")
     if c.exchange_errors:
@@ -186,6 +189,8 @@ def format_summary(s: CaptureSummary, data_dir: Path) -> str:
         for g in s.gaps[:10]:
             lines.append(f"    conn {g['conn']}: {(g['to_ns'] - g['from_ns']) / 1e9:.2f}s "
                          f"({g['reason']})")
+    elif s.unwritten:
+        lines.append("  no feed gaps before the WAL failed")
     else:
         lines.append("  no gaps: every message sent while connected was received")
     return "\n".join(lines)

@@ -33,6 +33,7 @@ class BinanceReplay:
     books: BinanceBooks | None = None
     decisions: list[tuple] = field(default_factory=list)
     sessions: int = 0
+    ended: bool = False         # the last session's SESSION_STOP was read
     records: int = 0
     #: What the read skipped (with on_corrupt="skip") and torn tails it stopped at.
     skipped: list[str] = field(default_factory=list)
@@ -55,12 +56,16 @@ class BinanceReplay:
         self._by_key = {}
         self.decisions = []
         self.sessions += 1
+        self.ended = False
 
     def feed(self, kind: int, conn: int, payload: bytes, keys=()) -> tuple:
         """One record; returns the sync actions it caused."""
         self.records += 1
         if kind == Kind.SESSION_START:
             self._start(payload)
+            return ()
+        if kind == Kind.SESSION_STOP:
+            self.ended = True
             return ()
         books = self.books
         if books is None:

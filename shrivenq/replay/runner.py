@@ -218,6 +218,10 @@ def _run_binance(req: ReplayRequest, out: TextIO) -> int:
                  "of the last session")
     lines.append(f"GAPS: {len(gaps)} resync(s): " + ", ".join(f"{a[1]} ({a[2]})" for a in gaps[:10])
                  if gaps else "no gaps in the last session")
+    if not replay.ended and end_ns is None:
+        lines.append("note: the last session has no end record: its capture is still running, "
+                     "or it stopped without closing (a crash, a failed disk); the books are "
+                     "as of its last record")
     lines += damage_lines(replay.skipped, replay.torn)
     print("\n".join(lines), file=out)
     return EXIT_SKIPPED if replay.skipped else EXIT_OK

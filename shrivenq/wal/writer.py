@@ -86,6 +86,7 @@ class FsyncPolicy:
 @dataclass
 class WriterStats:
     appended_records: int = 0
+    written_records: int = 0      # in blocks on disk (after a write error, fewer than appended)
     blocks_written: int = 0
     bytes_written: int = 0        # block frames on disk
     payload_bytes: int = 0        # payload bytes those blocks hold
@@ -648,6 +649,7 @@ class WalWriter:
         seg.blocks += 1
         seg.records += len(cols.kind)
         self.stats.blocks_written += 1
+        self.stats.written_records += len(cols.kind)
         self.stats.bytes_written += len(frame)
         self.stats.payload_bytes += len(cols.payloads)
         with self._cv:
