@@ -162,15 +162,16 @@ def sim_kite(
     import logging
     import math
 
-    from shrivenq.sim import kite_server
+    from shrivenq.errors import ConfigError
+    from shrivenq.sim import check_ports, kite_server
 
     if not math.isfinite(rate) or rate < 0:
         _kite_fail("sim kite", f"--rate must be a number >= 0, not {rate:g}")
     if instruments is not None and instruments < 1:
         _kite_fail("sim kite", f"--instruments must be at least 1, not {instruments}")
     try:
-        kite_server.check_ports(port, rest_port)
-    except ValueError as err:
+        check_ports(port, rest_port)
+    except ConfigError as err:
         _kite_fail("sim kite", err)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("websockets").setLevel(logging.WARNING)

@@ -52,6 +52,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from shrivenq.binance.decimal import format_fixed
+from shrivenq.sim import check_ports
 from shrivenq.sim.binance_market import DEFAULT_SYMBOLS, BinanceMarket, SimSymbol, dumps
 from shrivenq.sim.thread import ServerThread
 
@@ -594,12 +595,7 @@ def run_binance_sim(host: str = "127.0.0.1", port: int = 9443, rest_port: int | 
         raise ConfigError(f"--market {market!r} is not one of {', '.join(PATHS)}")
     if not (math.isfinite(interval) and interval > 0):
         raise ConfigError(f"--interval must be positive seconds, not {interval:g}")
-    for option, value in (("--port", port), ("--rest-port", rest_port)):
-        if value is not None and not 0 <= value <= 65535:
-            raise ConfigError(f"{option} {value}: a port must be 0-65535")
-    if rest_port is None and port and port + 1 > 65535:
-        raise ConfigError(f"--port {port}: the REST port defaults to --port + 1 = {port + 1}, "
-                          "but a port must be 0-65535; give --rest-port")
+    rest_port = check_ports(port, rest_port)
 
     def ready(server: BinanceSimServer) -> None:
         print(banner(server), file=out, flush=True)

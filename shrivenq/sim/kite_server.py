@@ -69,6 +69,7 @@ from shrivenq.kite import (
 )
 from shrivenq.kite.instruments import Instrument, InstrumentMaster, sample_csv_bytes
 from shrivenq.kite.wire import PACKET_DTYPES, PACKET_LENGTHS, encode_frame, packets_of_kind
+from shrivenq.sim import check_ports
 from shrivenq.sim.market import _KIND_FIELDS, KiteMarket, universe_from_instruments
 from shrivenq.sim.thread import ServerThread
 
@@ -940,21 +941,6 @@ def banner(server: KiteSimServer) -> str:
         f"  e.g. {server.socket_url()}",
     ]
     return "\n".join(lines)
-
-
-def check_ports(port: int, rest_port: int | None) -> int:
-    """The REST port ``run`` will use (``port + 1`` by default, 0 with 0); ``ValueError``
-    naming the option if a port is not 0-65535."""
-    if not 0 <= port <= 65535:
-        raise ValueError(f"--port {port}: a port must be 0-65535")
-    if rest_port is not None and not 0 <= rest_port <= 65535:
-        raise ValueError(f"--rest-port {rest_port}: a port must be 0-65535")
-    if rest_port is None:
-        rest_port = port + 1 if port else 0
-        if rest_port > 65535:
-            raise ValueError(f"--port {port}: the REST port defaults to --port + 1 = "
-                             f"{rest_port}, but a port must be 0-65535; give --rest-port")
-    return rest_port
 
 
 async def run(host: str = "127.0.0.1", port: int = 8765, rest_port: int | None = None,

@@ -118,6 +118,13 @@ def numbering_holes(paths: list[Path]) -> dict[Path, tuple[int, int]]:
     return holes
 
 
+def newest_in_dirs(paths: list[Path]) -> set[Path]:
+    """The newest segment of each directory in ``paths`` (ordered as find_segments orders
+    them): a writer closes each segment before it makes the next, so only these can be left
+    unclosed by a crash."""
+    return set({p.parent: p for p in paths}.values())
+
+
 def describe_hole(after: Path, first: int, count: int) -> str:
     names = (segment_name(first) if count == 1
              else f"{segment_name(first)} to {segment_name(first + count - 1)}")

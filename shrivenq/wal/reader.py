@@ -299,12 +299,12 @@ class WalReader:
         """Each segment path with its Segment, or the error opening it raised. A directory's
         newest segment that is gone by the time it is opened is left out: a writer's
         recovery or a repair removed what a crash left while creating it (it held nothing)."""
-        newest = {path.parent: path for path in self.segment_paths}
+        newest = layout.newest_in_dirs(self.segment_paths)
         for path in self.segment_paths:
             try:
                 yield path, open_segment(path)
             except WalIOError as err:
-                if path == newest[path.parent] and not path.exists():
+                if path in newest and not path.exists():
                     continue
                 yield path, err
             except WalError as err:
@@ -317,7 +317,7 @@ class WalReader:
         (no crash leaves that: recovery closes a crashed writer's segment before the next one
         is made). A loss is reported only if its records could fall in the time range read:
         the segments on either side (in any directory) bound its times."""
-        newest = {path.parent: path for path in self.segment_paths}
+        newest = layout.newest_in_dirs(self.segment_paths)
         # One segment file named: no numbering to check.
         holes = {} if self.path.is_file() else layout.numbering_holes(self.segment_paths)
         opened = self._opened()
@@ -348,15 +348,11 @@ class WalReader:
                 current = following
                 continue
             last_ns = _last_wall(seg)
-            if (seg.footer is None and seg.state in ("open", "torn")
-                    and path != newest[path.parent]
+            if (seg.unclosed and path not in newest
                     and self._loss_in_range(last_ns if last_ns is not None else before_ns,
                                             after_ns)):
                 found.append(Problem(path, seg.good_end, -1,
-                                     f"not closed, though later segments exist: what followed "
-                                     f"byte {seg.good_end} was cut off or damaged after it was "
-                                     "written (a crash leaves this only in a directory's newest "
-                                     "segment); lost to this read"))
+                                     f"{seg.lost_end()}; lost to this read"))
             if last_ns is not None:
                 before_ns = last_ns
             yield path, seg, found

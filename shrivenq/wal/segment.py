@@ -78,6 +78,18 @@ class Segment:
     problems: list[Problem] = field(default_factory=list)
 
     @property
+    def unclosed(self) -> bool:
+        """No footer: being written, or left by a crash (only a directory's newest segment
+        can be either), or cut short later."""
+        return self.footer is None and self.state in ("open", "torn")
+
+    def lost_end(self) -> str:
+        """Why an unclosed segment with later segments after it lost data."""
+        return (f"not closed, though later segments exist: what followed byte {self.good_end} "
+                "was cut off or damaged after it was written (a crash leaves this only in a "
+                "directory's newest segment)")
+
+    @property
     def number(self) -> int:
         return self.header.segment if self.header else int(self.path.stem)
 

@@ -60,11 +60,6 @@ def _live(seg_path: Path) -> bool:
         os.close(fd)
 
 
-def _newest_in_dirs(paths: list[Path]) -> set[Path]:
-    """The newest segment of each directory: the only one a crash can leave unclosed."""
-    return set({p.parent: p for p in paths}.values())
-
-
 def _newest(paths: list[Path]) -> set[Path]:
     """The newest segment of each venue/stream: the only one a live writer can be writing."""
     last: dict[tuple[str, str], Path] = {}
@@ -81,13 +76,8 @@ def _summarise(seg: Segment, decode: bool, newest: set[Path] | None = None,
     # A live writer's segment is open, or torn while a block is half-written: both normal.
     s.live = (seg.state in ("open", "torn") and (newest is None or seg.path in newest)
               and _live(seg.path))
-    if later and seg.footer is None and seg.state in ("open", "torn"):
-        # Each segment is closed before the next is made, and recovery closes a crashed
-        # writer's: this one lost its end after it was written.
-        s.problems.append(f"{seg.path}: not closed, though later segments exist: what "
-                          f"followed byte {seg.good_end} was cut off or damaged after it was "
-                          "written (a crash leaves this only in a directory's newest "
-                          "segment); repair leaves it as is")
+    if later and seg.unclosed:
+        s.problems.append(f"{seg.path}: {seg.lost_end()}; repair leaves it as is")
     elif seg.state == "torn" and not s.live:
         if seg.header is None:
             s.problems.append(f"{seg.path}: only {seg.size} bytes of a segment header, no "
@@ -147,7 +137,7 @@ def _summaries(path, decode: bool) -> list[SegmentSummary]:
     paths = layout.find_segments(path)
     newest = _newest(paths)
     holes = {} if Path(path).is_file() else layout.numbering_holes(paths)
-    last_in_dir = _newest_in_dirs(paths)
+    last_in_dir = layout.newest_in_dirs(paths)
     for p in paths:
         try:
             seg = open_segment(p)
@@ -195,7 +185,7 @@ def verify(path, repair: bool = False) -> VerifyReport:
     if repair:
         paths = layout.find_segments(path)
         newest = _newest(paths)
-        crash_leftovers = _newest_in_dirs(paths)
+        crash_leftovers = layout.newest_in_dirs(paths)
         for p in paths:
             try:
                 seg = open_segment(p)
