@@ -8,7 +8,8 @@ this shared VM, whose speed moves by up to 2x between (and within) minutes.
 Writes a Kite WAL (the replay bench's 150,000-tick day) and a Binance WAL (the Binance
 bench's 100,000 depth messages) once, with this tree, then runs each build in its own
 process, alternately, ``rounds`` times: Kite replay (one thread and the default read-ahead),
-Binance replay (the same), and parse_ticks against kiteconnect on interleaved calls (full and
+Binance replay (the same), Binance decode + apply of 20+20-level depthUpdates (the Binance
+bench's messages), and parse_ticks against kiteconnect on interleaved calls (full and
 quote frames), parse_frame per packet. Prints every run and the median per build.
 """
 
@@ -56,6 +57,18 @@ def measure(wal_dir: Path) -> dict[str, float]:
         out[f"Kite replay, {label} (M ticks/s)"] = ticks / s / 1e6
         s = median_s(lambda: replay_wal(binance / "binance", workers=workers), 7)
         out[f"Binance replay, {label} (k messages/s)"] = 100 / s
+    sys.path.insert(0, str(HERE))
+    import bench_binance
+    info, snap, msgs = bench_binance.depth.__wrapped__()
+    samples = []
+    for _ in range(9):
+        books = bench_binance.synced_books(info, snap, msgs[0])
+        on_message = books.on_message
+        start = time.perf_counter()
+        for raw in msgs[1:]:
+            on_message(raw)
+        samples.append((time.perf_counter() - start) / (len(msgs) - 1))
+    out["Binance decode + apply (us/message)"] = statistics.median(samples[1:]) * 1e6
     sdk = KiteTicker.__new__(KiteTicker)
     market = KiteMarket(default_universe(200), seed=11)
     for name, kind in (("full", KIND_FULL), ("quote", KIND_QUOTE)):

@@ -22,6 +22,10 @@ C-level API, l2_ladder.pxd) from the scratch arrays; every other case gets the D
 WAL batch: on_depth for each, decoding in place, with each symbol's sync kept in a C table
 (``Run``) for the length of the call. Binance's own compact form is read by a template
 (``scan_compact``); anything else by the general scan (``scan_general``).
+
+Price and quantity pairs in the compact form (``["64200.01000000","0.25000000"]``) are read
+one 16-byte load per decimal with SSSE3 where the CPU has it (checked at import); the scalar
+scan takes whatever that reader declines, and everything on other hosts.
 """
 
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
@@ -203,6 +207,123 @@ cdef const char* skip_value(const char* p, const char* e, int depth) noexcept no
 cdef extern from *:
     int __builtin_ctzll(unsigned long long) nogil
 
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    /* Binance's compact pairs, ["price","qty"], sixteen bytes a decimal with SSSE3 (pshufb,
+       pmaddubsw), chosen at run time; other hosts use the scalar scan alone. */
+    #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    #include <immintrin.h>
+    static int bd_simd = 0;
+    /* BD_SHUF[k][n]: from the bytes of a decimal whose dot is at k (k = n: no dot), its
+       first n digits, dot removed, right-aligned, zeros before. */
+    static unsigned char BD_SHUF[16][16][16];
+    static const uint64_t BD_POW10[19] = {
+        1ULL, 10ULL, 100ULL, 1000ULL, 10000ULL, 100000ULL, 1000000ULL, 10000000ULL,
+        100000000ULL, 1000000000ULL, 10000000000ULL, 100000000000ULL, 1000000000000ULL,
+        10000000000000ULL, 100000000000000ULL, 1000000000000000ULL, 10000000000000000ULL,
+        100000000000000000ULL, 1000000000000000000ULL};
+    static int bd_simd_init(void) {
+        int k, n, j, t;
+        for (k = 0; k < 16; k++)
+            for (n = 0; n < 16; n++)
+                for (j = 0; j < 16; j++) {
+                    t = j - (16 - n);
+                    BD_SHUF[k][n][j] = t < 0 ? 0x80 : (unsigned char)(t < k ? t : t + 1);
+                }
+        __builtin_cpu_init();
+        bd_simd = __builtin_cpu_supports("ssse3") ? 1 : 0;
+        return bd_simd;
+    }
+    /* A quoted plain decimal, 'digits[.digits]' of at most 15 characters, for ``q`` just
+       after its opening quote, 16 bytes from q readable: its value at ``scale`` decimals and
+       the pointer after the closing quote, or NULL to decline (the scalar scan decides). */
+    __attribute__((target("ssse3")))
+    static inline const char* bd_decimal_ssse3(const char* q, int scale, int64_t* out) {
+        const __m128i v = _mm_loadu_si128((const __m128i*)q);
+        const __m128i d = _mm_sub_epi8(v, _mm_set1_epi8('0'));
+        unsigned digits = (unsigned)_mm_movemask_epi8(
+            _mm_cmpeq_epi8(_mm_min_epu8(d, _mm_set1_epi8(9)), d));
+        unsigned quote = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')));
+        unsigned dot = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8('.')));
+        unsigned before, dots;
+        int end, k, f, u;
+        if (!quote) return NULL;
+        end = __builtin_ctz(quote);
+        before = (1u << end) - 1;
+        dots = dot & before;
+        if (((digits | dots) & before) != before || (dots & (dots - 1))) return NULL;
+        k = dots ? __builtin_ctz(dots) : end;       /* whole digits */
+        f = dots ? end - k - 1 : 0;                  /* fraction digits */
+        if (k == 0 || (dots && f == 0) || k + scale > 18) return NULL;
+        u = f;
+        if (f > scale) {      /* the digits past the scale must be zeros */
+            unsigned zeros = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8('0')));
+            if (before & ~((1u << (k + 1 + scale)) - 1) & ~zeros) return NULL;
+            u = scale;
+        }
+        __m128i x = _mm_shuffle_epi8(d, _mm_loadu_si128((const __m128i*)BD_SHUF[k][k + u]));
+        x = _mm_maddubs_epi16(x, _mm_setr_epi8(10, 1, 10, 1, 10, 1, 10, 1,
+                                               10, 1, 10, 1, 10, 1, 10, 1));
+        x = _mm_madd_epi16(x, _mm_setr_epi16(100, 1, 100, 1, 100, 1, 100, 1));
+        x = _mm_packs_epi32(x, x);
+        x = _mm_madd_epi16(x, _mm_setr_epi16(10000, 1, 10000, 1, 10000, 1, 10000, 1));
+        uint64_t halves = (uint64_t)_mm_cvtsi128_si64(x);
+        uint64_t value = (halves & 0xFFFFFFFFULL) * 100000000ULL + (halves >> 32);
+        *out = (int64_t)(value * BD_POW10[scale - u]);
+        return q + end + 1;
+    }
+    /* From ``p`` (a pair's '['), every pair in the compact form followed by ',' or, the
+       last, by ']' closing the list, into out[2k], out[2k+1] while k < limit. Returns where
+       it stopped (at the first pair not taken, or after the list's ']' with *closed = 1). */
+    __attribute__((target("ssse3")))
+    static const char* bd_pairs_ssse3(const char* p, const char* e, int ps, int qs,
+                                      int64_t* out, Py_ssize_t limit, Py_ssize_t* kk,
+                                      int* closed) {
+        Py_ssize_t k = *kk;
+        int64_t price, qty;
+        const char *r, *r2;
+        *closed = 0;
+        /* 2 + 16 bytes for the price; after it ',"' + 16 for the quantity, then ']' and one */
+        while (k < limit && e - p >= 18 && p[0] == '[' && p[1] == '"') {
+            r = bd_decimal_ssse3(p + 2, ps, &price);
+            if (!r || e - r < 20 || r[0] != ',' || r[1] != '"') break;
+            r2 = bd_decimal_ssse3(r + 2, qs, &qty);
+            if (!r2 || r2[0] != ']' || (r2[1] != ',' && r2[1] != ']')) break;
+            out[2 * k] = price;
+            out[2 * k + 1] = qty;
+            k++;
+            p = r2 + 2;
+            if (r2[1] == ']') { *closed = 1; break; }
+        }
+        *kk = k;
+        return p;
+    }
+    #else
+    static int bd_simd = 0;
+    static int bd_simd_init(void) { return 0; }
+    static const char* bd_pairs_ssse3(const char* p, const char* e, int ps, int qs,
+                                      int64_t* out, Py_ssize_t limit, Py_ssize_t* kk,
+                                      int* closed) { *closed = 0; return p; }
+    #endif
+    """
+    int bd_simd
+    int bd_simd_init()
+    const char* bd_pairs_ssse3(const char* p, const char* e, int ps, int qs, int64_t* out,
+                               Py_ssize_t limit, Py_ssize_t* kk, int* closed) noexcept nogil
+
+cdef int _simd_available = bd_simd_init()
+
+
+def _use_simd(bint on):
+    """Tests only: read pairs with SSSE3 (when this host has it) or with the scalar scan
+    alone, so that both are held to the twin on any host. Returns whether SSSE3 is in use."""
+    global bd_simd
+    bd_simd = 1 if (on and _simd_available) else 0
+    return bool(bd_simd)
+
+
 cdef uint64_t ASCII_ZEROS = 0x3030303030303030ULL
 cdef bint LITTLE_ENDIAN = sys.byteorder == "little"
 
@@ -352,6 +473,7 @@ cdef const char* scan_pairs(const char* p, const char* e, int ps, int qs, int64_
     decline. More pairs than ``cap``: NULL with count -1 (a bigger buffer may take them)."""
     cdef Py_ssize_t k = 0
     cdef int64_t price, qty
+    cdef int closed
     count[0] = 0
     p = skip_ws(p, e)
     if p >= e or p[0] != c'[':
@@ -360,6 +482,12 @@ cdef const char* scan_pairs(const char* p, const char* e, int ps, int qs, int64_
     if p < e and p[0] == c']':
         return p + 1
     while True:
+        if bd_simd:
+            p = bd_pairs_ssse3(p, e, ps, qs, out, min(cap, <Py_ssize_t>MAX_LEVELS), &k, &closed)
+            if closed:
+                count[0] = k
+                return p
+            p = skip_ws(p, e)
         if p >= e or p[0] != c'[':
             return NULL
         p = scan_quoted_decimal(skip_ws(p + 1, e), e, ps, &price)

@@ -5,15 +5,27 @@ the twin returns (when it declines, the twin decides and names the error)."""
 from __future__ import annotations
 
 import json
+import platform
 import random
 
 import numpy as np
 import pytest
 
-from shrivenq._ext.binance_depth import decode_depth
+from shrivenq._ext.binance_depth import _use_simd, decode_depth
 from shrivenq.binance import decode
 from shrivenq.errors import BinanceMessageError
 from shrivenq.sim.binance_market import BinanceMarket, dumps
+
+
+@pytest.fixture(autouse=True, params=["ssse3", "scalar"])
+def pair_reader(request):
+    """Every test runs with the SSSE3 pair reader (x86-64 hosts, where it must be in use)
+    and with the scalar scan alone."""
+    in_use = _use_simd(request.param == "ssse3")
+    if request.param == "ssse3" and platform.machine() in ("x86_64", "AMD64"):
+        assert in_use, "SSSE3 pair reader not in use on an x86-64 host"
+    yield request.param
+    _use_simd(True)
 
 
 def same(a, b):
@@ -236,3 +248,32 @@ def test_messages_off_binances_own_form_agree_with_the_twin(futures):
                 assert not isinstance(expected, BinanceMessageError), (raw, expected)
                 assert same(fast, expected), raw
         assert accepted >= len(must_accept)
+
+
+def test_decimals_around_sixteen_bytes_agree_with_the_twin():
+    """The SSSE3 reader takes decimals of up to 15 characters from one 16-byte load: every
+    length from 1 to 18 characters, every place of the dot, at scales that keep or drop
+    fraction digits, decodes as the twin decodes it, as the list's last pair too (near the
+    end of the message, where the reader may not load 16 bytes)."""
+    rng = random.Random(16)
+    checked = 0
+    for length in range(1, 19):
+        for dot in [None, *range(1, length - 1)]:
+            digits = [rng.choice("123456789") for _ in range(length)]
+            if dot is not None:
+                digits[dot] = "."
+            text = "".join(digits)
+            for scale in (0, 2, 8, 18 - (dot if dot is not None else length)):
+                specs = {"BTCUSDT": decode.SymbolSpec("BTCUSDT", scale, scale, "1", "1")}
+                zeros = (text + "000") if dot is not None else text
+                for levels in ([[text, zeros], ["1", "2"]], [["1", "2"], [zeros, text]]):
+                    raw = dumps({"stream": "btcusdt@depth", "data": {
+                        "e": "depthUpdate", "s": "BTCUSDT", "U": 1, "u": 2, "b": levels,
+                        "a": levels}}).encode()
+                    fast = decode_depth(raw, specs, False)
+                    expected = twin(raw, specs, False)
+                    if fast is not None:
+                        assert not isinstance(expected, BinanceMessageError), (raw, expected)
+                        assert same(fast, expected), raw
+                        checked += 1
+    assert checked > 300
