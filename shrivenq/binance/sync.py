@@ -61,6 +61,10 @@ _NONE: tuple = ()
 class BookSync:
     """One symbol's book and its sync state."""
 
+    # Slots: the compiled router reads book_id, book, futures and counters on every message.
+    __slots__ = ("symbol", "futures", "book", "book_id", "buffer", "pending", "fetching",
+                 "max_buffer", "counters")
+
     def __init__(self, symbol: str, futures: bool = False, book: L2Ladder | None = None,
                  max_buffer: int = 10_000):
         self.symbol = symbol
