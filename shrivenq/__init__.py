@@ -14,3 +14,12 @@ def open(data_dir="data", cache_dir="cache", on_corrupt="raise"):  # noqa: A001 
     from shrivenq.replay.dataset import Dataset
 
     return Dataset(data_dir, cache_dir, on_corrupt)
+
+
+def __getattr__(name):
+    # shrivenq.ShrivenqDataWarning without importing the library at ``import shrivenq``
+    if name == "ShrivenqDataWarning":
+        from shrivenq.errors import ShrivenqDataWarning
+
+        return ShrivenqDataWarning
+    raise AttributeError(f"module 'shrivenq' has no attribute {name!r}")

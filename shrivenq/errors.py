@@ -24,6 +24,10 @@ different lengths) gets Python's own ``ValueError``/``TypeError``, as any librar
         └── WalLockedError          another writer holds the venue/stream; carries .path
 
 Secrets (API keys, access tokens) never appear in an error message.
+
+One warning, not an error: ``ShrivenqDataWarning`` (a ``UserWarning``), when a read's result
+has holes that it still returns (feed gaps recorded during capture, or WAL damage read past
+with ``on_corrupt="skip"``).
 """
 
 from __future__ import annotations
@@ -134,3 +138,8 @@ class WalLockedError(WalError):
 
     def __reduce__(self):
         return (type(self), (self.path,))
+
+
+class ShrivenqDataWarning(UserWarning):
+    """A read's result has holes: the capture recorded feed gaps in its range (``ds.gaps``),
+    or, with ``on_corrupt="skip"``, damaged or missing WAL data was left out (``ds.skipped``)."""

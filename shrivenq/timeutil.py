@@ -5,14 +5,17 @@ from __future__ import annotations
 import re
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
 
+import numpy as np
+
 from shrivenq.errors import ConfigError
 
 IST = timezone(timedelta(hours=5, minutes=30), "IST")
 UTC = timezone.utc
 
 _CLOCK = re.compile(r"\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?([+-]\d{2}:\d{2}|Z)?")
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)")
-_UNIT_NS = {"ns": 1, "us": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|ms|s|min|m|h)")
+_UNIT_NS = {"ns": 1, "us": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9,
+            "min": 60 * 10**9, "h": 3600 * 10**9}
 
 
 def parse_datetime(text: str, what: str, tz: tzinfo = IST, day: date | None = None) -> datetime:
@@ -35,12 +38,26 @@ def to_ns(value: datetime) -> int:
     return int(value.timestamp()) * 10**9 + value.microsecond * 1000
 
 
-def parse_duration_ns(text: str, what: str) -> int:
-    """'1s', '500ms', '5m', '1h' -> nanoseconds (positive)."""
-    m = _DURATION.fullmatch(text.strip())
-    if not m or float(m.group(1)) <= 0:
-        raise ConfigError(f"{what} {text!r} is not a duration like 1s, 500ms or 5m")
-    return int(float(m.group(1)) * _UNIT_NS[m.group(2)])
+def parse_duration_ns(text, what: str) -> int:
+    """'1s', '500ms', '5m' (or '5min'), '1h' -> nanoseconds (positive). A timedelta
+    (datetime's, numpy's or pandas') and an integer count of nanoseconds are taken too."""
+    if isinstance(text, timedelta):           # pandas' Timedelta is one; .value keeps its ns
+        ns = int(getattr(text, "value", None) or (text // timedelta(microseconds=1)) * 1000)
+    elif isinstance(text, np.timedelta64):    # before integers: numpy counts it as one
+        ns = int(text.astype("timedelta64[ns]").astype(np.int64))
+    elif isinstance(text, (int, np.integer)) and not isinstance(text, bool):
+        ns = int(text)
+    elif isinstance(text, str):
+        m = _DURATION.fullmatch(text.strip())
+        if not m or float(m.group(1)) <= 0:
+            raise ConfigError(f"{what} {text!r} is not a duration like 1s, 500ms or 5m")
+        return int(float(m.group(1)) * _UNIT_NS[m.group(2)])
+    else:
+        raise ConfigError(f"{what} {text!r} is not a duration: give a string like '1s', "
+                          "'500ms' or '5m', a timedelta, or an int of nanoseconds")
+    if ns <= 0:
+        raise ConfigError(f"{what} {text!r} is not a positive duration")
+    return ns
 
 
 def format_ns(ns: int | None, tz: tzinfo = IST) -> str:

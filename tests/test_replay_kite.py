@@ -9,6 +9,7 @@ import json
 import os
 import re
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from shrivenq.books.snapshot import encode_kite_snapshot
 from shrivenq.capture.kite import KiteCapture, KiteCaptureSettings
 from shrivenq.cli import app
 from shrivenq.errors import ConfigError, WalCorruptError
+from shrivenq.kite import KIND_FULL, KIND_LTP
 from shrivenq.replay.kite import KiteReplay
 from shrivenq.sim.kite_server import DEMO_ACCESS_TOKEN, DEMO_API_KEY, KiteSimServer
 from shrivenq.timeutil import format_ns
@@ -333,6 +335,64 @@ def test_notebook_api_pandas_frame(day):
     df = shrivenq.open(day).to_pandas(symbols=["NIFTY BANK"])
     assert str(df.index.tz) == "Asia/Kolkata" and df.index.is_monotonic_increasing
     assert set(df["symbol"]) == {"NIFTY BANK"} and df["last_price"].between(1000, 100000).all()
+
+
+def test_notebook_api_reports_the_feed_gap_it_reads_across(day):
+    ds = shrivenq.open(day)
+    with pytest.warns(shrivenq.ShrivenqDataWarning, match="1 feed gap"):
+        ticks = ds.ticks(symbols=["NIFTY 50"])
+    (gap,) = ds.gaps
+    assert gap["from_ns"] <= gap["to_ns"] and gap["reason"]
+    # a range that ends before the gap has none, and no warning
+    before = int(ticks["wall_ns"][0]) + 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds.ticks(end=min(before, gap["from_ns"]), symbols=["NIFTY 50"])
+    assert ds.gaps == []
+
+
+def test_notebook_api_takes_the_time_and_argument_types_a_notebook_has(day):
+    import pandas as pd
+
+    ds = shrivenq.open(day)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", shrivenq.ShrivenqDataWarning)
+        df = ds.to_pandas(symbols=["NIFTY 50"])
+        wall = ds.ticks(symbols=["NIFTY 50"])["wall_ns"]
+        # the DataFrame's own index values (datetime64, UTC-based) select those very rows
+        got = ds.ticks(df.index.values[10], df.index.values[20], symbols=["NIFTY 50"])
+        assert len(got) and (got["wall_ns"] == wall[(wall >= wall[10]) & (wall < wall[20])]).all()
+        # a Timestamp keeps its nanoseconds: one past a tick's time leaves that tick out
+        t = int(wall[10])
+        assert len(ds.ticks(pd.Timestamp(t + 1, tz="UTC"), symbols=["NIFTY 50"])) \
+            == len(ds.ticks(t + 1, symbols=["NIFTY 50"])) == (wall > t).sum()
+        assert len(ds.ticks(symbols="NIFTY 50")) == len(ds.ticks(tokens=NIFTY)) == len(wall)
+        by_string = ds.books(symbols=["NIFTY 50"], every="1s")
+        for every in (pd.Timedelta("1s"), np.int64(10**9), "1000ms"):
+            assert ds.books(symbols=["NIFTY 50"], every=every).tobytes() == by_string.tobytes()
+    for bad in (1.5, "1 sec", 0, True):
+        with pytest.raises(ConfigError, match="every"):
+            ds.books(every=bad)
+    with pytest.raises(ConfigError, match="tokens"):
+        ds.ticks(tokens=["x"])
+    with pytest.raises(ConfigError, match="start"):
+        ds.ticks(start=3.5)
+
+
+def test_notebook_frame_leaves_fields_a_packet_did_not_carry_missing(day):
+    ds = shrivenq.open(day)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", shrivenq.ShrivenqDataWarning)
+        df = ds.to_pandas()
+    index = df[df["token"] == BANKNIFTY]          # an index: no depth, no volume
+    assert len(index) and index["bid_price_1"].isna().all() and index["volume"].isna().all()
+    assert index["last_price"].notna().all() and index["close"].notna().all()
+    full = df[df["kind"] == KIND_FULL]
+    assert len(full) and full["bid_qty_1"].notna().all() and full["oi"].notna().all()
+    assert full["last_trade_time"].notna().all()
+    ltp = df[df["kind"] == KIND_LTP]
+    assert len(ltp) and ltp["close"].isna().all() and ltp["average_price"].isna().all()
+    assert str(df["volume"].dtype) == "Int64"     # quantities stay integers
 
 
 def test_sampled_books_report_every_interval_from_the_start(day):

@@ -16,7 +16,8 @@ the time range and, where it can, blocks without the instruments asked for.
 Damaged or missing WAL data raises ``WalCorruptError`` naming it. ``shrivenq.open(data_dir,
 on_corrupt="skip")`` reads past it instead: each read then lists what it left out in
 ``ds.skipped`` and warns (``ShrivenqDataWarning``), so a result with holes never passes for
-a whole one.
+a whole one. Feed gaps the capture recorded (a lost connection, a reconnect) are listed in
+``ds.gaps`` after each read that spans them, with the same warning.
 """
 
 from __future__ import annotations
@@ -29,11 +30,14 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from shrivenq.errors import ConfigError
-from shrivenq.kite import TICK_DTYPE
+from shrivenq.errors import ConfigError, ShrivenqDataWarning
+from shrivenq.kite import (FIELD_DEPTH, FIELD_EXCHANGE_TIMESTAMP, FIELD_FULL, FIELD_LTP,
+                           FIELD_OHLC, FIELD_QUOTE, TICK_DTYPE)
 from shrivenq.replay.kite import KiteReplay, venue_dir
 from shrivenq.replay.output import BOOK_DTYPE, book_rows, sample
-from shrivenq.timeutil import IST, parse_datetime, parse_duration_ns, to_ns
+from shrivenq.timeutil import IST, format_ns, parse_datetime, parse_duration_ns, to_ns
+
+__all__ = ["Dataset", "ShrivenqDataWarning", "TIMED_TICK_DTYPE", "time_ns"]
 
 log = logging.getLogger("shrivenq.dataset")
 
@@ -43,21 +47,36 @@ TIMED_TICK_DTYPE = np.dtype([("wall_ns", "<i8"), ("conn", "<u4")]
 
 TimeArg = str | datetime | int | None
 
-
-class ShrivenqDataWarning(UserWarning):
-    """A read with ``on_corrupt="skip"`` left damaged or missing WAL data out."""
+#: to_pandas' column groups and the FIELD_* flag that says a packet carried them.
+_FIELD_GROUPS = {"ltp": FIELD_LTP, "ohlc": FIELD_OHLC, "quote": FIELD_QUOTE, "full": FIELD_FULL,
+                 "exchange_time": FIELD_EXCHANGE_TIMESTAMP, "depth": FIELD_DEPTH}
 
 
 def time_ns(value: TimeArg, what: str) -> int | None:
+    """A time argument as ns since the epoch. Strings, datetimes and pandas Timestamps
+    without a zone are IST; numpy datetime64 values count from the epoch in UTC (what a
+    DataFrame's ``index.values`` holds), as do plain integers (ns)."""
     if value is None:
         return None
+    if isinstance(value, (bool, np.bool_)):
+        raise ConfigError(f"{what} {value!r} is not a time")
     if isinstance(value, (int, np.integer)):
         return int(value)
+    if isinstance(value, np.datetime64):
+        if np.isnat(value):
+            raise ConfigError(f"{what} is NaT, not a time")
+        return int(value.astype("datetime64[ns]").astype(np.int64))
+    if hasattr(value, "value") and hasattr(value, "tz_localize"):  # a pandas Timestamp
+        if value != value:  # NaT
+            raise ConfigError(f"{what} is NaT, not a time")
+        # .value keeps the nanoseconds that a datetime would drop
+        return int((value if value.tzinfo else value.tz_localize(IST)).value)
     if isinstance(value, datetime):
         return to_ns(value if value.tzinfo else value.replace(tzinfo=IST))
-    if hasattr(value, "value") and hasattr(value, "tz_localize"):  # a pandas Timestamp
-        return time_ns(value.to_pydatetime(), what)
-    return to_ns(parse_datetime(str(value), what))
+    if isinstance(value, str):
+        return to_ns(parse_datetime(value, what))
+    raise ConfigError(f"{what} {value!r}: give a time as an ISO string (IST unless it carries "
+                      "a zone), a datetime, a numpy datetime64 (UTC) or ns since the epoch")
 
 
 class Dataset:
@@ -71,19 +90,35 @@ class Dataset:
         self.on_corrupt = on_corrupt
         #: What the last read left out (on_corrupt="skip"), as messages naming each part.
         self.skipped: list[str] = []
+        #: Feed gaps the capture recorded within the last read's range: dicts with conn,
+        #: from_ns, to_ns, reason and session, as ``replay`` reports them.
+        self.gaps: list[dict] = []
         self._master = None
 
     def _replay(self) -> KiteReplay:
         return KiteReplay(self.vdir, on_corrupt=self.on_corrupt)
 
-    def _batches(self, replay: KiteReplay, *args, **kw):
-        """replay.ticks(...), then what it skipped into ``skipped``, with a warning."""
-        self.skipped = []
-        yield from replay.ticks(*args, **kw)
+    def _batches(self, replay: KiteReplay, start_ns: int | None, end_ns: int | None, *args,
+                 **kw):
+        """replay.ticks(...), then what it skipped into ``skipped`` and the feed gaps of the
+        range into ``gaps`` (each public read then calls _warn_holes)."""
+        self.skipped, self.gaps = [], []
+        yield from replay.ticks(start_ns, end_ns, *args, **kw)
         self.skipped = list(replay.result.skipped)
+        self.gaps = [g for g in replay.result.gaps if _overlaps(g, start_ns, end_ns)]
+
+    def _warn_holes(self) -> None:
+        """A warning for each kind of hole in the last read, pointing at the caller of the
+        public method: a result with holes never passes for a whole one."""
         if self.skipped:
             warnings.warn(f"{len(self.skipped)} damaged or missing part(s) of the WAL left "
                           f"out of this read (ds.skipped lists them): {self.skipped[0]}",
+                          ShrivenqDataWarning, stacklevel=3)
+        if self.gaps:
+            first = self.gaps[0]
+            warnings.warn(f"{len(self.gaps)} feed gap(s) recorded in this range (ds.gaps "
+                          f"lists them); the first from {format_ns(first.get('from_ns'))} to "
+                          f"{format_ns(first.get('to_ns'))} IST ({first.get('reason')})",
                           ShrivenqDataWarning, stacklevel=3)
 
     def __repr__(self) -> str:
@@ -97,11 +132,20 @@ class Dataset:
             self._master = load_master(self.cache_dir, fallback_sample=True)
         return self._master
 
-    def tokens_for(self, symbols: Sequence[str] | None = None,
-                   tokens: Sequence[int] | None = None) -> list[int] | None:
+    def tokens_for(self, symbols: Sequence[str] | str | None = None,
+                   tokens: Sequence[int] | int | None = None) -> list[int] | None:
+        """Instrument tokens for ``symbols`` (names; one string may list several, comma
+        separated, as on the command line) and ``tokens`` (one or many)."""
         if symbols is None and tokens is None:
             return None
-        out = [int(t) for t in tokens or []]
+        if isinstance(symbols, str):
+            symbols = [s.strip() for s in symbols.split(",") if s.strip()]
+        if isinstance(tokens, (int, np.integer)):
+            tokens = [tokens]
+        try:
+            out = [int(t) for t in tokens or []]
+        except (TypeError, ValueError):
+            raise ConfigError(f"tokens {tokens!r}: give instrument tokens as integers") from None
         if symbols:
             out += [ins.token for ins in self.instruments.resolve(list(symbols))]
         return out
@@ -131,33 +175,48 @@ class Dataset:
             for name in TICK_DTYPE.names:
                 part[name] = batch.rows[name]
             parts.append(part)
+        self._warn_holes()
         return np.concatenate(parts) if parts else np.zeros(0, dtype=TIMED_TICK_DTYPE)
 
     def to_pandas(self, start: TimeArg = None, end: TimeArg = None,
                   symbols: Sequence[str] | None = None, tokens: Sequence[int] | None = None):
         """Ticks as a DataFrame indexed by receive time (IST); prices divided into floats;
-        depth as bid_price_1..5, bid_qty_1..5, ask_price_1..5, ask_qty_1..5."""
+        depth as bid_price_1..5, bid_qty_1..5, ask_price_1..5, ask_qty_1..5. A field the
+        packet did not carry (an index has no depth, an ltp packet no volume) is missing:
+        NaN for prices, NaT for times, <NA> for quantities (pandas' nullable integers)."""
         import pandas as pd
 
         rows = self.ticks(start, end, symbols, tokens)
         names = self.names()
         div = rows["divisor"].astype(np.float64)
-        cols: dict[str, np.ndarray] = {
+        carried = {group: (rows["fields"] & flag) != 0 for group, flag in _FIELD_GROUPS.items()}
+
+        def price(values, group):
+            return np.where(carried[group], values / div, np.nan)
+
+        def quantity(values, group):
+            return pd.arrays.IntegerArray(values.astype(np.int64), ~carried[group])
+
+        cols: dict[str, object] = {
             "token": rows["token"], "symbol": [names.get(int(t), "") for t in rows["token"]],
             "conn": rows["conn"], "kind": rows["kind"],
         }
-        for name in ("last_price", "average_price", "open", "high", "low", "close"):
-            cols[name] = rows[name] / div
-        for name in ("last_quantity", "volume", "total_buy_quantity", "total_sell_quantity",
-                     "oi", "oi_day_high", "oi_day_low"):
-            cols[name] = rows[name]
-        for name in ("last_trade_time", "exchange_timestamp"):
-            cols[name] = pd.to_datetime(rows[name].astype(np.int64), unit="s", utc=True) \
-                .tz_convert("Asia/Kolkata")
+        cols["last_price"] = price(rows["last_price"], "ltp")
+        cols["average_price"] = price(rows["average_price"], "quote")
+        for name in ("open", "high", "low", "close"):
+            cols[name] = price(rows[name], "ohlc")
+        for name in ("last_quantity", "volume", "total_buy_quantity", "total_sell_quantity"):
+            cols[name] = quantity(rows[name], "quote")
+        for name in ("oi", "oi_day_high", "oi_day_low"):
+            cols[name] = quantity(rows[name], "full")
+        for name, group in (("last_trade_time", "full"), ("exchange_timestamp", "exchange_time")):
+            stamp = pd.to_datetime(rows[name].astype(np.int64), unit="s", utc=True)
+            cols[name] = stamp.where(carried[group]).tz_convert("Asia/Kolkata")
         for side in ("bid", "ask"):
             for level in range(5):
-                cols[f"{side}_price_{level + 1}"] = rows[f"{side}_price"][:, level] / div
-                cols[f"{side}_qty_{level + 1}"] = rows[f"{side}_quantity"][:, level]
+                cols[f"{side}_price_{level + 1}"] = price(rows[f"{side}_price"][:, level], "depth")
+                cols[f"{side}_qty_{level + 1}"] = quantity(rows[f"{side}_quantity"][:, level],
+                                                           "depth")
         index = pd.to_datetime(rows["wall_ns"], unit="ns", utc=True).tz_convert("Asia/Kolkata")
         return pd.DataFrame(cols, index=pd.Index(index, name="time"))
 
@@ -172,13 +231,15 @@ class Dataset:
         if every is None:
             parts = [book_rows(b.books, b.wall_ns) for b in batches]
         else:
-            step = every if isinstance(every, int) else parse_duration_ns(every, "every")
+            step = parse_duration_ns(every, "every")
             first = next(batches, None)
             if first is None:
+                self._warn_holes()
                 return np.zeros(0, dtype=BOOK_DTYPE)
             begin = start_ns if start_ns is not None else int(first.wall_ns[0])
             parts = list(sample(_chain(first, batches), begin, end_ns, step,
                                 lambda: replay.result.start_books))
+        self._warn_holes()
         return np.concatenate(parts) if parts else np.zeros(0, dtype=BOOK_DTYPE)
 
     def replay(self, start: TimeArg = None, end: TimeArg = None,
@@ -195,6 +256,15 @@ class Dataset:
                 ticks[name] = batch.rows[name]
             books = book_rows(batch.books, batch.wall_ns)
             yield from zip(ticks, books)
+        self._warn_holes()
+
+
+def _overlaps(gap: dict, start_ns: int | None, end_ns: int | None) -> bool:
+    """Whether a recorded gap could have held ticks in [start_ns, end_ns)."""
+    lo, hi = gap.get("from_ns"), gap.get("to_ns")
+    if start_ns is not None and isinstance(hi, int) and hi < start_ns:
+        return False
+    return not (end_ns is not None and isinstance(lo, int) and lo >= end_ns)
 
 
 def _chain(first, rest):
