@@ -361,7 +361,9 @@ def replay(
     tokens: str = typer.Option("", help="Comma-separated instrument tokens."),
     data_dir: Path = typer.Option(Path("data"), help="Where the WAL is."),
     cache_dir: Path = typer.Option(Path("cache"), help="Instrument master (for --symbols)."),
-    every: Optional[str] = typer.Option(None, help="With --out: sample books every 1s, 5m..."),
+    every: Optional[str] = typer.Option(
+        None, help="With --out: sample books every 1s, 5m... (from --start, else on the IST "
+                   "clock)."),
     out: Optional[Path] = typer.Option(None, help="Write book states: .csv, .jsonl or .parquet."),
     verify: bool = typer.Option(False, "--verify", help="Check the replayed books against "
                                 "every snapshot in range; exit 4 on a difference."),

@@ -405,3 +405,38 @@ def test_sampled_books_report_every_interval_from_the_start(day):
     for row in sampled:  # each sample is the book after the last tick at or before it
         last = ticks[ticks["wall_ns"] <= row["wall_ns"]][-1]
         assert row["last_price"] == last["last_price"]
+
+
+def test_sampling_without_a_start_is_on_the_ist_clock_and_grids_line_up(day, tmp_path):
+    ds = shrivenq.open(day)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", shrivenq.ShrivenqDataWarning)
+        nifty = ds.books(symbols=["NIFTY 50"], every="250ms")
+        bank = ds.books(symbols=["NIFTY BANK"], every="250ms")
+    ist = 19_800 * 10**9
+    for sampled in (nifty, bank):
+        assert len(sampled) and ((sampled["wall_ns"] + ist) % 250_000_000 == 0).all()
+    common = np.intersect1d(nifty["wall_ns"], bank["wall_ns"])
+    assert len(common) >= min(len(nifty), len(bank)) - 1
+    out = tmp_path / "b.jsonl"             # replay --out samples on the same grid
+    res = CliRunner().invoke(app, ["replay", "--data-dir", str(day), "--symbols", "NIFTY 50",
+                                   "--every", "250ms", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert len(out.read_text().splitlines()) == len(nifty)
+
+
+def test_sampling_a_window_without_ticks_still_gives_the_known_book(day):
+    ds = shrivenq.open(day)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", shrivenq.ShrivenqDataWarning)
+        wall = ds.ticks(symbols=["NIFTY 50"])["wall_ns"]
+        gaps = np.diff(wall)
+        k = int(np.argmax(gaps))                 # the longest stretch without a NIFTY 50 tick
+        start, end = int(wall[k]) + 1, int(wall[k + 1])
+        assert end - start > 1_000_000
+        sampled = ds.books(start, end, symbols=["NIFTY 50"], every="1ms")
+        before = ds.books(end=start, symbols=["NIFTY 50"])[-1]
+    assert len(sampled) == -(-(end - start) // 1_000_000)
+    assert (sampled["wall_ns"] == start + 1_000_000 * np.arange(len(sampled))).all()
+    assert (sampled["last_price"] == before["last_price"]).all()
+    assert (sampled["bid_price"] == before["bid_price"]).all()

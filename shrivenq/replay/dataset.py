@@ -223,7 +223,10 @@ class Dataset:
     def books(self, start: TimeArg = None, end: TimeArg = None,
               symbols: Sequence[str] | None = None, tokens: Sequence[int] | None = None,
               every: str | int | None = None) -> np.ndarray:
-        """Book states (BOOK_DTYPE): after every tick, or sampled ``every`` ('1s', '5m', ns)."""
+        """Book states (BOOK_DTYPE): after every tick, or sampled ``every`` ('1s', '5m', a
+        timedelta or ns) at start, start+every, ... (without a start, on the IST clock from
+        the first tick: whole seconds, whole minutes), each instrument's book as it stood,
+        also in a range where it never ticks."""
         start_ns, end_ns = self._range(start, end)
         replay = self._replay()
         batches = self._batches(replay, start_ns, end_ns, self.tokens_for(symbols, tokens),
@@ -231,13 +234,7 @@ class Dataset:
         if every is None:
             parts = [book_rows(b.books, b.wall_ns) for b in batches]
         else:
-            step = parse_duration_ns(every, "every")
-            first = next(batches, None)
-            if first is None:
-                self._warn_holes()
-                return np.zeros(0, dtype=BOOK_DTYPE)
-            begin = start_ns if start_ns is not None else int(first.wall_ns[0])
-            parts = list(sample(_chain(first, batches), begin, end_ns, step,
+            parts = list(sample(batches, start_ns, end_ns, parse_duration_ns(every, "every"),
                                 lambda: replay.result.start_books))
         self._warn_holes()
         return np.concatenate(parts) if parts else np.zeros(0, dtype=BOOK_DTYPE)
@@ -265,9 +262,3 @@ def _overlaps(gap: dict, start_ns: int | None, end_ns: int | None) -> bool:
     if start_ns is not None and isinstance(hi, int) and hi < start_ns:
         return False
     return not (end_ns is not None and isinstance(lo, int) and lo >= end_ns)
-
-
-def _chain(first, rest):
-    yield first
-    yield from rest
-

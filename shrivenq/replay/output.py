@@ -15,7 +15,9 @@ import numpy as np
 
 from shrivenq.errors import ConfigError
 from shrivenq.replay.kite import TickBatch
-from shrivenq.timeutil import format_ns
+from shrivenq.timeutil import IST, format_ns
+
+IST_OFFSET_NS = int(IST.utcoffset(None).total_seconds()) * 10**9
 
 BOOK_DTYPE = np.dtype([
     ("wall_ns", "<i8"), ("token", "<u4"), ("divisor", "<u4"),
@@ -34,12 +36,21 @@ def book_rows(books: np.ndarray, wall_ns: np.ndarray) -> np.ndarray:
     return out
 
 
-def sample(batches: Iterable[TickBatch], start_ns: int, end_ns: int | None, every_ns: int,
-           start_books: Callable[[], np.ndarray | None] = lambda: None) -> Iterator[np.ndarray]:
+def grid_start(first_ns: int, every_ns: int) -> int:
+    """The sampling grid point at or before ``first_ns`` on the IST clock: whole seconds for
+    1s, whole minutes for 1m, 09:15, 09:20, ... for 5m. Grids of different reads line up."""
+    return (first_ns + IST_OFFSET_NS) // every_ns * every_ns - IST_OFFSET_NS
+
+
+def sample(batches: Iterable[TickBatch], start_ns: int | None, end_ns: int | None,
+           every_ns: int, start_books: Callable[[], np.ndarray | None] = lambda: None
+           ) -> Iterator[np.ndarray]:
     """Every instrument's latest book at start, start+every, ... (< end; without an end, up to
-    the last tick): one BOOK_DTYPE row per instrument that has ticked by then, stamped with
-    the sampling time. ``start_books`` gives the books as they stood at the start (asked for
-    once the first batch is in, when replay knows them)."""
+    the last tick): one BOOK_DTYPE row per instrument whose book is known by then, stamped
+    with the sampling time. Without a start the grid is on the IST clock (``grid_start``)
+    from the first tick. ``start_books`` gives the books as they stood at the start (asked
+    for once the first batch is in, or at the end when the range held no tick, when replay
+    knows them): a range in which an instrument never ticks still samples its book."""
     if every_ns <= 0:
         raise ConfigError("the sampling interval must be positive")
     latest: dict[int, np.ndarray] = {}
@@ -52,14 +63,19 @@ def sample(batches: Iterable[TickBatch], start_ns: int, end_ns: int | None, ever
         rows["wall_ns"] = at
         return rows
 
+    def seed() -> None:
+        initial = start_books() if start_ns is not None else None
+        if initial is not None and len(initial):
+            for row in book_rows(initial, np.full(len(initial), start_ns)):
+                latest[int(row["token"])] = row
+
     seeded = False
     for batch in batches:
         if not seeded:
             seeded = True
-            initial = start_books()
-            if initial is not None and len(initial):
-                for row in book_rows(initial, np.full(len(initial), start_ns)):
-                    latest[int(row["token"])] = row
+            seed()
+            if boundary is None:
+                boundary = last_tick = grid_start(int(batch.wall_ns[0]), every_ns)
         rows = book_rows(batch.books, batch.wall_ns)
         last_tick = max(last_tick, int(rows["wall_ns"][-1]))
         i = 0
@@ -74,6 +90,10 @@ def sample(batches: Iterable[TickBatch], start_ns: int, end_ns: int | None, ever
                 boundary += every_ns
         for row in rows[i:]:
             latest[int(row["token"])] = row
+    if not seeded:
+        if start_ns is None:
+            return
+        seed()
     end = end_ns if end_ns is not None else last_tick + 1
     while boundary < end and latest:
         yield emit(boundary)

@@ -76,12 +76,9 @@ def run_replay(req: ReplayRequest, out: TextIO | None = None) -> int:
             for batch in batches:
                 writer.write(book_rows(batch.books, batch.wall_ns))
         else:
-            first = next(batches, None)
-            if first is not None:
-                begin = start_ns if start_ns is not None else int(first.wall_ns[0])
-                for rows in sample(_chain(first, batches), begin, end_ns, every_ns,
-                                   lambda: replay.result.start_books):
-                    writer.write(rows)
+            for rows in sample(batches, start_ns, end_ns, every_ns,
+                               lambda: replay.result.start_books):
+                writer.write(rows)
         if replay.result.ticks == 0:     # an error: an earlier --out file stays as it was
             where = (f" between {format_ns(start_ns)} and {format_ns(end_ns)} IST"
                      if start_ns or end_ns else "")
@@ -110,11 +107,6 @@ def damage_lines(skipped: list[str], torn: list[str]) -> list[str]:
     for t in torn:
         lines.append(f"note: {t} (a crash's leftover; `shrivenq wal verify --repair` cuts it)")
     return lines
-
-
-def _chain(first, rest):
-    yield first
-    yield from rest
 
 
 def format_result(res: ReplayResult, names: dict[int, str], writer: BookWriter | None) -> str:
