@@ -64,3 +64,11 @@ def format_ns(ns: int | None, tz: tzinfo = IST) -> str:
     if not ns:
         return "-"
     return datetime.fromtimestamp(ns / 1e9, tz).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def iso_ns(ns: int, tz: tzinfo = IST) -> str:
+    """ISO 8601 with every nanosecond and the zone: '2026-11-20T09:15:00.123456789+05:30'
+    (what pandas' read_csv and to_datetime read back exactly)."""
+    secs, frac = divmod(int(ns), 10**9)
+    stamp = datetime.fromtimestamp(secs, tz).isoformat()
+    return f"{stamp[:19]}.{frac:09d}{stamp[19:]}"

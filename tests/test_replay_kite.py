@@ -130,9 +130,13 @@ def test_output_formats_hold_the_same_rows(day, tmp_path):
         assert frame["last_price"].tolist() == csv_rows["last_price"].tolist()
         assert frame["wall_ns"].tolist() == csv_rows["wall_ns"].tolist()
     assert set(csv_rows["symbol"]) == {"NIFTY 50"}
-    # Parquet's time is a timestamp (IST), the same instants as wall_ns.
+    # Parquet's time is a timestamp (IST), the same instants as wall_ns; CSV's and JSONL's
+    # are ISO text with the offset and every nanosecond, which pandas reads back exactly.
     assert str(parquet["time"].dtype) == "datetime64[ns, Asia/Kolkata]"
     assert (parquet["time"].astype("int64") == parquet["wall_ns"]).all()
+    for frame in (csv_rows, jsonl):
+        assert frame["time"].str.endswith("+05:30").all()
+        assert (pd.to_datetime(frame["time"]).astype("int64") == frame["wall_ns"]).all()
 
 
 def test_seeking_from_a_snapshot_equals_replaying_from_the_start_at_every_later_tick(day):

@@ -1,6 +1,8 @@
 """Book states as rows: the numpy form (``BOOK_DTYPE``), sampling at a fixed interval, and
 writers for ``replay --out`` whose format follows the file's extension (.csv, .jsonl,
 .parquet). Prices stay fixed-point in numpy; the writers divide by the instrument's divisor.
+Each row's ``time`` is the receive time in IST: a timestamp in parquet, ISO 8601 text with
+every nanosecond and the offset in CSV and JSONL; ``wall_ns`` holds it as ns since the epoch.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 
 from shrivenq.errors import ConfigError
 from shrivenq.replay.kite import TickBatch
-from shrivenq.timeutil import IST, format_ns
+from shrivenq.timeutil import IST, iso_ns
 
 IST_OFFSET_NS = int(IST.utcoffset(None).total_seconds()) * 10**9
 
@@ -104,7 +106,7 @@ def _flat(rows: np.ndarray, names: dict[int, str]) -> list[dict]:
     out = []
     for r in rows:
         div = float(r["divisor"]) or 1.0
-        row = {"time": format_ns(int(r["wall_ns"])), "wall_ns": int(r["wall_ns"]),
+        row = {"time": iso_ns(int(r["wall_ns"])), "wall_ns": int(r["wall_ns"]),
                "token": int(r["token"]), "symbol": names.get(int(r["token"]), ""),
                "last_price": int(r["last_price"]) / div,
                "last_quantity": int(r["last_quantity"]), "volume": int(r["volume"]),
