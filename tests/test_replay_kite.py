@@ -444,3 +444,53 @@ def test_sampling_a_window_without_ticks_still_gives_the_known_book(day):
     assert (sampled["wall_ns"] == start + 1_000_000 * np.arange(len(sampled))).all()
     assert (sampled["last_price"] == before["last_price"]).all()
     assert (sampled["bid_price"] == before["bid_price"]).all()
+
+
+def _two_sessions(root: Path) -> tuple[int, int, int, int]:
+    """Session A: instruments 0 and 1 tick once a second from t0 for 10 s, then A stops;
+    session B starts 10 s later with instrument 1 alone for 10 s. Returns the tokens of
+    instruments 0 and 1, A's stop time and B's start time."""
+    from shrivenq.kite.wire import encode_frame
+    from shrivenq.sim.market import KiteMarket, default_universe
+    from shrivenq.timeutil import IST
+    from shrivenq.wal import WalWriter
+    from shrivenq.wal import records as rec
+
+    market = KiteMarket(default_universe(2), seed=5)
+    t0 = 1_763_610_300 * 10**9 + 400_000_000        # 09:15:00.4 IST, off the 1 s grid
+    w = WalWriter(root / "kite", "kite", "ticks", IST, fsync="never")
+
+    def run(session, start, instruments, count):
+        w.append(*rec.session_start(session, "kite", "test", []), start - 1, 0)
+        for k in range(count):
+            frame = encode_frame(market.ticks(1, KIND_FULL, instruments=instruments))
+            w.append(Kind.BINARY, frame, start + k * 10**9, 0)
+
+    run("A", t0, [0, 1], 20)
+    stop_a = t0 + 20 * 10**9
+    w.append(*rec.session_stop("A"), stop_a, 0)
+    start_b = stop_a + 10 * 10**9
+    run("B", start_b, [1], 10)
+    w.close()
+    first, second = (int(i.token) for i in default_universe(2))
+    return first, second, stop_a, start_b
+
+
+def test_sampled_books_belong_to_their_session_whatever_the_start(tmp_path):
+    only_a, both, stop_a, start_b = _two_sessions(tmp_path)
+    ds = shrivenq.open(tmp_path)
+    whole = ds.books(every="1s")
+    # nothing between the sessions, and session A's instrument not through session B
+    between = whole[(whole["wall_ns"] >= stop_a) & (whole["wall_ns"] < start_b)]
+    assert len(between) == 0
+    assert only_a not in whole[whole["wall_ns"] >= start_b]["token"]
+    assert both in whole[whole["wall_ns"] >= start_b]["token"]
+    # the same answer from any start: one time, one answer
+    for start in (stop_a - 2_400_000_000, stop_a + 2_600_000_000, start_b - 400_000_000):
+        assert start in whole["wall_ns"] or stop_a <= start < start_b  # on the whole's grid
+        part = ds.books(start=start, end=start_b + 3 * 10**9, every="1s")
+        same = whole[(whole["wall_ns"] >= start) & (whole["wall_ns"] < start_b + 3 * 10**9)]
+        on_grid = part[np.isin(part["wall_ns"], same["wall_ns"])]
+        assert on_grid.tobytes() == same.tobytes()
+    # a window entirely between the sessions has no books
+    assert len(ds.books(start=stop_a + 10**9, end=stop_a + 5 * 10**9, every="1s")) == 0

@@ -235,7 +235,7 @@ class Dataset:
             parts = [book_rows(b.books, b.wall_ns) for b in batches]
         else:
             parts = list(sample(batches, start_ns, end_ns, parse_duration_ns(every, "every"),
-                                lambda: replay.result.start_books))
+                                lambda: replay.result))
         self._warn_holes()
         return np.concatenate(parts) if parts else np.zeros(0, dtype=BOOK_DTYPE)
 

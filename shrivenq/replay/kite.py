@@ -47,6 +47,7 @@ class TickBatch:
     wall_ns: np.ndarray
     conn: np.ndarray
     books: np.ndarray | None = None
+    session: str | None = None       # the capture session the ticks belong to
 
 
 @dataclass
@@ -82,6 +83,7 @@ class ReplayResult:
     #: The books as they stood at the start time (TICK_DTYPE rows, of the instruments asked
     #: for): what a sampler reports for an instrument that has not ticked since.
     start_books: np.ndarray | None = None
+    start_session: str | None = None   # the session start_books belong to
 
 
 def venue_dir(data_dir: str | Path) -> Path:
@@ -217,6 +219,7 @@ class KiteReplay:
             waiting_for_mark = (seed.session, seed.snapshot)
             res.seeded_from = SnapshotInfo(seed.session, seed.snapshot, seed.wall_ns, seed.hash)
         session = seed.session if seed is not None else None
+        stopped_at = None     # wall time of the current session's stop record, once read
         # Verification needs every instrument's book, so the reader's instrument filter is
         # used only when not verifying; rows are filtered after parsing either way.
         reader = WalReader(self.vdir, "ticks", start_ns=read_from, end_ns=end_ns,
@@ -230,7 +233,7 @@ class KiteReplay:
                 for cut in [*cuts.tolist(), len(batch)]:
                     if waiting_for_mark is None and cut > start:
                         out = self._run(batch, start, cut, book_state, start_ns, token_filter,
-                                        books)
+                                        books, session)
                         if out is not None:
                             yield out
                     if cut == len(batch):
@@ -250,6 +253,9 @@ class KiteReplay:
                             self._harvest(book_state, token_filter)
                             book_state.clear()
                             session = str(doc["session"])
+                            stopped_at = None
+                        elif k == Kind.SESSION_STOP:
+                            stopped_at = wall
                         elif k == Kind.GAP:
                             res.gaps.append({"conn": doc.get("conn"), "from_ns": doc.get("from_ns"),
                                              "to_ns": doc.get("to_ns"), "reason": doc.get("reason"),
@@ -261,7 +267,12 @@ class KiteReplay:
             res.skipped = [str(p) for p in reader.skipped]
             res.torn = [str(t) for t in reader.torn]
         if start_ns is not None and res.start_books is None:
-            res.start_books = self._books_of(book_state, token_filter)
+            # No tick at or after the start: the books as the read left them, unless their
+            # session had stopped by the start (then nothing was being recorded: no books).
+            books = self._books_of(book_state, token_filter)
+            res.start_books = books[:0] if stopped_at is not None and stopped_at <= start_ns \
+                else books
+            res.start_session = session
         if waiting_for_mark is not None:
             raise ReplayError(f"the ticks stream has no mark for snapshot {waiting_for_mark[1]} "
                               f"of session {waiting_for_mark[0]}; the WAL is incomplete")
@@ -280,7 +291,7 @@ class KiteReplay:
         return doc
 
     def _run(self, batch, lo: int, hi: int, book_state: KiteBooks, start_ns, token_filter,
-             want_books: bool) -> TickBatch | None:
+             want_books: bool, session: str | None) -> TickBatch | None:
         binary = np.flatnonzero(batch.kind[lo:hi] == Kind.BINARY) + lo
         if not len(binary):
             return None
@@ -298,10 +309,12 @@ class KiteReplay:
             book_state.apply(rows[:cut], None if after is None else after[:cut])
             if cut < len(rows):
                 self.result.start_books = self._books_of(book_state, token_filter)
+                self.result.start_session = session
                 book_state.apply(rows[cut:], None if after is None else after[cut:], wall[cut:])
         else:
             if start_ns is not None and self.result.start_books is None:
                 self.result.start_books = self._books_of(book_state, token_filter)
+                self.result.start_session = session
             book_state.apply(rows, after, wall)
         keep = np.ones(len(rows), dtype=bool)
         if start_ns is not None:
@@ -314,7 +327,7 @@ class KiteReplay:
             rows, wall, rec = rows[keep], wall[keep], rec[keep]
             after = after[keep] if after is not None else None
         self.result.ticks += len(rows)
-        return TickBatch(rows, wall, batch.conn[rec], after)
+        return TickBatch(rows, wall, batch.conn[rec], after, session)
 
     @staticmethod
     def _books_of(book_state: KiteBooks, token_filter) -> np.ndarray:

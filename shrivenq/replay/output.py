@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from shrivenq.errors import ConfigError
-from shrivenq.replay.kite import TickBatch
+from shrivenq.replay.kite import ReplayResult, TickBatch
 from shrivenq.timeutil import IST, iso_ns
 
 IST_OFFSET_NS = int(IST.utcoffset(None).total_seconds()) * 10**9
@@ -45,14 +45,20 @@ def grid_start(first_ns: int, every_ns: int) -> int:
 
 
 def sample(batches: Iterable[TickBatch], start_ns: int | None, end_ns: int | None,
-           every_ns: int, start_books: Callable[[], np.ndarray | None] = lambda: None
+           every_ns: int, result: Callable[[], ReplayResult | None] = lambda: None
            ) -> Iterator[np.ndarray]:
     """Every instrument's latest book at start, start+every, ... (< end; without an end, up to
     the last tick): one BOOK_DTYPE row per instrument whose book is known by then, stamped
     with the sampling time. Without a start the grid is on the IST clock (``grid_start``)
-    from the first tick. ``start_books`` gives the books as they stood at the start (asked
-    for once the first batch is in, or at the end when the range held no tick, when replay
-    knows them): a range in which an instrument never ticks still samples its book."""
+    from the first tick. ``result()`` gives the replay's result (asked for once the first
+    batch is in, or at the end when the range held no tick, when replay has filled it): its
+    ``start_books`` are the books as they stood at the start, so a range in which an
+    instrument never ticks still samples its book.
+
+    Books belong to their capture session, as in replay, which starts each session with
+    none: when the ticks move to another session, the old session's books are dropped, and
+    no sample between the two sessions' ticks holds them (a sample is emitted only once a
+    later tick shows it complete, so this holds whatever the start)."""
     if every_ns <= 0:
         raise ConfigError("the sampling interval must be positive")
     latest: dict[int, np.ndarray] = {}
@@ -65,9 +71,14 @@ def sample(batches: Iterable[TickBatch], start_ns: int | None, end_ns: int | Non
         rows["wall_ns"] = at
         return rows
 
+    session = None
+
     def seed() -> None:
-        initial = start_books() if start_ns is not None else None
+        nonlocal session
+        res = result() if start_ns is not None else None
+        initial = res.start_books if res is not None else None
         if initial is not None and len(initial):
+            session = res.start_session
             for row in book_rows(initial, np.full(len(initial), start_ns)):
                 latest[int(row["token"])] = row
 
@@ -78,6 +89,10 @@ def sample(batches: Iterable[TickBatch], start_ns: int | None, end_ns: int | Non
             seed()
             if boundary is None:
                 boundary = last_tick = grid_start(int(batch.wall_ns[0]), every_ns)
+        if batch.session != session:
+            if latest and session is not None:
+                latest.clear()
+            session = batch.session
         rows = book_rows(batch.books, batch.wall_ns)
         last_tick = max(last_tick, int(rows["wall_ns"][-1]))
         i = 0

@@ -76,8 +76,7 @@ def run_replay(req: ReplayRequest, out: TextIO | None = None) -> int:
             for batch in batches:
                 writer.write(book_rows(batch.books, batch.wall_ns))
         else:
-            for rows in sample(batches, start_ns, end_ns, every_ns,
-                               lambda: replay.result.start_books):
+            for rows in sample(batches, start_ns, end_ns, every_ns, lambda: replay.result):
                 writer.write(rows)
         if replay.result.ticks == 0:     # an error: an earlier --out file stays as it was
             where = (f" between {format_ns(start_ns)} and {format_ns(end_ns)} IST"
