@@ -11,7 +11,9 @@ Times are ISO strings (IST unless they carry a zone), datetimes, or ns since the
 Symbols resolve through the instrument master (the cached one under ``cache_dir``, else the
 sample shipped with shrivenq, which covers the simulator); tokens can be given directly.
 Memory follows the rows asked for: the WAL is read block by block, skipping blocks outside
-the time range and, where it can, blocks without the instruments asked for.
+the time range, and the records of other instruments are dropped as each block is read
+(blocks are not skipped by instrument: the WAL keeps no per-block instrument index, so
+asking for one symbol reads every block of the range).
 
 Damaged or missing WAL data raises ``WalCorruptError`` naming it. ``shrivenq.open(data_dir,
 on_corrupt="skip")`` reads past it instead: each read then lists what it left out in
