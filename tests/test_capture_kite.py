@@ -23,6 +23,7 @@ from shrivenq.errors import AuthError
 from shrivenq.kite import parse_frame_lenient
 from shrivenq.sim.kite_server import DEMO_ACCESS_TOKEN, DEMO_API_KEY, KiteSimServer
 from shrivenq.wal import Kind, read_wal, verify
+from shrivenq.wal.records import session_names
 
 NIFTY, BANKNIFTY = 256265, 260105
 
@@ -149,6 +150,10 @@ def test_cli_sim_capture_records_and_exits_zero(tmp_path):
     assert {int(t) for t in np.concatenate([ticks_of(tmp_path).instruments(i) for i in
                                             range(len(ticks_of(tmp_path)))])} == {NIFTY,
                                                                                    BANKNIFTY}
+    # the session start records the day's names, for when they leave the master
+    batch = ticks_of(tmp_path)
+    start = msgpack.unpackb(batch.payload(list(batch.kind).index(Kind.SESSION_START)))
+    assert session_names(start) == {NIFTY: "NIFTY 50", BANKNIFTY: "NIFTY BANK"}
 
 
 def test_cli_capture_that_had_a_gap_exits_3(tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ from shrivenq.books.snapshot import encode_kite_snapshot
 from shrivenq.capture.kite import KiteCapture, KiteCaptureSettings
 from shrivenq.cli import app
 from shrivenq.errors import ConfigError, WalCorruptError
-from shrivenq.kite import KIND_FULL, KIND_LTP
+from shrivenq.kite import KIND_FULL, KIND_LTP, frame_keys
 from shrivenq.replay.kite import KiteReplay
 from shrivenq.sim.kite_server import DEMO_ACCESS_TOKEN, DEMO_API_KEY, KiteSimServer
 from shrivenq.timeutil import format_ns
@@ -446,7 +446,7 @@ def test_sampling_a_window_without_ticks_still_gives_the_known_book(day):
     assert (sampled["bid_price"] == before["bid_price"]).all()
 
 
-def _two_sessions(root: Path) -> tuple[int, int, int, int]:
+def _two_sessions(root: Path, names: dict[int, str] | None = None) -> tuple[int, int, int, int]:
     """Session A: instruments 0 and 1 tick once a second from t0 for 10 s, then A stops;
     session B starts 10 s later with instrument 1 alone for 10 s. Returns the tokens of
     instruments 0 and 1, A's stop time and B's start time."""
@@ -461,10 +461,10 @@ def _two_sessions(root: Path) -> tuple[int, int, int, int]:
     w = WalWriter(root / "kite", "kite", "ticks", IST, fsync="never")
 
     def run(session, start, instruments, count):
-        w.append(*rec.session_start(session, "kite", "test", []), start - 1, 0)
+        w.append(*rec.session_start(session, "kite", "test", [], names), start - 1, 0)
         for k in range(count):
             frame = encode_frame(market.ticks(1, KIND_FULL, instruments=instruments))
-            w.append(Kind.BINARY, frame, start + k * 10**9, 0)
+            w.append(Kind.BINARY, frame, start + k * 10**9, 0, instruments=frame_keys(frame))
 
     run("A", t0, [0, 1], 20)
     stop_a = t0 + 20 * 10**9
@@ -494,3 +494,26 @@ def test_sampled_books_belong_to_their_session_whatever_the_start(tmp_path):
         assert on_grid.tobytes() == same.tobytes()
     # a window entirely between the sessions has no books
     assert len(ds.books(start=stop_a + 10**9, end=stop_a + 5 * 10**9, every="1s")) == 0
+
+
+def test_names_recorded_on_the_day_outlive_the_instrument_master(tmp_path):
+    """An expired contract is gone from today's master; the session start recorded its name,
+    so a notebook still finds it by name and labels it, and replay --out labels it too."""
+    from shrivenq.sim.market import default_universe
+
+    expired = "NIFTY21JAN14000CE"
+    token = int(default_universe(2)[0].token)
+    only_a, both, stop_a, start_b = _two_sessions(tmp_path / "data", {token: expired})
+    ds = shrivenq.open(tmp_path / "data", cache_dir=tmp_path / "no-cache")
+    with pytest.raises(ConfigError, match="unknown symbol"):
+        ds.instruments.resolve([expired])           # not in the master
+    ticks = ds.ticks(symbols=[expired])
+    assert len(ticks) and set(ticks["token"]) == {token}
+    late = shrivenq.open(tmp_path / "data", cache_dir=tmp_path / "no-cache")
+    df = late.to_pandas(start=stop_a - 5 * 10**9)   # from mid-session: no session start read
+    assert set(df[df["token"] == token]["symbol"]) == {expired}
+    out = tmp_path / "b.csv"
+    res = CliRunner().invoke(app, ["replay", "--data-dir", str(tmp_path / "data"), "--out",
+                                   str(out), "--cache-dir", str(tmp_path / "no-cache")])
+    assert res.exit_code == 0, res.output
+    assert expired in out.read_text() and expired in res.output

@@ -67,6 +67,7 @@ class KiteCaptureSettings:
     fsync: str = "interval:1000"
     watchdog: float = 5.0
     session_note: list[str] = field(default_factory=list)   # what was asked, for the record
+    names: dict[int, str] = field(default_factory=dict)     # token -> tradingsymbol, recorded
     latency_samples: int = 0   # > 0: record receipt-to-WAL-append latency (LatencyRecorder)
 
 
@@ -316,7 +317,8 @@ class KiteCapture(CaptureSession):
         helpers: list[asyncio.Task] = []
         try:
             wall, mono = self.feed.now()
-            kind, payload = rec.session_start(self.session, VENUE, __version__, s.session_note)
+            kind, payload = rec.session_start(self.session, VENUE, __version__, s.session_note,
+                                              s.names)
             self.ticks.append(kind, payload, wall, mono)
             log.info("capturing %d instruments from %s over %d connection(s) into %s",
                      len(s.token_modes), redacted(self.feed.url), len(self.feed.shards),

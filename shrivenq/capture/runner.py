@@ -88,14 +88,17 @@ KITE_DEFAULTS = {"mode": "full", "cache_dir": Path("cache"), "sim_rate": 1.0,
 BINANCE_SNAPSHOT_LIMIT = 1000
 
 
-def _token_modes(req: CaptureRequest, master) -> tuple[dict[int, str], list[str]]:
+def _token_modes(req: CaptureRequest, master) -> tuple[dict[int, str], dict[int, str]]:
+    """The mode of each token to subscribe, and each one's name (its token where the master
+    has none)."""
     if req.mode not in MODES:
         raise ConfigError(f"--mode {req.mode!r} is not one of {', '.join(MODES)}")
-    names, unknown = [], []
+    names: dict[int, str] = {}
+    unknown = []
     tokens: dict[int, str] = {}
     for ins in master.resolve(req.symbols) if req.symbols else []:
         tokens[ins.token] = req.mode
-        names.append(ins.tradingsymbol)
+        names[ins.token] = ins.tradingsymbol
     for text in req.tokens:
         try:
             token = int(text)
@@ -107,7 +110,7 @@ def _token_modes(req: CaptureRequest, master) -> tuple[dict[int, str], list[str]
         if ins is None:
             unknown.append(token)
         tokens[token] = req.mode
-        names.append(ins.tradingsymbol if ins else str(token))
+        names[token] = ins.tradingsymbol if ins else str(token)
     if not tokens:
         raise ConfigError("nothing to capture: give --symbols and/or --tokens")
     if unknown:
@@ -238,7 +241,8 @@ def run_capture(req: CaptureRequest, out: TextIO | None = None) -> int:
         access_token=access_token, duration=duration, snapshot_interval=req.snapshot_interval,
         segment_bytes=segment_bytes, fsync=req.fsync,
         watchdog=5.0 if req.watchdog is None else req.watchdog,
-        session_note=[f"mode={req.mode}", *names[:50]])
+        session_note=[f"mode={req.mode}", *list(names.values())[:50]],
+        names={t: n for t, n in names.items() if n != str(t)})
     if sim_ctx is None:
         return _run(settings, req, out)
     with sim_ctx as sim:

@@ -9,7 +9,9 @@
 
 Times are ISO strings (IST unless they carry a zone), datetimes, or ns since the epoch.
 Symbols resolve through the instrument master (the cached one under ``cache_dir``, else the
-sample shipped with shrivenq, which covers the simulator); tokens can be given directly.
+sample shipped with shrivenq, which covers the simulator), then through the names the capture
+recorded on its day (so an expired contract is still found by name); tokens can be given
+directly. Labels (``to_pandas``' symbol) prefer the recorded names.
 Memory follows the rows asked for: the WAL is read block by block, skipping blocks outside
 the time range, and the records of other instruments are dropped as each block is read
 (blocks are not skipped by instrument: the WAL keeps no per-block instrument index, so
@@ -30,6 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import msgpack
 import numpy as np
 
 from shrivenq.errors import ConfigError, ShrivenqDataWarning
@@ -37,6 +40,8 @@ from shrivenq.kite import (FIELD_DEPTH, FIELD_EXCHANGE_TIMESTAMP, FIELD_FULL, FI
                            FIELD_OHLC, FIELD_QUOTE, TICK_DTYPE)
 from shrivenq.replay.kite import KiteReplay, venue_dir
 from shrivenq.replay.output import BOOK_DTYPE, book_rows, sample
+from shrivenq.wal import Kind, WalReader
+from shrivenq.wal.records import session_names
 from shrivenq.timeutil import IST, format_ns, parse_datetime, parse_duration_ns, to_ns
 
 __all__ = ["Dataset", "ShrivenqDataWarning", "TIMED_TICK_DTYPE", "time_ns"]
@@ -96,9 +101,29 @@ class Dataset:
         #: from_ns, to_ns, reason and session, as ``replay`` reports them.
         self.gaps: list[dict] = []
         self._master = None
+        # Names the capture recorded (token -> tradingsymbol on the recording day): filled
+        # by every read that passes a session start, and by one scan of them all when a
+        # symbol or a label is not otherwise known.
+        self._recorded: dict[int, str] = {}
+        self._scanned = False
 
     def _replay(self) -> KiteReplay:
-        return KiteReplay(self.vdir, on_corrupt=self.on_corrupt)
+        return KiteReplay(self.vdir, on_corrupt=self.on_corrupt, names=self._recorded)
+
+    def _scan_recorded_names(self) -> None:
+        """Every session start's names, read once (it decodes the whole ticks stream)."""
+        if self._scanned:
+            return
+        self._scanned = True
+        for batch in WalReader(self.vdir, "ticks", kinds=[Kind.SESSION_START],
+                               on_corrupt="skip"):
+            for i in range(len(batch)):
+                try:
+                    doc = msgpack.unpackb(batch.payload(i), raw=False)
+                except Exception:  # msgpack raises several unrelated types; replay names it
+                    continue
+                if isinstance(doc, dict):
+                    self._recorded.update(session_names(doc))
 
     def _batches(self, replay: KiteReplay, start_ns: int | None, end_ns: int | None, *args,
                  **kw):
@@ -149,14 +174,26 @@ class Dataset:
         except (TypeError, ValueError):
             raise ConfigError(f"tokens {tokens!r}: give instrument tokens as integers") from None
         if symbols:
-            out += [ins.token for ins in self.instruments.resolve(list(symbols))]
+            try:
+                out += [ins.token for ins in self.instruments.resolve(list(symbols))]
+            except ConfigError:
+                # Not in today's master (an expired contract?): the names the capture
+                # recorded on its day, exactly as written.
+                self._scan_recorded_names()
+                by_name = {name: token for token, name in self._recorded.items()}
+                if not all(str(s).strip() in by_name for s in symbols):
+                    raise
+                out += [by_name[str(s).strip()] for s in symbols]
         return out
 
     def names(self) -> dict[int, str]:
+        """Token -> tradingsymbol: the names the capture recorded where known (the recording
+        day's), else the instrument master's."""
         try:
-            return {ins.token: ins.tradingsymbol for ins in self.instruments}
+            master = {ins.token: ins.tradingsymbol for ins in self.instruments}
         except Exception:  # a master is a nicety for labels, never a reason to fail
-            return {}
+            master = {}
+        return {**master, **self._recorded}
 
     def _range(self, start: TimeArg, end: TimeArg) -> tuple[int | None, int | None]:
         start_ns, end_ns = time_ns(start, "start"), time_ns(end, "end")
@@ -190,6 +227,9 @@ class Dataset:
 
         rows = self.ticks(start, end, symbols, tokens)
         names = self.names()
+        if not self._scanned and not all(int(t) in names for t in np.unique(rows["token"])):
+            self._scan_recorded_names()      # a read from mid-session passes no session start
+            names = self.names()
         div = rows["divisor"].astype(np.float64)
         carried = {group: (rows["fields"] & flag) != 0 for group, flag in _FIELD_GROUPS.items()}
 

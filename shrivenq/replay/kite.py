@@ -30,6 +30,7 @@ from shrivenq.books.snapshot import (
 from shrivenq.errors import ReplayError, ShrivenqError, WalFormatError
 from shrivenq.kite import TICK_DTYPE
 from shrivenq.wal import Kind, WalReader
+from shrivenq.wal.records import session_names
 
 log = logging.getLogger("shrivenq.replay.kite")
 
@@ -184,9 +185,12 @@ class KiteReplay:
     """Replays one data directory's Kite ticks. Each ``ticks()`` call is an independent pass."""
 
     def __init__(self, data_dir: str | Path, on_corrupt: str = "raise",
-                 workers: int | None = None):
+                 workers: int | None = None, names: dict[int, str] | None = None):
         """``workers``: threads decoding the WAL's blocks ahead of the books (see
-        ``WalReader``; None lets the reader choose by the cores available)."""
+        ``WalReader``; None lets the reader choose by the cores available). ``names``: a
+        dict each pass adds the instrument names recorded by the session starts it reads to
+        (token -> tradingsymbol on the recording day)."""
+        self.names = names if names is not None else {}
         self.vdir = venue_dir(data_dir)
         if not _has_stream(self.vdir, "ticks"):
             raise ReplayError(f"no ticks stream under {self.vdir}")
@@ -254,6 +258,7 @@ class KiteReplay:
                             book_state.clear()
                             session = str(doc["session"])
                             stopped_at = None
+                            self.names.update(session_names(doc))
                         elif k == Kind.SESSION_STOP:
                             stopped_at = wall
                         elif k == Kind.GAP:

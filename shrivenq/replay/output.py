@@ -147,7 +147,7 @@ class BookWriter:
 
     def __init__(self, path: str | Path, names: dict[int, str] | None = None):
         self.path = Path(path)
-        self.names = names or {}
+        self.names = names if names is not None else {}   # may fill as replay reads
         self.format = self.path.suffix.lower()
         if self.format not in self.FORMATS:
             raise ConfigError(f"--out {self.path}: unknown format {self.format or '(none)'}; "

@@ -63,9 +63,13 @@ def run_replay(req: ReplayRequest, out: TextIO | None = None) -> int:
         raise ConfigError("--every samples the books written by --out; give --out too")
     ds = Dataset(req.data_dir, req.cache_dir)
     tokens = _tokens(req, ds)
-    replay = KiteReplay(ds.vdir, on_corrupt="skip" if req.skip_corrupt else "raise")
+    # Labels: the master's, overridden by the names each session start read records (the
+    # replay adds them to this very dict, so the writer's labels follow).
+    names = ds.names()
+    replay = KiteReplay(ds.vdir, on_corrupt="skip" if req.skip_corrupt else "raise",
+                        names=names)
     # Created last: nothing between it and the try below can fail and leave its partial file.
-    writer = BookWriter(req.out, ds.names()) if req.out is not None else None
+    writer = BookWriter(req.out, names) if req.out is not None else None
     batches = replay.ticks(start_ns, end_ns, tokens, verify=req.verify, books=writer is not None)
     complete = False
     try:
@@ -88,7 +92,7 @@ def run_replay(req: ReplayRequest, out: TextIO | None = None) -> int:
         if writer is not None:
             writer.close(complete)
     result = replay.result
-    print(format_result(result, ds.names(), writer), file=out)
+    print(format_result(result, names, writer), file=out)
     if result.mismatches:
         return EXIT_MISMATCH
     return EXIT_SKIPPED if result.skipped else EXIT_OK

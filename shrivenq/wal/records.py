@@ -123,9 +123,27 @@ def gap(conn: int, from_ns: int, to_ns: int, reason: str) -> tuple[int, bytes]:
                                      to_ns=int(to_ns), reason=reason)
 
 
-def session_start(session: str, venue: str, version: str, argv: list[str]) -> tuple[int, bytes]:
+def session_start(session: str, venue: str, version: str, argv: list[str],
+                  names: dict[int, str] | None = None) -> tuple[int, bytes]:
+    """``names``: the instruments' names on the recording day (Kite: token -> tradingsymbol),
+    stored as [key, name] pairs, so the day's data keeps its labels after the instruments
+    leave the master (expired contracts)."""
+    extra = {"names": [[int(k), str(v)] for k, v in names.items()]} if names else {}
     return Kind.SESSION_START, control_payload(Kind.SESSION_START, session=session, venue=venue,
-                                               version=version, argv=list(argv))
+                                               version=version, argv=list(argv), **extra)
+
+
+def session_names(doc: dict) -> dict[int, str]:
+    """The names a SESSION_START record carries (none for older records); malformed entries
+    (the record came from disk) are left out."""
+    out: dict[int, str] = {}
+    pairs = doc.get("names")
+    if isinstance(pairs, list):
+        for pair in pairs:
+            if (isinstance(pair, (list, tuple)) and len(pair) == 2 and isinstance(pair[0], int)
+                    and isinstance(pair[1], str) and 0 <= pair[0] < 2**64):
+                out[pair[0]] = pair[1]
+    return out
 
 
 def session_stop(session: str, reason: str = "") -> tuple[int, bytes]:
