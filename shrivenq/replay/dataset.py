@@ -205,6 +205,11 @@ class Dataset:
               symbols: Sequence[str] | None = None, tokens: Sequence[int] | None = None
               ) -> np.ndarray:
         """Parsed ticks with their receive times, as one TIMED_TICK_DTYPE array."""
+        rows = self._ticks(start, end, symbols, tokens)
+        self._warn_holes()
+        return rows
+
+    def _ticks(self, start: TimeArg, end: TimeArg, symbols, tokens) -> np.ndarray:
         start_ns, end_ns = self._range(start, end)
         parts = []
         for batch in self._batches(self._replay(), start_ns, end_ns,
@@ -214,7 +219,6 @@ class Dataset:
             for name in TICK_DTYPE.names:
                 part[name] = batch.rows[name]
             parts.append(part)
-        self._warn_holes()
         return np.concatenate(parts) if parts else np.zeros(0, dtype=TIMED_TICK_DTYPE)
 
     def to_pandas(self, start: TimeArg = None, end: TimeArg = None,
@@ -225,7 +229,8 @@ class Dataset:
         NaN for prices, NaT for times, <NA> for quantities (pandas' nullable integers)."""
         import pandas as pd
 
-        rows = self.ticks(start, end, symbols, tokens)
+        rows = self._ticks(start, end, symbols, tokens)
+        self._warn_holes()               # pointing at the caller's to_pandas line
         names = self.names()
         if not self._scanned and not all(int(t) in names for t in np.unique(rows["token"])):
             self._scan_recorded_names()      # a read from mid-session passes no session start
