@@ -24,7 +24,7 @@ from shrivenq.errors import ConfigError, WalCorruptError
 from shrivenq.kite import KIND_FULL, KIND_LTP, frame_keys
 from shrivenq.replay.kite import KiteReplay
 from shrivenq.sim.kite_server import DEMO_ACCESS_TOKEN, DEMO_API_KEY, KiteSimServer
-from shrivenq.timeutil import format_ns
+from shrivenq.timeutil import IST, format_ns
 from shrivenq.wal import Kind, WalReader, read_wal
 from shrivenq.wal.segment import open_segment
 
@@ -480,13 +480,21 @@ def test_sampled_books_belong_to_their_session_whatever_the_start(tmp_path):
     only_a, both, stop_a, start_b = _two_sessions(tmp_path)
     ds = shrivenq.open(tmp_path)
     whole = ds.books(every="1s")
-    # nothing between the sessions, and session A's instrument not through session B
-    between = whole[(whole["wall_ns"] >= stop_a) & (whole["wall_ns"] < start_b)]
+    # A's books up to its stop (after its last tick too), nothing between the sessions, and
+    # session A's instrument not through session B
+    last_a = stop_a - 10**9                         # A's last tick
+    tail = whole[(whole["wall_ns"] > last_a) & (whole["wall_ns"] <= stop_a)]
+    assert set(tail["token"]) == {only_a, both}
+    between = whole[(whole["wall_ns"] > stop_a) & (whole["wall_ns"] < start_b)]
     assert len(between) == 0
+    # a read that ends before B also stops sampling at A's stop
+    ending = ds.books(start=stop_a - 5 * 10**9, end=start_b - 10**9, every="1s")
+    assert len(ending) and ending["wall_ns"].max() <= stop_a
     assert only_a not in whole[whole["wall_ns"] >= start_b]["token"]
     assert both in whole[whole["wall_ns"] >= start_b]["token"]
     # the same answer from any start: one time, one answer
-    for start in (stop_a - 2_400_000_000, stop_a + 2_600_000_000, start_b - 400_000_000):
+    for start in (stop_a - 2_400_000_000, stop_a - 400_000_000, stop_a + 2_600_000_000,
+                  start_b - 400_000_000):
         assert start in whole["wall_ns"] or stop_a <= start < start_b  # on the whole's grid
         part = ds.books(start=start, end=start_b + 3 * 10**9, every="1s")
         same = whole[(whole["wall_ns"] >= start) & (whole["wall_ns"] < start_b + 3 * 10**9)]
@@ -517,3 +525,34 @@ def test_names_recorded_on_the_day_outlive_the_instrument_master(tmp_path):
                                    str(out), "--cache-dir", str(tmp_path / "no-cache")])
     assert res.exit_code == 0, res.output
     assert expired in out.read_text() and expired in res.output
+
+
+def test_recorded_names_resolve_alongside_the_master_and_hostile_ones_are_ignored(tmp_path):
+    from shrivenq.sim.market import default_universe
+    from shrivenq.wal import WalWriter
+    from shrivenq.wal.records import control_payload
+
+    first, second = (int(i.token) for i in default_universe(2))
+    _two_sessions(tmp_path / "data", {first: "OLDFUT"})
+    # a later session renames the token (Kite re-uses expired contracts' tokens), and one
+    # written by hand carries a map with an out-of-range token: neither may stop reading
+    w = WalWriter(tmp_path / "data" / "kite", "kite", "ticks", IST, fsync="never")
+    late = 1_763_700_000 * 10**9
+    w.append(Kind.SESSION_START, control_payload(
+        Kind.SESSION_START, session="C", venue="kite", version="t", argv=[],
+        names=[[first, "NEWFUT"]]), late, 0)
+    w.append(Kind.SESSION_START, control_payload(
+        Kind.SESSION_START, session="D", venue="kite", version="t", argv=[],
+        names={first: "MAPFUT", 2**40: "EVIL", True: "BOOL"}), late + 1, 0)
+    w.close()
+    ds = shrivenq.open(tmp_path / "data", cache_dir=tmp_path / "no-cache")
+    both = ds.ticks(symbols=["NIFTY BANK", "OLDFUT"])        # master and recorded, mixed
+    assert set(both["token"]) == {first, second}
+    assert set(ds.ticks(symbols="NEWFUT")["token"]) == {first}
+    with pytest.raises(ConfigError, match="unknown symbol 'EVIL'"):
+        ds.ticks(symbols="EVIL")
+    with pytest.raises(ConfigError, match="symbols is empty"):
+        ds.ticks(symbols="")
+    with pytest.raises(ConfigError, match="outside"):
+        ds.ticks(end=np.datetime64("2500-01-01"))
+    assert len(ds.ticks()) == 30

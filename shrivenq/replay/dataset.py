@@ -72,7 +72,14 @@ def time_ns(value: TimeArg, what: str) -> int | None:
     if isinstance(value, np.datetime64):
         if np.isnat(value):
             raise ConfigError(f"{what} is NaT, not a time")
-        return int(value.astype("datetime64[ns]").astype(np.int64))
+        # whole seconds, then the rest: a plain cast to ns wraps silently past 2262
+        whole = value.astype("datetime64[s]")
+        ns = int(whole.astype(np.int64)) * 10**9 \
+            + int((value - whole).astype("timedelta64[ns]").astype(np.int64))
+        if not -2**63 <= ns < 2**63:
+            raise ConfigError(f"{what} {value} is outside the times shrivenq can hold "
+                              "(1677-2262)")
+        return ns
     if hasattr(value, "value") and hasattr(value, "tz_localize"):  # a pandas Timestamp
         if value != value:  # NaT
             raise ConfigError(f"{what} is NaT, not a time")
@@ -105,6 +112,7 @@ class Dataset:
         # by every read that passes a session start, and by one scan of them all when a
         # symbol or a label is not otherwise known.
         self._recorded: dict[int, str] = {}
+        self._by_name: dict[str, int] = {}   # every recorded name, also those a token shed
         self._scanned = False
 
     def _replay(self) -> KiteReplay:
@@ -119,11 +127,13 @@ class Dataset:
                                on_corrupt="skip"):
             for i in range(len(batch)):
                 try:
-                    doc = msgpack.unpackb(batch.payload(i), raw=False)
+                    doc = msgpack.unpackb(batch.payload(i), raw=False, strict_map_key=False)
                 except Exception:  # msgpack raises several unrelated types; replay names it
                     continue
                 if isinstance(doc, dict):
-                    self._recorded.update(session_names(doc))
+                    names = session_names(doc)
+                    self._recorded.update(names)
+                    self._by_name.update((name, token) for token, name in names.items())
 
     def _batches(self, replay: KiteReplay, start_ns: int | None, end_ns: int | None, *args,
                  **kw):
@@ -169,21 +179,40 @@ class Dataset:
             symbols = [s.strip() for s in symbols.split(",") if s.strip()]
         if isinstance(tokens, (int, np.integer)):
             tokens = [tokens]
+        if symbols is not None and not len(symbols):
+            raise ConfigError("symbols is empty: name at least one, or leave it out for all")
         try:
             out = [int(t) for t in tokens or []]
         except (TypeError, ValueError):
             raise ConfigError(f"tokens {tokens!r}: give instrument tokens as integers") from None
         if symbols:
+            out += self._resolve(list(symbols))
+        return out
+
+    def _resolve(self, symbols: list) -> list[int]:
+        """Tokens of symbols: through the instrument master, then, for what it lacks (an
+        expired contract), through the names the capture recorded on its days."""
+        try:
+            return [ins.token for ins in self.instruments.resolve(symbols)]
+        except ConfigError as err:
+            problem = err
+        out = []
+        for sym in symbols:
             try:
-                out += [ins.token for ins in self.instruments.resolve(list(symbols))]
+                out.append(self.instruments.resolve([sym])[0].token)
+                continue
             except ConfigError:
-                # Not in today's master (an expired contract?): the names the capture
-                # recorded on its day, exactly as written.
-                self._scan_recorded_names()
-                by_name = {name: token for token, name in self._recorded.items()}
-                if not all(str(s).strip() in by_name for s in symbols):
-                    raise
-                out += [by_name[str(s).strip()] for s in symbols]
+                pass
+            text = str(sym).strip()
+            if text.isdigit():                 # a token the master lacks: taken as given
+                out.append(int(text))
+                continue
+            self._scan_recorded_names()
+            bare = text.split(":", 1)[1] if ":" in text else text
+            token = self._by_name.get(bare)
+            if token is None:
+                raise problem                  # the master's message, naming each symbol
+            out.append(token)
         return out
 
     def names(self) -> dict[int, str]:

@@ -85,6 +85,8 @@ class ReplayResult:
     #: for): what a sampler reports for an instrument that has not ticked since.
     start_books: np.ndarray | None = None
     start_session: str | None = None   # the session start_books belong to
+    #: Wall time of each session's stop record read (a session without one crashed or runs).
+    stops: dict[str, int] = field(default_factory=dict)
 
 
 def venue_dir(data_dir: str | Path) -> Path:
@@ -245,6 +247,12 @@ class KiteReplay:
                     k = int(kind[cut])
                     wall = int(batch.wall_ns[cut])
                     doc = self._control(batch, cut)
+                    if (waiting_for_mark is None and start_ns is not None
+                            and res.start_books is None and wall >= start_ns):
+                        # the start falls before this record (a stop, the next session's
+                        # start) and after the last tick: the books as they stood then
+                        self._note_start(book_state, token_filter, session, stopped_at,
+                                         start_ns)
                     if k == Kind.SNAPSHOT_MARK:
                         mark = (str(doc["session"]), int(doc["snapshot"]))
                         if waiting_for_mark is not None:
@@ -261,6 +269,8 @@ class KiteReplay:
                             self.names.update(session_names(doc))
                         elif k == Kind.SESSION_STOP:
                             stopped_at = wall
+                            if session is not None:
+                                res.stops[session] = wall
                         elif k == Kind.GAP:
                             res.gaps.append({"conn": doc.get("conn"), "from_ns": doc.get("from_ns"),
                                              "to_ns": doc.get("to_ns"), "reason": doc.get("reason"),
@@ -272,21 +282,27 @@ class KiteReplay:
             res.skipped = [str(p) for p in reader.skipped]
             res.torn = [str(t) for t in reader.torn]
         if start_ns is not None and res.start_books is None:
-            # No tick at or after the start: the books as the read left them, unless their
-            # session had stopped by the start (then nothing was being recorded: no books).
-            books = self._books_of(book_state, token_filter)
-            res.start_books = books[:0] if stopped_at is not None and stopped_at <= start_ns \
-                else books
-            res.start_session = session
+            self._note_start(book_state, token_filter, session, stopped_at, start_ns)
         if waiting_for_mark is not None:
             raise ReplayError(f"the ticks stream has no mark for snapshot {waiting_for_mark[1]} "
                               f"of session {waiting_for_mark[0]}; the WAL is incomplete")
         self._harvest(book_state, token_filter)
 
+    def _note_start(self, book_state: KiteBooks, token_filter, session: str | None,
+                    stopped_at: int | None, start_ns: int) -> None:
+        """start_books when no tick marked the start: the books as they stand, unless their
+        session had stopped by the start (then nothing was being recorded: no books)."""
+        books = self._books_of(book_state, token_filter)
+        stopped = stopped_at is not None and stopped_at <= start_ns
+        self.result.start_books = books[:0] if stopped else books
+        self.result.start_session = session
+
     @staticmethod
     def _control(batch, i: int) -> dict:
         try:
-            doc = msgpack.unpackb(batch.payload(i), raw=False)
+            # strict_map_key=False: a map with integer keys is valid msgpack; the fields
+            # replay reads are checked where they are used
+            doc = msgpack.unpackb(batch.payload(i), raw=False, strict_map_key=False)
         except Exception as exc:  # msgpack raises several unrelated types
             raise ReplayError(f"{batch.segment}: control record {batch.first_record + i} is "
                               f"not msgpack: {exc}") from None

@@ -56,9 +56,10 @@ def sample(batches: Iterable[TickBatch], start_ns: int | None, end_ns: int | Non
     instrument never ticks still samples its book.
 
     Books belong to their capture session, as in replay, which starts each session with
-    none: when the ticks move to another session, the old session's books are dropped, and
-    no sample between the two sessions' ticks holds them (a sample is emitted only once a
-    later tick shows it complete, so this holds whatever the start)."""
+    none: a session's books are sampled up to its stop record (up to its last tick if it has
+    none and another session follows), never after, and none of them in a later session.
+    A sample is emitted only once a later tick or the end of the read shows it complete, so
+    this holds whatever the start."""
     if every_ns <= 0:
         raise ConfigError("the sampling interval must be positive")
     latest: dict[int, np.ndarray] = {}
@@ -72,6 +73,10 @@ def sample(batches: Iterable[TickBatch], start_ns: int | None, end_ns: int | Non
         return rows
 
     session = None
+
+    def stop_of(name: str | None) -> int | None:
+        res = result()
+        return None if res is None or name is None else res.stops.get(name)
 
     def seed() -> None:
         nonlocal session
@@ -91,6 +96,11 @@ def sample(batches: Iterable[TickBatch], start_ns: int | None, end_ns: int | Non
                 boundary = last_tick = grid_start(int(batch.wall_ns[0]), every_ns)
         if batch.session != session:
             if latest and session is not None:
+                # the old session's books hold up to its stop, if it recorded one
+                stop = stop_of(session)
+                while stop is not None and boundary <= stop and boundary < end:
+                    yield emit(boundary)
+                    boundary += every_ns
                 latest.clear()
             session = batch.session
         rows = book_rows(batch.books, batch.wall_ns)
@@ -112,6 +122,9 @@ def sample(batches: Iterable[TickBatch], start_ns: int | None, end_ns: int | Non
             return
         seed()
     end = end_ns if end_ns is not None else last_tick + 1
+    stop = stop_of(session)
+    if stop is not None:
+        end = min(end, stop + 1)            # nothing was recorded after the session stopped
     while boundary < end and latest:
         yield emit(boundary)
         boundary += every_ns

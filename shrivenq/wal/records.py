@@ -138,10 +138,13 @@ def session_names(doc: dict) -> dict[int, str]:
     (the record came from disk) are left out."""
     out: dict[int, str] = {}
     pairs = doc.get("names")
+    if isinstance(pairs, dict):
+        pairs = list(pairs.items())
     if isinstance(pairs, list):
         for pair in pairs:
-            if (isinstance(pair, (list, tuple)) and len(pair) == 2 and isinstance(pair[0], int)
-                    and isinstance(pair[1], str) and 0 <= pair[0] < 2**64):
+            if (isinstance(pair, (list, tuple)) and len(pair) == 2
+                    and type(pair[0]) is int and 0 <= pair[0] < 2**32     # a Kite token: u32
+                    and isinstance(pair[1], str) and pair[1]):
                 out[pair[0]] = pair[1]
     return out
 
