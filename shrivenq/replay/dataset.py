@@ -21,7 +21,8 @@ Damaged or missing WAL data raises ``WalCorruptError`` naming it. ``shrivenq.ope
 on_corrupt="skip")`` reads past it instead: each read then lists what it left out in
 ``ds.skipped`` and warns (``ShrivenqDataWarning``), so a result with holes never passes for
 a whole one. Feed gaps the capture recorded (a lost connection, a reconnect) are listed in
-``ds.gaps`` after each read that spans them, with the same warning.
+``ds.gaps`` after each read that spans them, with the same warning. A gap is recorded when
+its connection comes back: a read that ends during an outage does not see it.
 """
 
 from __future__ import annotations
