@@ -355,6 +355,27 @@ def test_notebook_api_reports_the_feed_gap_it_reads_across(day):
     assert ds.gaps == []
 
 
+def test_a_read_ending_during_an_outage_reports_the_gap_still_open(day):
+    """The GAP record is written when the connection is back; a range that ends before that
+    sees only the DISCONNECT, and must still say that ticks are missing."""
+    batch = read_wal(day / "kite", "ticks")
+    (down,) = batch.wall_ns[batch.kind == Kind.DISCONNECT]
+    (back,) = batch.wall_ns[batch.kind == Kind.GAP]
+    ds = shrivenq.open(day)
+    with pytest.warns(shrivenq.ShrivenqDataWarning, match="1 feed gap"):
+        ds.ticks(end=int(down + (back - down) // 2))
+    (gap,) = ds.gaps
+    assert gap["from_ns"] == int(down) and gap["to_ns"] is None
+    assert "not reconnected" in gap["reason"]
+    with pytest.warns(shrivenq.ShrivenqDataWarning, match="1 feed gap"):
+        ds.ticks()                                    # the whole day: the closed gap, once
+    (gap,) = ds.gaps
+    assert gap["to_ns"] is not None
+    out = cli("--data-dir", day, "--end", format_ns(int(down + (back - down) // 2)).replace(
+        " ", "T"))
+    assert "GAPS: 1" in out.output and "not reconnected" in out.output
+
+
 def test_notebook_api_takes_the_time_and_argument_types_a_notebook_has(day):
     import pandas as pd
 

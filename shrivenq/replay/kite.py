@@ -35,8 +35,8 @@ from shrivenq.wal.records import session_names
 log = logging.getLogger("shrivenq.replay.kite")
 
 VENUE = "kite"
-_CONTROL_KINDS = np.array([Kind.SESSION_START, Kind.SESSION_STOP, Kind.SNAPSHOT_MARK, Kind.GAP],
-                          dtype=np.uint8)
+_CONTROL_KINDS = np.array([Kind.SESSION_START, Kind.SESSION_STOP, Kind.SNAPSHOT_MARK, Kind.GAP,
+                           Kind.DISCONNECT], dtype=np.uint8)
 
 
 @dataclass
@@ -226,6 +226,7 @@ class KiteReplay:
             res.seeded_from = SnapshotInfo(seed.session, seed.snapshot, seed.wall_ns, seed.hash)
         session = seed.session if seed is not None else None
         stopped_at = None     # wall time of the current session's stop record, once read
+        down: dict[int, tuple[int, str]] = {}   # conn -> (disconnect time, reason), no GAP yet
         # Verification needs every instrument's book, so the reader's instrument filter is
         # used only when not verifying; rows are filtered after parsing either way.
         reader = WalReader(self.vdir, "ticks", start_ns=read_from, end_ns=end_ns,
@@ -266,21 +267,32 @@ class KiteReplay:
                             book_state.clear()
                             session = str(doc["session"])
                             stopped_at = None
+                            down.clear()
                             self.names.update(session_names(doc))
                         elif k == Kind.SESSION_STOP:
                             stopped_at = wall
+                            down.clear()
                             if session is not None:
                                 res.stops[session] = wall
                         elif k == Kind.GAP:
                             res.gaps.append({"conn": doc.get("conn"), "from_ns": doc.get("from_ns"),
                                              "to_ns": doc.get("to_ns"), "reason": doc.get("reason"),
                                              "session": session})
+                            down.pop(doc.get("conn"), None)
+                        elif k == Kind.DISCONNECT and isinstance(doc.get("conn"), int):
+                            # its GAP comes at reconnect, maybe past the range read
+                            down[doc["conn"]] = (wall, str(doc.get("reason") or ""))
                     start = cut + 1
         except ShrivenqError:
             raise
         finally:
             res.skipped = [str(p) for p in reader.skipped]
             res.torn = [str(t) for t in reader.torn]
+        for conn, (since, reason) in sorted(down.items()):
+            # lost and not back (no GAP record yet) by the end of the range: a gap still open
+            res.gaps.append({"conn": conn, "from_ns": since, "to_ns": None,
+                             "reason": f"not reconnected by the end of the range read ({reason})",
+                             "session": session})
         if start_ns is not None and res.start_books is None:
             self._note_start(book_state, token_filter, session, stopped_at, start_ns)
         if waiting_for_mark is not None:

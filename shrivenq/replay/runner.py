@@ -139,6 +139,10 @@ def format_result(res: ReplayResult, names: dict[int, str], writer: BookWriter |
     if res.gaps:
         lines.append(f"GAPS: {len(res.gaps)} span(s) in which capture did not receive the feed:")
         for g in res.gaps:
+            if g.get("to_ns") is None:           # not reconnected within the range
+                lines.append(f"  conn {g['conn']} from {format_ns(g['from_ns'])} on "
+                             f"({g['reason']})")
+                continue
             span = (g["to_ns"] - g["from_ns"]) / 1e9 if g.get("to_ns") and g.get("from_ns") else 0
             lines.append(f"  conn {g['conn']} from {format_ns(g['from_ns'])} for {span:.2f}s "
                          f"({g['reason']})")
