@@ -39,9 +39,12 @@ def book_rows(books: np.ndarray, wall_ns: np.ndarray) -> np.ndarray:
 
 
 def grid_start(first_ns: int, every_ns: int) -> int:
-    """The sampling grid point at or before ``first_ns`` on the IST clock: whole seconds for
-    1s, whole minutes for 1m, 09:15, 09:20, ... for 5m. Grids of different reads line up."""
-    return (first_ns + IST_OFFSET_NS) // every_ns * every_ns - IST_OFFSET_NS
+    """The sampling grid point at or before ``first_ns`` on the IST clock, counted from that
+    day's IST midnight: whole seconds for 1s, whole minutes for 1m, 09:15, 09:20, ... for 5m,
+    the same clock times every day even for 7m. Grids of reads of the same day line up."""
+    day = 86_400 * 10**9
+    midnight = (first_ns + IST_OFFSET_NS) // day * day - IST_OFFSET_NS
+    return midnight + (first_ns - midnight) // every_ns * every_ns
 
 
 def sample(batches: Iterable[TickBatch], start_ns: int | None, end_ns: int | None,
