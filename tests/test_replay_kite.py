@@ -446,8 +446,8 @@ def test_sampling_without_a_start_is_on_the_ist_clock_and_grids_line_up(day, tmp
     # from each day's IST midnight: an interval that does not divide a day (7m) keeps its
     # clock times from day to day
     from shrivenq.replay.output import grid_start
-    t, day, seven = 1_763_610_300_123_456_789, 86_400 * 10**9, 420 * 10**9
-    assert grid_start(t + day, seven) - grid_start(t, seven) == day
+    t, one_day, seven = 1_763_610_300_123_456_789, 86_400 * 10**9, 420 * 10**9
+    assert grid_start(t + one_day, seven) - grid_start(t, seven) == one_day
     assert format_ns(grid_start(t, seven)).endswith("09:13:00.000")
     out = tmp_path / "b.jsonl"             # replay --out samples on the same grid
     res = CliRunner().invoke(app, ["replay", "--data-dir", str(day), "--symbols", "NIFTY 50",
