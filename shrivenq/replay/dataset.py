@@ -35,16 +35,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import msgpack
 import numpy as np
 
-from shrivenq.errors import ConfigError, ShrivenqDataWarning
+from shrivenq.errors import ConfigError, ShrivenqDataWarning, WalError
 from shrivenq.kite import (FIELD_DEPTH, FIELD_EXCHANGE_TIMESTAMP, FIELD_FULL, FIELD_LTP,
                            FIELD_OHLC, FIELD_QUOTE, TICK_DTYPE)
 from shrivenq.replay.kite import KiteReplay, venue_dir
 from shrivenq.replay.output import BOOK_DTYPE, book_rows, sample
 from shrivenq.wal import Kind, WalReader
-from shrivenq.wal.records import session_names
+from shrivenq.wal.records import decode_control, session_names
 from shrivenq.timeutil import IST, format_ns, parse_datetime, parse_duration_ns, to_ns
 
 __all__ = ["Dataset", "ShrivenqDataWarning", "TIMED_TICK_DTYPE", "time_ns"]
@@ -130,13 +129,13 @@ class Dataset:
                                on_corrupt="skip"):
             for i in range(len(batch)):
                 try:
-                    doc = msgpack.unpackb(batch.payload(i), raw=False, strict_map_key=False)
-                except Exception:  # msgpack raises several unrelated types; replay names it
+                    doc = decode_control(Kind.SESSION_START, int(batch.version[i]),
+                                         batch.payload(i))
+                except WalError:  # a damaged record: replay names it when it reads it
                     continue
-                if isinstance(doc, dict):
-                    names = session_names(doc)
-                    self._recorded.update(names)
-                    self._by_name.update((name, token) for token, name in names.items())
+                names = session_names(doc)
+                self._recorded.update(names)
+                self._by_name.update((name, token) for token, name in names.items())
 
     def _batches(self, replay: KiteReplay, start_ns: int | None, end_ns: int | None, *args,
                  **kw):
