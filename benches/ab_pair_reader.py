@@ -48,6 +48,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=40)
     rounds = ap.parse_args().rounds
+    if rounds < 1:
+        ap.error("--rounds must be at least 1")
     info, snap, msgs = bench_binance.depth.__wrapped__()
 
     def decode_apply() -> float:

@@ -245,11 +245,7 @@ class Dataset:
         parts = []
         for batch in self._batches(self._replay(), start_ns, end_ns,
                                    self.tokens_for(symbols, tokens)):
-            part = np.empty(len(batch.rows), dtype=TIMED_TICK_DTYPE)
-            part["wall_ns"], part["conn"] = batch.wall_ns, batch.conn
-            for name in TICK_DTYPE.names:
-                part[name] = batch.rows[name]
-            parts.append(part)
+            parts.append(_timed(batch))
         return np.concatenate(parts) if parts else np.zeros(0, dtype=TIMED_TICK_DTYPE)
 
     def to_pandas(self, start: TimeArg = None, end: TimeArg = None,
@@ -325,13 +321,17 @@ class Dataset:
         start_ns, end_ns = self._range(start, end)
         for batch in self._batches(self._replay(), start_ns, end_ns,
                                    self.tokens_for(symbols, tokens), books=True):
-            ticks = np.empty(len(batch.rows), dtype=TIMED_TICK_DTYPE)
-            ticks["wall_ns"], ticks["conn"] = batch.wall_ns, batch.conn
-            for name in TICK_DTYPE.names:
-                ticks[name] = batch.rows[name]
-            books = book_rows(batch.books, batch.wall_ns)
-            yield from zip(ticks, books)
+            yield from zip(_timed(batch), book_rows(batch.books, batch.wall_ns))
         self._warn_holes()
+
+
+def _timed(batch) -> np.ndarray:
+    """A TickBatch's rows with their receive times and connections (TIMED_TICK_DTYPE)."""
+    out = np.empty(len(batch.rows), dtype=TIMED_TICK_DTYPE)
+    out["wall_ns"], out["conn"] = batch.wall_ns, batch.conn
+    for name in TICK_DTYPE.names:
+        out[name] = batch.rows[name]
+    return out
 
 
 def _overlaps(gap: dict, start_ns: int | None, end_ns: int | None) -> bool:

@@ -302,8 +302,8 @@ class KiteReplay:
 
     def _note_start(self, book_state: KiteBooks, token_filter, session: str | None,
                     stopped_at: int | None, start_ns: int) -> None:
-        """start_books when no tick marked the start: the books as they stand, unless their
-        session had stopped by the start (then nothing was being recorded: no books)."""
+        """start_books: the books as they stand when the read reaches the start, unless
+        their session had stopped by then (nothing was being recorded: no books)."""
         books = self._books_of(book_state, token_filter)
         stopped = stopped_at is not None and stopped_at <= start_ns
         self.result.start_books = books[:0] if stopped else books
@@ -341,13 +341,11 @@ class KiteReplay:
             cut = int(np.searchsorted(wall, start_ns, side="left"))
             book_state.apply(rows[:cut], None if after is None else after[:cut])
             if cut < len(rows):
-                self.result.start_books = self._books_of(book_state, token_filter)
-                self.result.start_session = session
+                self._note_start(book_state, token_filter, session, None, start_ns)
                 book_state.apply(rows[cut:], None if after is None else after[cut:], wall[cut:])
         else:
             if start_ns is not None and self.result.start_books is None:
-                self.result.start_books = self._books_of(book_state, token_filter)
-                self.result.start_session = session
+                self._note_start(book_state, token_filter, session, None, start_ns)
             book_state.apply(rows, after, wall)
         keep = np.ones(len(rows), dtype=bool)
         if start_ns is not None:
