@@ -196,6 +196,13 @@ cdef extern from *:
     #if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
     #define TD_LE_GNUC 1
     #endif
+    #if defined(__GNUC__)
+    #define TD_ALWAYS_INLINE __attribute__((always_inline)) inline
+    #define TD_ALIGN16 __attribute__((aligned(16)))
+    #else
+    #define TD_ALWAYS_INLINE inline
+    #define TD_ALIGN16
+    #endif
     static inline uint32_t td_be32(const uint8_t* p) {
     #ifdef TD_LE_GNUC
         uint32_t v; memcpy(&v, p, 4); return __builtin_bswap32(v);
@@ -255,6 +262,44 @@ cdef extern from *:
     static inline uint32_t td_rot16(uint32_t x) { return (x << 16) | (x >> 16); }
     static inline uint32_t td_zz(uint32_t d) { return (d << 1) ^ (uint32_t)((int32_t)d >> 31); }
     static inline uint32_t td_unzz(uint32_t z) { return (z >> 1) ^ (0u - (z & 1u)); }
+    /* Full packets are stored with one pshufb per 4 words where the CPU has SSSE3 (checked at
+       import: td_simd); the SSE2 swap above costs about ten instructions a vector. Only called
+       from functions compiled for SSSE3. */
+    #if defined(TD_LE_GNUC) && defined(__x86_64__)
+    #define TD_SSSE3 1
+    #include <immintrin.h>
+    /* TD_FULL_SHUF[i]: the pshufb control storing words 4i..4i+3 of a decoded full packet
+       big-endian, rotating the orders|pad words (18, 21, ..., 45) back by 16 on the way. */
+    static uint8_t TD_FULL_SHUF[11][16];
+    static int td_simd = 0;
+    static int td_simd_init(void) {
+        int i, j, w, b;
+        for (i = 0; i < 11; i++)
+            for (j = 0; j < 4; j++) {
+                w = 4 * i + j;
+                for (b = 0; b < 4; b++)     /* byte b of the big-endian word */
+                    TD_FULL_SHUF[i][4 * j + b] = (uint8_t)(4 * j + (
+                        w >= 18 && w % 3 == 0 ? (b ^ 1) : 3 - b));
+            }
+        __builtin_cpu_init();
+        td_simd = __builtin_cpu_supports("ssse3") ? 1 : 0;
+        return td_simd;
+    }
+    __attribute__((target("ssse3")))
+    static inline void td_store_full_simd(uint8_t* out, const uint32_t* c) {
+        int i;
+        for (i = 0; i < 11; i++)
+            _mm_storeu_si128((__m128i*)(out + 16 * i),
+                             _mm_shuffle_epi8(_mm_loadu_si128((const __m128i*)(c + 4 * i)),
+                                              _mm_loadu_si128((const __m128i*)TD_FULL_SHUF[i])));
+        td_put32(out + 176, c[44]);
+        td_put32(out + 180, td_rot16(c[45]));
+    }
+    #else
+    static int td_simd = 0;
+    static int td_simd_init(void) { return 0; }
+    #define td_store_full_simd(out, c) do { } while (0)   /* never called: td_simd is 0 */
+    #endif
 
     /* Mask slots of a full packet: the word of each bit, 0 = padding. */
     static const uint8_t TD_FULL_SLOTS[56] = {
@@ -324,7 +369,8 @@ cdef extern from *:
     }
 
     /* Decode a key's first full packet: residual of word w at src + (w-1)*4*cap (4 planes of
-       stride cap); ``tok`` its token, ``q`` its quantum. */
+       stride cap); ``tok`` its token, ``q`` its quantum; ``c`` the key's state (orders|pad
+       words rotated, as td_full_next_dec_body keeps them). */
     static inline void td_full_first_dec(uint8_t* out, const uint8_t* src, int64_t cap,
                                          const uint8_t* gl, uint32_t tok, uint32_t q,
                                          uint32_t* c) {
@@ -355,6 +401,7 @@ cdef extern from *:
             c[qw + 2] = td_rot16(r[qw + 2]);
         }
         td_store_be(out, c, 46);
+        for (k = 0; k < 10; k++) c[18 + 3 * k] = r[18 + 3 * k];   /* state: rotated, see below */
     }
 
     /* Quote packets (44 bytes, 11 words): the same, for words 1..10 (mask bit w-1). */
@@ -411,7 +458,7 @@ cdef extern from *:
         for (w = 1; w < 11; w++) {
             uint32_t bit = (m >> (w - 1)) & 1u;
             const uint32_t* x = rp[w];
-            d[w] = td_unzz(*x & (0u - bit));
+            d[w] = *x & (0u - bit);          /* columns hold changes, un-zigzagged */
             rp[w] = x + bit;
         }
         d[2] *= q; d[4] *= q; d[5] *= q; d[6] *= q;
@@ -461,42 +508,79 @@ cdef extern from *:
         for (s = 0; s < 7; s++) mk[s] = (uint8_t)(m >> (8 * s));
     }
 
-    /* Decode a non-first full packet into ``out`` (46 words, big-endian). ``mk`` its 7 mask
-       bytes; *rp[w] the next non-zero residual of word w (columns padded by one). */
-    static inline void td_full_next_dec(uint8_t* out, uint32_t* st, const uint8_t* gl,
-                                        const uint8_t* mk, const uint32_t** rp, uint32_t q) {
-        uint32_t r[46], p[46], d[46], c[46];
+    /* Decode a non-first full packet into ``out`` (46 words, big-endian). ``mk`` its first
+       mask byte, the other 6 at ``ms`` apart; *rp[w] the change coded by the next non-zero
+       residual of word w (columns un-zigzagged, padded by one). ``st`` the
+       key's decoded words, each orders|pad word kept rotated by 16 as its residual is taken,
+       so that one add per word decodes the packet and the store undoes the rotation.
+       Inlined into two entry points below: ``simd`` picks the store. */
+    static TD_ALWAYS_INLINE void td_full_next_dec_body(uint8_t* out, uint32_t* st,
+                                                       const uint8_t* gl, const uint8_t* mk,
+                                                       uint64_t ms, const uint32_t** rp,
+                                                       uint32_t q, int simd) {
+        uint32_t d[48] TD_ALIGN16;
+        uint32_t c[48] TD_ALIGN16;
         int s, w, k;
         uint64_t m = 0;
-        for (s = 0; s < 7; s++) m |= (uint64_t)mk[s] << (8 * s);
+        for (s = 0; s < 7; s++) m |= (uint64_t)mk[s * ms] << (8 * s);
         m &= 0x0003ff0fffff7fffULL;         /* padding bits (rejected earlier) never count */
-        sq_zero(r, sizeof(r));
+        sq_zero(d, sizeof(d));
         while (m) {                         /* only the set bits: most residuals are zero */
             int w2 = TD_FULL_SLOTS[td_ctz64(m)];
             m &= m - 1;
-            r[w2] = *rp[w2]++;
+            d[w2] = *rp[w2]++;
         }
-        memcpy(p, st, sizeof(p));
-        d[0] = 0;
-        for (w = 1; w < 46; w++) d[w] = td_unzz(r[w]);
-        for (k = 0; k < 17; k++) d[TD_FULL_QTY[k]] *= q;
-        for (k = 0; k < 10; k++) {
+        if (q != 1)                         /* quantities in lots; most keys have q = 1 */
+            for (k = 0; k < 17; k++) d[TD_FULL_QTY[k]] *= q;
+        for (k = 0; k < 10; k++) {          /* depth price: change of the gap to the level before */
             int pw = 17 + 3 * k, ref = (k == 0 || k == 5) ? 1 : pw - 3;
             d[pw] += d[ref];
         }
-        for (w = 0; w < 46; w++) c[w] = p[w] + d[w];
-        for (k = 0; k < 10; k++) {
-            int nw = 18 + 3 * k;
-            c[nw] = td_rot16(td_rot16(p[nw]) + d[nw]);
+    #ifdef TD_LE_GNUC
+        for (w = 0; w < 44; w += 4) {
+            td_v4 x, y;
+            memcpy(&x, st + w, 16);
+            memcpy(&y, d + w, 16);
+            x += y;
+            memcpy(c + w, &x, 16);
         }
-        uint32_t vd = c[4] - p[4];
-        int traded = vd != 0;
+        c[44] = st[44] + d[44];
+        c[45] = st[45] + d[45];
+    #else
+        for (w = 0; w < 46; w++) c[w] = st[w] + d[w];
+    #endif
         c[15] = d[15] + (gl ? td_be32(gl + 60) : 0u);
-        c[2] = traded ? d[2] + vd : c[2];
-        c[11] = traded ? d[11] + c[15] : c[11];
-        td_store_be(out, c, 46);
-        memcpy(st, c, sizeof(c));
+        if (d[4] != 0) {                    /* traded: volume moved */
+            c[2] = d[2] + d[4];
+            c[11] = d[11] + c[15];
+        }
+        memcpy(st, c, 46 * 4);
+        if (simd) {
+            td_store_full_simd(out, c);
+        } else {
+            for (k = 0; k < 10; k++) c[18 + 3 * k] = td_rot16(c[18 + 3 * k]);
+            td_store_be(out, c, 46);
+        }
     }
+    static void td_full_next_dec(uint8_t* out, uint32_t* st, const uint8_t* gl,
+                                 const uint8_t* mk, uint64_t ms, const uint32_t** rp,
+                                 uint32_t q) {
+        td_full_next_dec_body(out, st, gl, mk, ms, rp, q, 0);
+    }
+    #ifdef TD_SSSE3
+    __attribute__((target("ssse3")))
+    static void td_full_next_dec_ssse3(uint8_t* out, uint32_t* st, const uint8_t* gl,
+                                       const uint8_t* mk, uint64_t ms, const uint32_t** rp,
+                                       uint32_t q) {
+        td_full_next_dec_body(out, st, gl, mk, ms, rp, q, 1);
+    }
+    #else
+    static void td_full_next_dec_ssse3(uint8_t* out, uint32_t* st, const uint8_t* gl,
+                                       const uint8_t* mk, uint64_t ms, const uint32_t** rp,
+                                       uint32_t q) {
+        td_full_next_dec_body(out, st, gl, mk, ms, rp, q, 0);
+    }
+    #endif
     """
     uint32_t td_be32(const uint8_t* p) noexcept nogil
     void td_put32(uint8_t* p, uint32_t v) noexcept nogil
@@ -519,8 +603,24 @@ cdef extern from *:
                            const uint32_t** rp, uint32_t q) noexcept nogil
     void td_quote_first_dec(uint8_t* out, const uint8_t* src, int64_t cap,
                             uint32_t tok, uint32_t q, uint32_t* c) noexcept nogil
-    void td_full_next_dec(uint8_t* out, uint32_t* st, const uint8_t* gl,
-                          const uint8_t* mk, const uint32_t** rp, uint32_t q) noexcept nogil
+    void td_full_next_dec(uint8_t* out, uint32_t* st, const uint8_t* gl, const uint8_t* mk,
+                          uint64_t ms, const uint32_t** rp, uint32_t q) noexcept nogil
+    void td_full_next_dec_ssse3(uint8_t* out, uint32_t* st, const uint8_t* gl,
+                                const uint8_t* mk, uint64_t ms, const uint32_t** rp,
+                                uint32_t q) noexcept nogil
+    int td_simd
+    int td_simd_init()
+
+cdef int _simd_available = td_simd_init()
+
+
+def _use_simd(bint on):
+    """Tests only: decode full packets with the SSSE3 store (when this host has it) or the
+    portable one, so that both are held to the twin on any host. Returns whether SSSE3 is in
+    use."""
+    global td_simd
+    td_simd = 1 if (on and _simd_available) else 0
+    return bool(td_simd)
 
 
 cdef inline uint32_t be32(const uint8_t* p) noexcept nogil:
@@ -703,6 +803,19 @@ cdef void from_planes(uint32_t* v, const uint8_t* o, Py_ssize_t n) noexcept nogi
     cdef const uint8_t* o3 = o + 3 * n
     for i in range(n):
         v[i] = (<uint32_t>o[i] << 24) | (<uint32_t>o1[i] << 16) | (<uint32_t>o2[i] << 8) | o3[i]
+
+
+cdef void from_planes_unzz(uint32_t* v, const uint8_t* o, Py_ssize_t n) noexcept nogil:
+    """from_planes, un-zigzagged: a column of non-first residuals as the changes they code
+    (every non-first rule zigzags), in one pass the compiler vectorises."""
+    cdef Py_ssize_t i
+    cdef const uint8_t* o1 = o + n
+    cdef const uint8_t* o2 = o + 2 * n
+    cdef const uint8_t* o3 = o + 3 * n
+    cdef uint32_t z
+    for i in range(n):
+        z = (<uint32_t>o[i] << 24) | (<uint32_t>o1[i] << 16) | (<uint32_t>o2[i] << 8) | o3[i]
+        v[i] = unzz(z)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1254,7 +1367,7 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
     for k in range(NKIND):
         for w in range(1, KW[k]):
             cc = counts[k * MAXW + w]
-            from_planes(cp, vals[k * MAXW + w], cc)
+            from_planes_unzz(cp, vals[k * MAXW + w], cc)
             cp[cc] = 0
             cols[k * MAXW + w] = cp
             cp += cc + 1
@@ -1358,11 +1471,20 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
                     break
                 idx = ni[k]
                 ni[k] += 1
+                if k == 4:      # its mask bytes read in place, planes m apart
+                    if td_simd:
+                        td_full_next_dec_ssse3(pk, last[kid], glob[k], masks[k] + idx, m,
+                                               &rp[k * MAXW], quanta[kid])
+                    else:
+                        td_full_next_dec(pk, last[kid], glob[k], masks[k] + idx, m,
+                                         &rp[k * MAXW], quanta[kid])
+                    glob[k] = pk
+                    o += 2 + plen
+                    fpos += 2 + plen
+                    continue
                 for j in range(MB[k]):
                     mk[j] = masks[k][j * m + idx]
-                if k == 4:
-                    td_full_next_dec(pk, last[kid], glob[k], mk, &rp[k * MAXW], quanta[kid])
-                elif k == 3:
+                if k == 3:
                     td_quote_next_dec(pk, last[kid], mk, &rp[k * MAXW], quanta[kid])
                 else:
                     for s in range(MB[k] * 8):
@@ -1370,7 +1492,8 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
                         if w == 0:
                             continue
                         bit = (mk[s >> 3] >> (s & 7)) & 1
-                        res[w] = rp[k * MAXW + w][0] & (<uint32_t>0 - <uint32_t>bit)
+                        # columns hold un-zigzagged changes; unresidual takes the residual
+                        res[w] = zz(rp[k * MAXW + w][0] & (<uint32_t>0 - <uint32_t>bit))
                         rp[k * MAXW + w] += bit
                     cur[0] = last[kid][0]
                     for j in range(nw - 1):

@@ -7,7 +7,9 @@ hostile input to ``unpack``, and the compression it buys on the realistic Kite s
 from __future__ import annotations
 
 import json
+import platform
 import struct
+import sys
 
 import numpy as np
 import pytest
@@ -20,6 +22,18 @@ from shrivenq.kite import KIND_FULL, KIND_LTP, KIND_QUOTE
 from shrivenq.kite.wire import encode_frame
 from shrivenq.sim.market import KiteMarket, default_universe
 from shrivenq.wal import tick_delta_reference as ref
+
+@pytest.fixture(autouse=True, params=["ssse3", "portable"])
+def full_packet_store(request):
+    """Every test runs with the SSSE3 byte swap of decoded full packets (x86-64 hosts, where
+    it must be in use) and with the portable one."""
+    in_use = td._use_simd(request.param == "ssse3")
+    if (request.param == "ssse3" and platform.machine() in ("x86_64", "AMD64")
+            and sys.maxsize > 2**32 and sys.platform != "win32"):   # where it is compiled in
+        assert in_use, "SSSE3 store not in use on a 64-bit x86 host"
+    yield request.param
+    td._use_simd(True)
+
 
 KNOWN = (8, 28, 32, 44, 184)
 TOKENS = [256265, 260105, (12_000_000 << 8) | 2, (100_000 << 8) | 1, 738561, 5633]

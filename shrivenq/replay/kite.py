@@ -332,8 +332,9 @@ class KiteReplay:
         self.result.bad_frames += len(bad)
         if not len(rows):
             return None
-        rec = binary[owner]
-        wall = batch.wall_ns[rec]
+        # take(): a plain gather, about half the cost of fancy indexing on this path
+        rec = binary.take(owner)
+        wall = batch.wall_ns.take(rec)
         after = np.empty(len(rows), dtype=TICK_DTYPE) if want_books else None
         if start_ns is not None and wall[0] < start_ns:
             # Ticks before the start update the books but are not reported; at the start
@@ -358,7 +359,7 @@ class KiteReplay:
             rows, wall, rec = rows[keep], wall[keep], rec[keep]
             after = after[keep] if after is not None else None
         self.result.ticks += len(rows)
-        return TickBatch(rows, wall, batch.conn[rec], after, session)
+        return TickBatch(rows, wall, batch.conn.take(rec), after, session)
 
     @staticmethod
     def _books_of(book_state: KiteBooks, token_filter) -> np.ndarray:
