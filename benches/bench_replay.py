@@ -32,9 +32,11 @@ MINUTE = 60 * 10**9
 
 
 def _write_session(root, stream, minutes: int, per_minute: int, start_ns: int) -> int:
-    """Frames of ``stream`` cycled over ``minutes`` minutes of receive time, a session start,
-    and a snapshot with its mark at the end of every minute, as capture writes them."""
+    """Frames of ``stream`` cycled over ``minutes`` minutes of receive time, each with its
+    packets' tokens as instrument keys, a session start, and a snapshot with its mark at the
+    end of every minute, as capture writes them."""
     offsets = np.concatenate(([0], np.cumsum(stream.lengths)[:-1])).astype(np.uint64)
+    key_at = np.concatenate(([0], np.cumsum(stream.inst_counts, dtype=np.int64)))
     data = np.frombuffer(stream.payloads, np.uint8)
     books = KiteBooks()
     ticks = WalWriter(root, "kite", "ticks", IST, fsync="never")
@@ -49,7 +51,9 @@ def _write_session(root, stream, minutes: int, per_minute: int, start_ns: int) -
         payload = b"".join(stream.payloads[int(o):int(o) + int(n)]
                            for o, n in zip(offsets[idx], lengths))
         wall = start_ns + minute * MINUTE + np.linspace(0, MINUTE - 10**6, per_minute).astype(np.int64)
-        ticks.append_batch(Kind.BINARY, payload, lengths, wall, wall - start_ns, 0)
+        counts = stream.inst_counts[idx]
+        keys = np.concatenate([stream.inst_keys[key_at[i]:key_at[i + 1]] for i in idx])
+        ticks.append_batch(Kind.BINARY, payload, lengths, wall, wall - start_ns, 0, keys, counts)
         rows, _, _ = parse_many(data, offsets[idx], lengths)
         books.apply(rows)
         total += len(rows)
