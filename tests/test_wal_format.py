@@ -21,7 +21,7 @@ def independent_read(path):
     h = xxhash.xxh3_64_intdigest
     assert data[:8] == b"SHRVQWAL"
     version, hsize = struct.unpack_from("<HH", data, 8)
-    assert (version, hsize) == (1, 96)
+    assert (version, hsize) == (2, 96)
     assert struct.unpack_from("<Q", data, 88)[0] == h(data[:88])
     venue = data[32:64].rstrip(b"\0").decode()
     foot_off, magic, check = struct.unpack_from("<Q8sQ", data, len(data) - 24)
@@ -46,7 +46,16 @@ def independent_read(path):
         wall = np.cumsum(np.frombuffer(raw, "<i8", n, pos), dtype=np.int64); pos += 8 * n
         mono = np.cumsum(np.frombuffer(raw, "<i8", n, pos), dtype=np.int64) + wall
         pos += 8 * n
-        keys = np.frombuffer(raw, "<u8", m, pos); pos += 8 * m
+        if flags & 2:                              # keys as a dictionary
+            (u,) = struct.unpack_from("<I", raw, pos); pos += 4
+            table = np.frombuffer(raw, "<u8", u, pos); pos += 8 * u
+            width = next(w for w in (1, 2, 3, 4) if u <= 256 ** w or w == 4)
+            ids = np.zeros(m, dtype=np.int64)
+            for _ in range(width):                 # byte planes, most significant first
+                ids = ids * 256 + np.frombuffer(raw, "u1", m, pos); pos += m
+            keys = table[ids]
+        else:
+            keys = np.frombuffer(raw, "<u8", m, pos); pos += 8 * m
         conn = np.frombuffer(raw, "<u4", n, pos); pos += 4 * n
         length = np.frombuffer(raw, "<u4", n, pos); pos += 4 * n
         kcount = np.frombuffer(raw, "<u4", n, pos); pos += 4 * n

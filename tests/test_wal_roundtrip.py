@@ -12,6 +12,8 @@ import time
 import numpy as np
 import pytest
 import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shrivenq.errors import ConfigError, WalError, WalFormatError, WalIOError, WalLockedError
 from shrivenq.wal import (
@@ -340,7 +342,8 @@ def test_newer_format_versions_are_refused(tmp_path):
     newer = bytearray(data)
     struct.pack_into("<H", newer, 8, fmt.FORMAT_VERSION + 1)
     seg.write_bytes(newer)
-    with pytest.raises(WalFormatError, match="version 2 is newer than this reader"):
+    with pytest.raises(WalFormatError,
+                       match=f"version {fmt.FORMAT_VERSION + 1} is newer than this reader"):
         list(WalReader(seg))
     # A block written with a codec this reader does not know: refused, not misread.
     frame = fmt.unpack_frame(bytes(data[fmt.HEADER_SIZE:]))
@@ -354,6 +357,57 @@ def test_newer_format_versions_are_refused(tmp_path):
     # A control record of a newer version is refused by its decoder.
     with pytest.raises(WalFormatError, match="GAP record version 2 is newer"):
         R.decode_control(Kind.GAP, 2, R.gap(0, 1, 2, "x")[1])
+
+
+# A version 1 segment, as the writer of commit f421451 wrote it (plain codec, keys as plain
+# u64): six BINARY records b"frame0".."frame5" at T0 + i us, mono 10 + i, conn 1, with
+# instruments [256265 + i % 2, 738561] where i % 3, else none.
+GOLDEN_V1_SEGMENT = bytes.fromhex(
+    "534852565157414c0100600001000000171ca9e9e83ded18f0013501000000006b6974650000000000000000"
+    "00000000000000000000000000000000000000007469636b7300000000000000000000000000000000000000"
+    "ef67bf66ec649d2a57424c4b00010000000000007400000028010000060000000058b84d399a7918886bb84d"
+    "399a791800000000000000002904af8f129a7bd83e0a71855508e13928b52ffd602800550300f40306000000"
+    "08000000240058b84d399a7918e803000aa847b2c66586e719fcff0ae901450b09e90a010600000000020166"
+    "72616d6530313233346672616d653513004004dc81c65204c419f2c201c814d46c570be86e26080031b44105"
+    "0c010e38c1577000026500095746545200000000010000002f0100002f010000060000000058b84d399a7918"
+    "886bb84d399a791800000000000000007b8066c06a0ec2554544256a9fd7d4838fa6666f726d617401a6626c"
+    "6f636b7301a77265636f72647306ad66697273745f77616c6c5f6e73cf18799a394db85800ac6c6173745f77"
+    "616c6c5f6e73cf18799a394db86b88ad66697273745f6d6f6e6f5f6e730aac6c6173745f6d6f6e6f5f6e730f"
+    "ad7061796c6f61645f627974657324ac73746f7265645f6279746573ccb4a56b696e6473810106af696e7374"
+    "72756d656e745f6b657973c41809e90300000000000ae903000000000001450b0000000000b1696e73747275"
+    "6d656e745f636f756e7473c418020000000000000002000000000000000400000000000000a5696e646578c4"
+    "286000000000000000b40000000600000000000000000000000058b84d399a7918886bb84d399a7918a9636c"
+    "6f7365645f6e73cf18ed3de8e9b49df8a97265636f7665726564c0140100000000000053485256454e44004f"
+    "cd024bf092a600")
+
+
+def test_version_1_segments_still_read(tmp_path):
+    """Version 2 changed how a block stores its instrument keys (a dictionary); logs written
+    before read as they did."""
+    seg = tmp_path / "kite" / "2025-11-20" / "ticks" / "000001.wal"
+    seg.parent.mkdir(parents=True)
+    seg.write_bytes(GOLDEN_V1_SEGMENT)
+    t0 = 1_763_610_300_000_000_000
+    got = [(r.kind, r.payload, r.wall_ns, r.mono_ns, r.conn, list(r.instruments))
+           for r in read_wal(seg)]
+    assert got == [(Kind.BINARY, b"frame%d" % i, t0 + i * 1000, 10 + i, 1,
+                    [256265 + i % 2, 738561] if i % 3 else []) for i in range(6)]
+    assert [int(k) for k in WalReader(tmp_path / "kite", instruments=[738561]).read().wall_ns] \
+        == [t0 + i * 1000 for i in range(6) if i % 3]
+
+
+def test_unknown_block_flags_are_refused(tmp_path):
+    write_records(tmp_path, n=50)
+    seg = next(tmp_path.rglob("*.wal"))
+    data = bytearray(seg.read_bytes())
+    frame = fmt.unpack_frame(bytes(data[fmt.HEADER_SIZE:]))
+    body = bytes(data[fmt.HEADER_SIZE + 64: fmt.HEADER_SIZE + 64 + frame.stored_len])
+    head = fmt.pack_frame(fmt.BLOCK_MAGIC, frame.codec, frame.flags | 0x80, 0, body,
+                          frame.raw_len, frame.records, frame.min_wall_ns, frame.max_wall_ns, 0)
+    data[fmt.HEADER_SIZE:fmt.HEADER_SIZE + 64] = head
+    seg.write_bytes(data)
+    with pytest.raises(WalFormatError, match="flags 0x8"):
+        list(WalReader(seg))
 
 
 def test_cli_inspect_and_verify(tmp_path):
@@ -621,3 +675,54 @@ def test_instrument_keys_may_come_packed_as_little_endian_u64_bytes(tmp_path):
     assert batch.payloads() == [b"ints", b"bytes", b"bytearray", b"memoryview", b"u8 view"]
     assert all(batch.instruments(i).tolist() == keys for i in range(5))
     assert len(read_wal(tmp_path / "v", instruments=[2**40 + 7])) == 5
+
+
+def test_key_dictionary_that_lies_is_an_error_not_a_misread():
+    """A block body whose key dictionary is inconsistent (it passed its checksum, so a
+    writer bug, not disk damage) raises ValueError, which the reader reports as a bad
+    block; it never hands out wrong instrument keys."""
+    keys = np.array([738561, 256265, 738561, 260105, 256265], dtype=np.uint64)
+    cols = fmt.Columns(kind=np.full(2, Kind.BINARY, np.uint8), version=np.ones(2, np.uint8),
+                       conn=np.zeros(2, np.uint32), wall_ns=np.array([T0, T0 + 1]),
+                       mono_ns=np.array([5, 6]), length=np.array([1, 1], np.uint32),
+                       payloads=b"ab", inst_count=np.array([2, 3], np.uint32),
+                       inst_keys=keys, has_instruments=True)
+    raw = bytearray(fmt.encode_body(cols, fmt.CODEC_PLAIN))
+    flags = fmt.FLAG_INSTRUMENTS | fmt.FLAG_KEY_DICT
+    assert fmt.decode_body(bytes(raw), 2, fmt.CODEC_PLAIN, flags).inst_keys.tolist() == \
+        keys.tolist()
+    at = fmt.BODY_PREAMBLE.size + 16 * 2            # the count of distinct keys
+    assert struct.unpack_from("<I", raw, at)[0] == 3
+    for count, reason in ((6, "distinct instrument keys"), (0, "distinct instrument keys"),
+                          (2, "past the 2 keys"), (10**6, "distinct instrument keys")):
+        bad = bytearray(raw)
+        struct.pack_into("<I", bad, at, count)
+        with pytest.raises(ValueError, match=reason):
+            fmt.decode_body(bytes(bad), 2, fmt.CODEC_PLAIN, flags)
+    ids = at + 4 + 8 * 3                             # the one id plane
+    bad = bytearray(raw)
+    bad[ids + 4] = 3
+    with pytest.raises(ValueError, match="key id 3 past the 3 keys"):
+        fmt.decode_body(bytes(bad), 2, fmt.CODEC_PLAIN, flags)
+    with pytest.raises(ValueError, match="shorter than its columns"):
+        fmt.decode_body(bytes(raw[:at + 10]), 2, fmt.CODEC_PLAIN, flags)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.integers(0, 2**64 - 1), st.integers(256_000, 256_040)),
+                max_size=400))
+def test_key_dictionary_is_numpys_unique(keys):
+    """The compiled key dictionary against its plain twin, numpy.unique, and the block
+    bytes it gives against those of the twin's fallback path."""
+    from shrivenq._ext.key_dict import key_dictionary
+    k = np.array(keys, dtype=np.uint64)
+    distinct, ids = key_dictionary(k)
+    want, inverse = np.unique(k, return_inverse=True)
+    assert distinct.dtype == np.uint64 and ids.dtype == np.uint32
+    assert distinct.tolist() == want.tolist() and ids.tolist() == inverse.ravel().tolist()
+    compiled = fmt.encode_keys(k)
+    saved, fmt._key_dictionary = fmt._key_dictionary, None
+    try:
+        assert fmt.encode_keys(k) == compiled
+    finally:
+        fmt._key_dictionary = saved
