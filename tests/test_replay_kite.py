@@ -12,6 +12,7 @@ import time
 import warnings
 from pathlib import Path
 
+import msgpack
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -22,10 +23,13 @@ from shrivenq.capture.kite import KiteCapture, KiteCaptureSettings
 from shrivenq.cli import app
 from shrivenq.errors import ConfigError, WalCorruptError
 from shrivenq.kite import KIND_FULL, KIND_LTP, frame_keys
+from shrivenq.kite.wire import encode_frame
 from shrivenq.replay.kite import KiteReplay
 from shrivenq.sim.kite_server import DEMO_ACCESS_TOKEN, DEMO_API_KEY, KiteSimServer
+from shrivenq.sim.market import KiteMarket, default_universe
 from shrivenq.timeutil import IST, format_ns
-from shrivenq.wal import Kind, WalReader, read_wal
+from shrivenq.wal import Kind, WalReader, WalWriter, read_wal
+from shrivenq.wal import records as R
 from shrivenq.wal.segment import open_segment
 
 NIFTY, BANKNIFTY = 256265, 260105
@@ -355,25 +359,59 @@ def test_notebook_api_reports_the_feed_gap_it_reads_across(day):
     assert ds.gaps == []
 
 
-def test_a_read_ending_during_an_outage_reports_the_gap_still_open(day):
-    """The GAP record is written when the connection is back; a range that ends before that
-    sees only the DISCONNECT, and must still say that ticks are missing."""
+def _outage(day):
     batch = read_wal(day / "kite", "ticks")
     (down,) = batch.wall_ns[batch.kind == Kind.DISCONNECT]
-    (back,) = batch.wall_ns[batch.kind == Kind.GAP]
+    (i,) = np.flatnonzero(batch.kind == Kind.GAP)
+    gap = msgpack.unpackb(batch.payload(int(i)))
+    return int(down), int(batch.wall_ns[i]), gap
+
+
+def test_a_read_ending_during_an_outage_reports_the_gap_with_its_end(day):
+    """The GAP record is written when the connection is back; a range that ends before that
+    sees only the DISCONNECT, and must still say that ticks are missing, and until when."""
+    down, back, recorded = _outage(day)
     ds = shrivenq.open(day)
     with pytest.warns(shrivenq.ShrivenqDataWarning, match="1 feed gap"):
-        ds.ticks(end=int(down + (back - down) // 2))
+        ds.ticks(end=down + (back - down) // 2)
     (gap,) = ds.gaps
-    assert gap["from_ns"] == int(down) and gap["to_ns"] is None
-    assert "not reconnected" in gap["reason"]
+    assert (gap["from_ns"], gap["to_ns"]) == (recorded["from_ns"], recorded["to_ns"])
     with pytest.warns(shrivenq.ShrivenqDataWarning, match="1 feed gap"):
-        ds.ticks()                                    # the whole day: the closed gap, once
+        ds.ticks()                                    # the whole day: the same gap, once
+    assert [(g["from_ns"], g["to_ns"]) for g in ds.gaps] == [(gap["from_ns"], gap["to_ns"])]
+    out = cli("--data-dir", day, "--end", format_ns(down + (back - down) // 2).replace(" ", "T"))
+    assert "GAPS: 1" in out.output and "not reconnected" not in out.output
+
+
+def test_a_read_wholly_inside_an_outage_reports_it(day):
+    """No ticks and no DISCONNECT in the range: the outage is known only from the GAP record
+    written after it. Without it the read would look like a quiet market."""
+    down, back, recorded = _outage(day)
+    ds = shrivenq.open(day)
+    start, end = recorded["from_ns"] + 1, recorded["to_ns"] - 1
+    with pytest.warns(shrivenq.ShrivenqDataWarning, match="1 feed gap"):
+        ticks = ds.ticks(start=start, end=end)
+    assert len(ticks) == 0
     (gap,) = ds.gaps
-    assert gap["to_ns"] is not None
-    out = cli("--data-dir", day, "--end", format_ns(int(down + (back - down) // 2)).replace(
-        " ", "T"))
-    assert "GAPS: 1" in out.output and "not reconnected" in out.output
+    assert (gap["from_ns"], gap["to_ns"]) == (recorded["from_ns"], recorded["to_ns"])
+
+
+def test_an_outage_the_log_ends_in_is_reported_open(tmp_path):
+    """A capture still down (or killed while down) has no GAP record at all: the gap is
+    reported from its DISCONNECT, open."""
+    market = KiteMarket(default_universe(5), seed=3)
+    t0 = 1_763_610_300_000_000_000
+    with WalWriter(tmp_path / "data", "kite", "ticks", IST, fsync="never") as w:
+        w.append(*R.session_start("s", "kite", "0", []), t0, 0)
+        for i in range(20):
+            w.append(Kind.BINARY, encode_frame(market.ticks(2, KIND_FULL)), t0 + i * 10**6, i)
+        w.append(*R.disconnect(1, 1006, "dropped"), t0 + 30 * 10**6, 30)
+    ds = shrivenq.open(tmp_path / "data")
+    with pytest.warns(shrivenq.ShrivenqDataWarning, match="1 feed gap"):
+        ds.ticks(end=t0 + 60 * 10**6)
+    (gap,) = ds.gaps
+    assert gap["from_ns"] == t0 + 30 * 10**6 and gap["to_ns"] is None
+    assert "not reconnected" in gap["reason"]
 
 
 def test_notebook_api_takes_the_time_and_argument_types_a_notebook_has(day):

@@ -22,9 +22,11 @@ on_corrupt="skip")`` reads past it instead: each read then lists what it left ou
 ``ds.skipped`` and warns (``ShrivenqDataWarning``), so a result with holes never passes for
 a whole one. Feed gaps the capture recorded (a lost connection, a reconnect) are listed in
 ``ds.gaps`` after each read that spans them, with the same warning. A gap is recorded when
-its connection comes back; a read that ends during an outage lists it from the disconnect
-on, still open (``to_ns`` None). A read that lies wholly inside an outage sees it only if
-it reads back to the disconnect (replay reads from the snapshot before its start).
+its connection comes back, so a read looks at the records just past its end for it: a read
+that ends during an outage, or lies wholly inside one, lists the whole gap. An outage the
+log ends in is listed from the disconnect on, still open (``to_ns`` None). With several
+connections, an outage of one whose GAP comes after other connections' ticks is found only
+from its disconnect, when that lies in the range read.
 """
 
 from __future__ import annotations

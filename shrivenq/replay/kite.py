@@ -30,7 +30,7 @@ from shrivenq.books.snapshot import (
 from shrivenq.errors import ReplayError, ShrivenqError, WalFormatError
 from shrivenq.kite import TICK_DTYPE
 from shrivenq.wal import Kind, WalReader
-from shrivenq.wal.records import session_names
+from shrivenq.wal.records import MESSAGE_KINDS, session_names
 
 log = logging.getLogger("shrivenq.replay.kite")
 
@@ -288,6 +288,8 @@ class KiteReplay:
         finally:
             res.skipped = [str(p) for p in reader.skipped]
             res.torn = [str(t) for t in reader.torn]
+        if end_ns is not None:
+            self._gaps_past_end(res, down, start_ns, end_ns, session)
         for conn, (since, reason) in sorted(down.items()):
             # lost and not back (no GAP record yet) by the end of the range: a gap still open
             res.gaps.append({"conn": conn, "from_ns": since, "to_ns": None,
@@ -299,6 +301,33 @@ class KiteReplay:
             raise ReplayError(f"the ticks stream has no mark for snapshot {waiting_for_mark[1]} "
                               f"of session {waiting_for_mark[0]}; the WAL is incomplete")
         self._harvest(book_state, token_filter)
+
+    def _gaps_past_end(self, res: ReplayResult, down: dict, start_ns: int | None, end_ns: int,
+                       session: str | None) -> None:
+        """A GAP record is written when the connection is back, after the outage: a range
+        that ends in an outage, or lies wholly inside one, has its GAP after the end. Look
+        at the records from the end up to the first message or session boundary (at most
+        two blocks) and report the gaps that overlap the range. With several connections
+        the first message may come from one that stayed up: an outage of another is then
+        still reported open from its DISCONNECT, when that lies in the range."""
+        reader = WalReader(self.vdir, "ticks", start_ns=end_ns, on_corrupt=self.on_corrupt,
+                           workers=1)
+        for n, batch in enumerate(reader):
+            for i in range(len(batch)):
+                k = int(batch.kind[i])
+                if k in MESSAGE_KINDS or k in (Kind.SESSION_START, Kind.SESSION_STOP):
+                    return
+                if k != Kind.GAP:
+                    continue
+                doc = self._control(batch, i)
+                frm, to, conn = doc.get("from_ns"), doc.get("to_ns"), doc.get("conn")
+                if (isinstance(frm, int) and isinstance(to, int) and frm < end_ns
+                        and (start_ns is None or to > start_ns)):
+                    down.pop(conn, None)     # its real end replaces "not reconnected"
+                    res.gaps.append({"conn": conn, "from_ns": frm, "to_ns": to,
+                                     "reason": doc.get("reason"), "session": session})
+            if n >= 1:
+                return
 
     def _note_start(self, book_state: KiteBooks, token_filter, session: str | None,
                     stopped_at: int | None, start_ns: int) -> None:
