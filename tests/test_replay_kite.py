@@ -621,3 +621,41 @@ def test_recorded_names_resolve_alongside_the_master_and_hostile_ones_are_ignore
     with pytest.raises(ConfigError, match="outside"):
         ds.ticks(end=np.datetime64("2500-01-01"))
     assert len(ds.ticks()) == 30
+
+
+def test_damage_past_the_end_of_a_read_never_fails_it(tmp_path):
+    """Looking past the end for the GAP of an outage the range ends in must not make the
+    read depend on data outside it: a damaged block there ends the look, and the outage is
+    reported open from its DISCONNECT, as it would be without the look."""
+    from shrivenq.wal import format as wfmt
+
+    market = KiteMarket(default_universe(5), seed=3)
+    t0 = 1_763_610_300_000_000_000
+    root = tmp_path / "data"
+    with WalWriter(root, "kite", "ticks", IST, fsync="never", block_bytes=1) as w:
+        w.append(*R.session_start("s", "kite", "0", []), t0, 0)
+        for i in range(10):
+            w.append(Kind.BINARY, encode_frame(market.ticks(2, KIND_FULL)), t0 + i * 10**6, i)
+        w.append(*R.disconnect(1, 1006, "dropped"), t0 + 20 * 10**6, 20)
+        w.append(*R.gap(1, t0 + 20 * 10**6, t0 + 90 * 10**6, "reconnected"), t0 + 90 * 10**6, 90)
+        w.append(Kind.BINARY, encode_frame(market.ticks(2, KIND_FULL)), t0 + 91 * 10**6, 91)
+    end = t0 + 50 * 10**6
+    ds = shrivenq.open(root)
+    with pytest.warns(shrivenq.ShrivenqDataWarning, match="1 feed gap"):
+        ds.ticks(end=end)
+    assert [(g["from_ns"], g["to_ns"]) for g in ds.gaps] == [(t0 + 20 * 10**6, t0 + 90 * 10**6)]
+    # damage the GAP's block (block 12: session start, 10 ticks, the disconnect, the gap)
+    seg = next(root.rglob("*.wal"))
+    data = bytearray(seg.read_bytes())
+    at = wfmt.HEADER_SIZE
+    for _ in range(12):
+        at += wfmt.FRAME_SIZE + wfmt.unpack_frame(bytes(data[at:at + wfmt.FRAME_SIZE])).stored_len
+    assert wfmt.unpack_frame(bytes(data[at:at + wfmt.FRAME_SIZE])).min_wall_ns == t0 + 90 * 10**6
+    data[at + wfmt.FRAME_SIZE + 3] ^= 0xFF
+    seg.write_bytes(bytes(data))
+    ds = shrivenq.open(root)                           # on_corrupt="raise", the default
+    with pytest.warns(shrivenq.ShrivenqDataWarning, match="1 feed gap"):
+        ticks = ds.ticks(end=end)
+    assert len(ticks) == 20
+    (gap,) = ds.gaps
+    assert gap["from_ns"] == t0 + 20 * 10**6 and gap["to_ns"] is None

@@ -27,7 +27,7 @@ from shrivenq.books import KiteBooks, state_hash
 from shrivenq.books.snapshot import (
     KiteSnapshot, SnapshotInfo, decode_kite_snapshot, peek_kite_snapshot,
 )
-from shrivenq.errors import ReplayError, ShrivenqError, WalFormatError
+from shrivenq.errors import ReplayError, ShrivenqError, WalError, WalFormatError
 from shrivenq.kite import TICK_DTYPE
 from shrivenq.wal import Kind, WalReader
 from shrivenq.wal.records import MESSAGE_KINDS, session_names
@@ -37,6 +37,7 @@ log = logging.getLogger("shrivenq.replay.kite")
 VENUE = "kite"
 _CONTROL_KINDS = np.array([Kind.SESSION_START, Kind.SESSION_STOP, Kind.SNAPSHOT_MARK, Kind.GAP,
                            Kind.DISCONNECT], dtype=np.uint8)
+_MESSAGE_KINDS = np.array(sorted(MESSAGE_KINDS), dtype=np.uint8)
 
 
 @dataclass
@@ -227,6 +228,7 @@ class KiteReplay:
         session = seed.session if seed is not None else None
         stopped_at = None     # wall time of the current session's stop record, once read
         down: dict[int, tuple[int, str]] = {}   # conn -> (disconnect time, reason), no GAP yet
+        got_messages = False                    # any message received in the range
         # Verification needs every instrument's book, so the reader's instrument filter is
         # used only when not verifying; rows are filtered after parsing either way.
         reader = WalReader(self.vdir, "ticks", start_ns=read_from, end_ns=end_ns,
@@ -235,6 +237,11 @@ class KiteReplay:
         try:
             for batch in reader:
                 kind = batch.kind
+                if not got_messages:
+                    got = np.isin(kind, _MESSAGE_KINDS)
+                    if start_ns is not None:
+                        got &= batch.wall_ns >= start_ns
+                    got_messages = bool(got.any())
                 cuts = np.flatnonzero(np.isin(kind, _CONTROL_KINDS))
                 start = 0
                 for cut in [*cuts.tolist(), len(batch)]:
@@ -288,7 +295,9 @@ class KiteReplay:
         finally:
             res.skipped = [str(p) for p in reader.skipped]
             res.torn = [str(t) for t in reader.torn]
-        if end_ns is not None:
+        if end_ns is not None and (down or not got_messages):
+            # an outage the range ends in (a DISCONNECT without its GAP) or lies wholly in
+            # (nothing received): its GAP record comes after the end
             self._gaps_past_end(res, down, start_ns, end_ns, session)
         for conn, (since, reason) in sorted(down.items()):
             # lost and not back (no GAP record yet) by the end of the range: a gap still open
@@ -304,30 +313,34 @@ class KiteReplay:
 
     def _gaps_past_end(self, res: ReplayResult, down: dict, start_ns: int | None, end_ns: int,
                        session: str | None) -> None:
-        """A GAP record is written when the connection is back, after the outage: a range
-        that ends in an outage, or lies wholly inside one, has its GAP after the end. Look
-        at the records from the end up to the first message or session boundary (at most
-        two blocks) and report the gaps that overlap the range. With several connections
+        """A GAP record is written when the connection is back, after the outage. Look at
+        the records from the end up to the first message or session boundary (at most two
+        blocks) and report the gaps that overlap the range. What lies past the end is not
+        part of the read: damage or a newer segment there ends the look, never the read (a
+        gap not found stays reported open from its DISCONNECT). With several connections
         the first message may come from one that stayed up: an outage of another is then
-        still reported open from its DISCONNECT, when that lies in the range."""
-        reader = WalReader(self.vdir, "ticks", start_ns=end_ns, on_corrupt=self.on_corrupt,
-                           workers=1)
-        for n, batch in enumerate(reader):
-            for i in range(len(batch)):
-                k = int(batch.kind[i])
-                if k in MESSAGE_KINDS or k in (Kind.SESSION_START, Kind.SESSION_STOP):
+        reported only from its DISCONNECT, when that lies in the range."""
+        try:
+            reader = WalReader(self.vdir, "ticks", start_ns=end_ns, on_corrupt="skip",
+                               workers=1)
+            for n, batch in enumerate(reader):
+                for i in range(len(batch)):
+                    k = int(batch.kind[i])
+                    if k in MESSAGE_KINDS or k in (Kind.SESSION_START, Kind.SESSION_STOP):
+                        return
+                    if k != Kind.GAP:
+                        continue
+                    doc = self._control(batch, i)
+                    frm, to, conn = doc.get("from_ns"), doc.get("to_ns"), doc.get("conn")
+                    if (isinstance(frm, int) and isinstance(to, int) and frm < end_ns
+                            and (start_ns is None or to >= start_ns)):
+                        down.pop(conn, None)     # its real end replaces "not reconnected"
+                        res.gaps.append({"conn": conn, "from_ns": frm, "to_ns": to,
+                                         "reason": doc.get("reason"), "session": session})
+                if n >= 1:
                     return
-                if k != Kind.GAP:
-                    continue
-                doc = self._control(batch, i)
-                frm, to, conn = doc.get("from_ns"), doc.get("to_ns"), doc.get("conn")
-                if (isinstance(frm, int) and isinstance(to, int) and frm < end_ns
-                        and (start_ns is None or to > start_ns)):
-                    down.pop(conn, None)     # its real end replaces "not reconnected"
-                    res.gaps.append({"conn": conn, "from_ns": frm, "to_ns": to,
-                                     "reason": doc.get("reason"), "session": session})
-            if n >= 1:
-                return
+        except (WalError, ReplayError) as exc:
+            log.info("looking past the end of the range for a GAP record stopped: %s", exc)
 
     def _note_start(self, book_state: KiteBooks, token_filter, session: str | None,
                     stopped_at: int | None, start_ns: int) -> None:
