@@ -726,3 +726,21 @@ def test_key_dictionary_is_numpys_unique(keys):
         assert fmt.encode_keys(k) == compiled
     finally:
         fmt._key_dictionary = saved
+
+
+def test_a_version_1_segment_repaired_by_this_writer_stays_version_1(tmp_path):
+    """Recovery rebuilds a crashed segment's footer; for a version 1 segment the footer keeps
+    saying format 1, so the builds that wrote it can still read it after a rollback."""
+    seg = tmp_path / "kite" / "2025-11-20" / "ticks" / "000001.wal"
+    seg.parent.mkdir(parents=True)
+    footer_at = struct.unpack_from("<Q", GOLDEN_V1_SEGMENT, len(GOLDEN_V1_SEGMENT) - 24)[0]
+    seg.write_bytes(GOLDEN_V1_SEGMENT[:footer_at])          # as a crash leaves it: no footer
+    with WalWriter(tmp_path, "kite", "ticks", tz=UTC, fsync="never") as w:
+        assert [r.action for r in w.recovery] == ["footer rebuilt"]
+    data = seg.read_bytes()
+    assert struct.unpack_from("<H", data, 8)[0] == 1
+    footer_at = struct.unpack_from("<Q", data, len(data) - 24)[0]
+    stored = fmt.unpack_frame(data[footer_at:footer_at + fmt.FRAME_SIZE]).stored_len
+    body = data[footer_at + fmt.FRAME_SIZE:footer_at + fmt.FRAME_SIZE + stored]
+    assert fmt.unpack_footer(body).format == 1
+    assert [r.payload for r in read_wal(seg)] == [b"frame%d" % i for i in range(6)]

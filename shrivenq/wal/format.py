@@ -372,12 +372,15 @@ class Footer:
     closed_ns: int = 0
     recovered: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The segment's format version (its header's): a version 1 segment repaired by this
+    # code keeps saying 1, so the builds that wrote it can still read it.
+    format: int = FORMAT_VERSION
 
     def pack(self) -> bytes:
         keys = np.array(sorted(self.instruments), dtype="<u8")
         counts = np.array([self.instruments[int(k)] for k in keys], dtype="<u8")
         return msgpack.packb({
-            "format": FORMAT_VERSION,
+            "format": self.format,
             "blocks": self.blocks,
             "records": self.records,
             "first_wall_ns": self.first_wall_ns,
@@ -413,7 +416,7 @@ def unpack_footer(body: bytes) -> Footer:
                   m["first_mono_ns"], m["last_mono_ns"], m["payload_bytes"], m["stored_bytes"],
                   {int(k): int(v) for k, v in m["kinds"].items()},
                   dict(zip(keys.tolist(), counts.tolist())), index, m.get("closed_ns", 0),
-                  m.get("recovered"))
+                  m.get("recovered"), format=int(m.get("format", 1)))
 
 
 # ---------------------------------------------------------------------------- blocks

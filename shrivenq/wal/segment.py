@@ -503,6 +503,8 @@ def repair_segment(path: Path | str) -> RepairReport | None:
         footer = build_footer(path, seg.blocks, fd, recovered={
             "dropped_bytes": dropped, "dropped_records": dropped_records,
             "repaired_ns": time.time_ns()})
+        if seg.header is not None:
+            footer.format = seg.header.version
         if dropped:
             os.ftruncate(fd, seg.good_end)
             os.fsync(fd)
