@@ -575,11 +575,7 @@ cdef extern from *:
         td_full_next_dec_body(out, st, gl, mk, ms, rp, q, 1);
     }
     #else
-    static void td_full_next_dec_ssse3(uint8_t* out, uint32_t* st, const uint8_t* gl,
-                                       const uint8_t* mk, uint64_t ms, const uint32_t** rp,
-                                       uint32_t q) {
-        td_full_next_dec_body(out, st, gl, mk, ms, rp, q, 0);
-    }
+    #define td_full_next_dec_ssse3 td_full_next_dec    /* never chosen: td_simd is 0 */
     #endif
     """
     uint32_t td_be32(const uint8_t* p) noexcept nogil
@@ -796,18 +792,11 @@ cdef void to_planes(uint8_t* o, const uint32_t* v, Py_ssize_t n) noexcept nogil:
         o3[i] = <uint8_t>x
 
 
-cdef void from_planes(uint32_t* v, const uint8_t* o, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef const uint8_t* o1 = o + n
-    cdef const uint8_t* o2 = o + 2 * n
-    cdef const uint8_t* o3 = o + 3 * n
-    for i in range(n):
-        v[i] = (<uint32_t>o[i] << 24) | (<uint32_t>o1[i] << 16) | (<uint32_t>o2[i] << 8) | o3[i]
-
-
-cdef void from_planes_unzz(uint32_t* v, const uint8_t* o, Py_ssize_t n) noexcept nogil:
-    """from_planes, un-zigzagged: a column of non-first residuals as the changes they code
-    (every non-first rule zigzags), in one pass the compiler vectorises."""
+cdef inline void from_planes(uint32_t* v, const uint8_t* o, Py_ssize_t n,
+                             bint unzigzag=False) noexcept nogil:
+    """n u32 from 4 byte planes (MSB plane first). With ``unzigzag``: a column of non-first
+    residuals as the changes they code (every non-first rule zigzags), in the same pass,
+    which the compiler vectorises."""
     cdef Py_ssize_t i
     cdef const uint8_t* o1 = o + n
     cdef const uint8_t* o2 = o + 2 * n
@@ -815,7 +804,7 @@ cdef void from_planes_unzz(uint32_t* v, const uint8_t* o, Py_ssize_t n) noexcept
     cdef uint32_t z
     for i in range(n):
         z = (<uint32_t>o[i] << 24) | (<uint32_t>o1[i] << 16) | (<uint32_t>o2[i] << 8) | o3[i]
-        v[i] = unzz(z)
+        v[i] = unzz(z) if unzigzag else z
 
 
 # ---------------------------------------------------------------------------------------
@@ -1367,7 +1356,7 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
     for k in range(NKIND):
         for w in range(1, KW[k]):
             cc = counts[k * MAXW + w]
-            from_planes_unzz(cp, vals[k * MAXW + w], cc)
+            from_planes(cp, vals[k * MAXW + w], cc, True)
             cp[cc] = 0
             cols[k * MAXW + w] = cp
             cp += cc + 1

@@ -42,7 +42,7 @@ import numpy as np
 from shrivenq.errors import ConfigError, ShrivenqDataWarning, WalError
 from shrivenq.kite import (FIELD_DEPTH, FIELD_EXCHANGE_TIMESTAMP, FIELD_FULL, FIELD_LTP,
                            FIELD_OHLC, FIELD_QUOTE, TICK_DTYPE)
-from shrivenq.replay.kite import KiteReplay, venue_dir
+from shrivenq.replay.kite import KiteReplay, gap_overlaps, venue_dir
 from shrivenq.replay.output import BOOK_DTYPE, book_rows, sample
 from shrivenq.wal import Kind, WalReader
 from shrivenq.wal.records import decode_control, session_names
@@ -146,7 +146,7 @@ class Dataset:
         self.skipped, self.gaps = [], []
         yield from replay.ticks(start_ns, end_ns, *args, **kw)
         self.skipped = list(replay.result.skipped)
-        self.gaps = [g for g in replay.result.gaps if _overlaps(g, start_ns, end_ns)]
+        self.gaps = [g for g in replay.result.gaps if gap_overlaps(g, start_ns, end_ns)]
 
     def _warn_holes(self) -> None:
         """A warning for each kind of hole in the last read, pointing at the caller of the
@@ -334,11 +334,3 @@ def _timed(batch) -> np.ndarray:
     for name in TICK_DTYPE.names:
         out[name] = batch.rows[name]
     return out
-
-
-def _overlaps(gap: dict, start_ns: int | None, end_ns: int | None) -> bool:
-    """Whether a recorded gap could have held ticks in [start_ns, end_ns)."""
-    lo, hi = gap.get("from_ns"), gap.get("to_ns")
-    if start_ns is not None and isinstance(hi, int) and hi < start_ns:
-        return False
-    return not (end_ns is not None and isinstance(lo, int) and lo >= end_ns)

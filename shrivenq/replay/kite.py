@@ -40,6 +40,20 @@ _CONTROL_KINDS = np.array([Kind.SESSION_START, Kind.SESSION_STOP, Kind.SNAPSHOT_
 _MESSAGE_KINDS = np.array(sorted(MESSAGE_KINDS), dtype=np.uint8)
 
 
+def _gap_entry(doc: dict, session: str | None) -> dict:
+    """A GAP record as replay reports it."""
+    return {"conn": doc.get("conn"), "from_ns": doc.get("from_ns"), "to_ns": doc.get("to_ns"),
+            "reason": doc.get("reason"), "session": session}
+
+
+def gap_overlaps(gap: dict, start_ns: int | None, end_ns: int | None) -> bool:
+    """Whether a reported gap could have held ticks in [start_ns, end_ns)."""
+    lo, hi = gap.get("from_ns"), gap.get("to_ns")
+    if start_ns is not None and isinstance(hi, int) and hi < start_ns:
+        return False
+    return not (end_ns is not None and isinstance(lo, int) and lo >= end_ns)
+
+
 @dataclass
 class TickBatch:
     """Ticks in WAL order: ``rows`` (TICK_DTYPE), their receive times and connections, and,
@@ -282,9 +296,7 @@ class KiteReplay:
                             if session is not None:
                                 res.stops[session] = wall
                         elif k == Kind.GAP:
-                            res.gaps.append({"conn": doc.get("conn"), "from_ns": doc.get("from_ns"),
-                                             "to_ns": doc.get("to_ns"), "reason": doc.get("reason"),
-                                             "session": session})
+                            res.gaps.append(_gap_entry(doc, session))
                             down.pop(doc.get("conn"), None)
                         elif k == Kind.DISCONNECT and isinstance(doc.get("conn"), int):
                             # its GAP comes at reconnect, maybe past the range read
@@ -330,13 +342,11 @@ class KiteReplay:
                         return
                     if k != Kind.GAP:
                         continue
-                    doc = self._control(batch, i)
-                    frm, to, conn = doc.get("from_ns"), doc.get("to_ns"), doc.get("conn")
-                    if (isinstance(frm, int) and isinstance(to, int) and frm < end_ns
-                            and (start_ns is None or to >= start_ns)):
-                        down.pop(conn, None)     # its real end replaces "not reconnected"
-                        res.gaps.append({"conn": conn, "from_ns": frm, "to_ns": to,
-                                         "reason": doc.get("reason"), "session": session})
+                    gap = _gap_entry(self._control(batch, i), session)
+                    if (isinstance(gap["from_ns"], int) and isinstance(gap["to_ns"], int)
+                            and gap_overlaps(gap, start_ns, end_ns)):
+                        down.pop(gap["conn"], None)   # its real end replaces "not reconnected"
+                        res.gaps.append(gap)
                 if n >= 1:
                     return
         except (WalError, ReplayError) as exc:
