@@ -480,6 +480,31 @@ cdef extern from "Python.h":
     int PyObject_GC_IsTracked(object)
     void PyObject_GC_Track(object)
 
+# The cyclic GC stays out of parse_ticks's loop. A 500-packet full frame makes 8,000 dicts
+# and lists; with the GC on, CPython 3.11 runs about nine collections inside the call
+# (one every 700 container allocations), and every twentieth call a full one over the whole
+# heap, each walking objects that are all alive and cannot form a cycle: the new ticks are
+# trees. That was as much time as building them (docs/PERFORMANCE.md). Paused, the
+# allocation count still grows, so the next collection comes as soon as the caller allocates
+# again, and only over ticks it still holds. Nothing can see the pause: the loop holds the
+# GIL and runs no Python code. A free-threaded build would let other threads see it, so
+# there the GC is left alone.
+cdef extern from *:
+    """
+    static inline int sq_gc_pause(void) {
+    #if defined(Py_GIL_DISABLED)
+        return 0;
+    #else
+        return PyGC_Disable();
+    #endif
+    }
+    static inline void sq_gc_resume(int was_enabled) {
+        if (was_enabled) PyGC_Enable();
+    }
+    """
+    int sq_gc_pause()
+    void sq_gc_resume(int was_enabled)
+
 cdef bint _DIRECT = False        # set at import by _check_layout()
 cdef bint _direct = False        # in use now (tests turn it off to compare the two ways)
 
@@ -743,16 +768,22 @@ def parse_ticks(const uint8_t[::1] frame not None):
     cdef StampMemo memo
     memo.stamp[0] = memo.stamp[1] = NULL
     memo.next = 0
-    # Check the whole frame first, so that a bad frame gives no partial list.
+    cdef int gc_was_enabled
+    # Check the whole frame first, so that a bad frame gives no partial list (and so that
+    # raising, which may run Python code, happens before the GC pause).
     _parse(frame, NULL, 0, _Issues(False))
     if n < 2:
         return ticks
     base = &frame[0]
     count = be16(base)
-    for i in range(count):
-        plen = be16(base + pos)
-        ticks.append(_tick_dict(base + pos + 2, plen, stamps, &memo))
-        pos += 2 + plen
+    gc_was_enabled = sq_gc_pause()
+    try:
+        for i in range(count):
+            plen = be16(base + pos)
+            ticks.append(_tick_dict(base + pos + 2, plen, stamps, &memo))
+            pos += 2 + plen
+    finally:
+        sq_gc_resume(gc_was_enabled)
     return ticks
 
 

@@ -477,3 +477,45 @@ def test_parse_ticks_leaks_no_references(fill):
     finally:
         tracemalloc.stop()
     assert grown < 20_000, f"{grown} bytes still allocated after 2000 calls"
+
+
+# --- parse_ticks and the cyclic GC --------------------------------------------------------
+
+def test_parse_ticks_runs_no_garbage_collection_and_restores_the_gc_state():
+    # A 500-packet frame makes thousands of dicts and lists: enough to set off several
+    # collections, each walking ticks that are alive, unless parse_ticks pauses the GC.
+    import gc
+    frame = frame_of(*([FULL] * 500))
+    started: list[int] = []
+
+    def on_gc(phase, info):
+        if phase == "start":
+            started.append(info["generation"])
+
+    assert gc.isenabled()
+    gc.collect()   # so that the allocation count starts at zero
+    gc.callbacks.append(on_gc)
+    try:
+        ticks = parse_ticks(frame)
+        during = len(started)   # allocates no container, so sets off no collection
+        pending = gc.get_count()[0]
+    finally:
+        gc.callbacks.remove(on_gc)
+    assert during == 0, f"{during} collections ran inside parse_ticks"
+    assert gc.isenabled()
+    # The count of new containers was kept: the caller's next allocation collects them.
+    assert pending > gc.get_threshold()[0]
+    assert ticks == SDK._parse_binary(frame)
+    gc.disable()
+    try:
+        parse_ticks(frame)
+        assert not gc.isenabled(), "parse_ticks turned on a GC its caller had turned off"
+    finally:
+        gc.enable()
+
+
+def test_parse_ticks_restores_the_gc_when_it_raises():
+    import gc
+    with pytest.raises(KiteFrameError):
+        parse_ticks(frame_of(FULL)[:-1])
+    assert gc.isenabled()
