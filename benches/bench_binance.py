@@ -29,6 +29,7 @@ from shrivenq.binance.reference import ReferenceSync
 from shrivenq.replay.binance import replay_wal
 from shrivenq.binance.sync import BookSync
 from shrivenq.books import ASK, BID
+from shrivenq.capture.binance import WAL_LEVEL
 from shrivenq.sim.binance_market import BinanceMarket, dumps
 from shrivenq.wal import UTC, Kind, WalWriter
 from shrivenq.wal import records as rec
@@ -175,14 +176,17 @@ def test_per_level_book_cost(benchmark, depth):
 @pytest.fixture(scope="module")
 def captured_wal():
     """A WAL as capture writes it: session, exchangeInfo, a connection, snapshots, then
-    100,000 depthUpdates of two symbols from the simulator's market (about 390 B each)."""
+    100,000 depthUpdates of two symbols from the simulator's market (about 420 B each), at
+    capture's zstd level. Written far faster than a feed sends, so it waits for the writer
+    after about each 1 MB block: a writer that falls behind drops to level 1, which live
+    capture's rates never make it do."""
     tmp = Path(tempfile.mkdtemp(prefix="shrivenq-bench-binance-"))
     market = BinanceMarket(seed=4, depth=60)
     syms = ["BTCUSDT", "ETHUSDT"]
     keys = {s: [symbol_key("spot", s)] for s in syms}
     t0 = 1_763_600_000_000_000_000
     msgs = []
-    with WalWriter(tmp, "binance", "ticks", tz=UTC, fsync="never") as w:
+    with WalWriter(tmp, "binance", "ticks", tz=UTC, fsync="never", level=WAL_LEVEL) as w:
         k, p = rec.session_start("bench", "binance", "0",
                                  ["market=spot", "symbols=" + ",".join(syms)])
         w.append(k, p, t0, t0)
@@ -199,6 +203,10 @@ def captured_wal():
             if i < 2:
                 w.append(Kind.REST, dumps(market.snapshot(s)).encode(), t0 + i, t0 + i, 0,
                          instruments=keys[s])
+            if i % 2400 == 2399:
+                w.flush()
+        w.flush()
+        assert w.stats.fast_blocks == 0
     return tmp / "binance", msgs
 
 

@@ -744,3 +744,40 @@ def test_a_version_1_segment_repaired_by_this_writer_stays_version_1(tmp_path):
     body = data[footer_at + fmt.FRAME_SIZE:footer_at + fmt.FRAME_SIZE + stored]
     assert fmt.unpack_footer(body).format == 1
     assert [r.payload for r in read_wal(seg)] == [b"frame%d" % i for i in range(6)]
+
+
+def test_a_writer_behind_compresses_at_the_fast_level_and_loses_nothing(tmp_path):
+    import threading
+    w = WalWriter(tmp_path, "binance", "ticks", tz=UTC, level=19, block_bytes=4096,
+                  fsync="never")
+    release = threading.Event()
+    write_block = w._write_block
+
+    def slow_disk(blk, cctx):   # the writer thread stalls on its first block
+        release.wait(10)
+        write_block(blk, cctx)
+
+    w._write_block = slow_disk
+    payloads = [bytes([i]) * 5000 + b"%d" % i for i in range(12)]   # a block each
+    try:
+        for i, payload in enumerate(payloads):
+            w.append(Kind.TEXT, payload, T0 + i, i)
+        release.set()
+        w.flush(timeout=30)
+        behind = w.stats.fast_blocks
+        # Keeping up (one block at a time), it stays at its own level.
+        for i, payload in enumerate(payloads):
+            w.append(Kind.TEXT, payload, T0 + 100 + i, 100 + i)
+            w.flush(timeout=30)
+    finally:
+        release.set()
+        w.close()
+    assert 1 <= behind < len(payloads)
+    assert w.stats.fast_blocks == behind
+    assert [r.payload for r in read_wal(tmp_path / "binance")] == payloads * 2
+
+
+@pytest.mark.parametrize("level", [0, -1, 23, "9", 2.0])
+def test_a_zstd_level_out_of_range_is_refused(tmp_path, level):
+    with pytest.raises(ConfigError, match="zstd level"):
+        WalWriter(tmp_path, "kite", "ticks", tz=IST, level=level)

@@ -56,6 +56,12 @@ from shrivenq.wal import records as rec
 log = logging.getLogger("shrivenq.capture.binance")
 
 VENUES = {"spot": "binance", "usdm": "binance-usdm"}
+# The WAL's zstd level for Binance's JSON. Level 9 makes replay's decompression a third
+# cheaper than level 1 (2,467 against 3,500 instructions a depth message, 42% of replay's
+# work at level 1) and the log 15% smaller; it compresses at about 100k messages/s on one
+# core of this machine, ten times what a full 1024-stream connection sends, and the WAL
+# writer drops to level 1 whenever it falls behind (WalWriter's ``level``).
+WAL_LEVEL = 9
 EXIT_OK, EXIT_ERROR, EXIT_LOSS = 0, 1, 3
 
 
@@ -241,7 +247,7 @@ class BinanceCapture(CaptureSession):
                 raise ConfigError(f"--symbols: {exc.reason} on Binance {self.market}") from None
             raise
         self.ticks = WalWriter(s.data_dir, self.venue, "ticks", tz=UTC, fsync=s.fsync,
-                               segment_bytes=s.segment_bytes)
+                               segment_bytes=s.segment_bytes, level=WAL_LEVEL)
         for report in self.ticks.recovery:
             log.warning("recovered after an unclean stop: %s", report)
         reason = "stopped"

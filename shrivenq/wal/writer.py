@@ -94,9 +94,18 @@ class WriterStats:
     segments_opened: int = 0
     queue_full_waits: int = 0
     queue_full_seconds: float = 0.0
+    fast_blocks: int = 0          # compressed at FAST_LEVEL because the writer was behind
 
 
 _DEFAULT_VERSIONS = np.array([RECORD_VERSION.get(k, 1) for k in range(256)], dtype=np.uint8)
+
+
+# A writer with a zstd level above FAST_LEVEL compresses at FAST_LEVEL while at least
+# BEHIND_BLOCKS sealed blocks wait behind the one it is compressing: a higher level costs
+# the writer thread 5-10x the time (level 9 about 44 MB/s here, level 1 about 400), and it must
+# never be what makes capture wait. The level is not recorded: zstd reads any level alike.
+FAST_LEVEL = 1
+BEHIND_BLOCKS = 2
 
 
 # How often the writer thread looks for sealed blocks while a block is open, instead of
@@ -205,6 +214,9 @@ class WalWriter:
     ``segment_bytes`` the size past which the next block goes to a new segment,
     ``queue_blocks`` how many sealed blocks may wait for the disk before append blocks.
     ``codec``: None for the best available (tick_delta when built, else plain).
+    ``level``: the zstd level while the writer keeps up; behind (``BEHIND_BLOCKS`` sealed
+    blocks waiting), it compresses at ``FAST_LEVEL`` until it has caught up
+    (``stats.fast_blocks`` counts those blocks).
     """
 
     def __init__(self, root, venue: str, stream: str = "ticks", tz=layout.UTC, *,
@@ -237,6 +249,9 @@ class WalWriter:
         if self.codec not in fmt.CODEC_NAMES or (self.codec == fmt.CODEC_TICK_DELTA
                                                  and not fmt.tick_delta_available()):
             raise ConfigError(f"codec {codec} is not available")
+        if not isinstance(level, int) or not 1 <= level <= zstandard.MAX_COMPRESSION_LEVEL:
+            raise ConfigError(f"level={level!r}: a zstd level from 1 to "
+                              f"{zstandard.MAX_COMPRESSION_LEVEL}")
         self.level = level
         self.on_durable = on_durable
         self.stats = WriterStats()
@@ -537,6 +552,8 @@ class WalWriter:
 
     def _run(self) -> None:
         cctx = zstandard.ZstdCompressor(level=self.level)
+        fast = (zstandard.ZstdCompressor(level=FAST_LEVEL) if self.level > FAST_LEVEL
+                else cctx)
         last_sync = time.monotonic()
         unsynced = False
         while True:
@@ -574,8 +591,15 @@ class WalWriter:
                 want_sync = self._sync_wanted
                 self._cv.notify_all()
             try:
-                for blk in batch:
-                    self._write_block(blk, cctx)
+                for i, blk in enumerate(batch):
+                    # Blocks behind this one: the rest of the batch, and any sealed since
+                    # (read without the lock: a hint, not a count to rely on).
+                    behind = len(batch) - i - 1 + len(self._sealed)
+                    if behind >= BEHIND_BLOCKS and fast is not cctx:
+                        self.stats.fast_blocks += 1
+                        self._write_block(blk, fast)
+                    else:
+                        self._write_block(blk, cctx)
                     unsynced = True
                     if self.policy.mode == "every-block":
                         self._sync()
