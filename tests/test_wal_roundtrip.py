@@ -706,6 +706,15 @@ def test_key_dictionary_that_lies_is_an_error_not_a_misread():
         fmt.decode_body(bytes(bad), 2, fmt.CODEC_PLAIN, flags)
     with pytest.raises(ValueError, match="shorter than its columns"):
         fmt.decode_body(bytes(raw[:at + 10]), 2, fmt.CODEC_PLAIN, flags)
+    table = at + 4                                   # the 3 distinct keys, ascending
+    assert struct.unpack_from("<3Q", raw, table) == (256265, 260105, 738561)
+    for entries in ((260105, 256265, 738561), (256265, 256265, 738561)):
+        bad = bytearray(raw)
+        struct.pack_into("<3Q", bad, table, *entries)
+        with pytest.raises(ValueError, match="not ascending and distinct"):
+            fmt.decode_body(bytes(bad), 2, fmt.CODEC_PLAIN, flags)
+    with pytest.raises(ValueError, match="dictionary but no keys"):
+        fmt.decode_body(bytes(raw), 2, fmt.CODEC_PLAIN, fmt.FLAG_KEY_DICT)
 
 
 @settings(max_examples=300, deadline=None)

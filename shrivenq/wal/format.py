@@ -284,6 +284,8 @@ def decode_body(raw: bytes, records: int, codec: int, flags: int) -> Columns:
     per_record = n * (8 + 8 + 4 + 4 + 4 + 1 + 1)
     distinct = width = 0
     if flags & FLAG_KEY_DICT:
+        if not flags & FLAG_INSTRUMENTS:
+            raise ValueError("block flags mark an instrument key dictionary but no keys")
         if pos + per_record + 4 > len(raw):
             raise ValueError("body shorter than its columns")
         (distinct,) = struct.unpack_from("<I", raw, pos + 16 * n)
@@ -310,6 +312,10 @@ def decode_body(raw: bytes, records: int, codec: int, flags: int) -> Columns:
     if flags & FLAG_KEY_DICT:
         pos += 4
         table = take("<u8", distinct)
+        if distinct > 1 and not bool((table[1:] > table[:-1]).all()):
+            # The writer never makes one; a reader that took it would still give each record
+            # its keys, but a block that breaks the format is not trusted for anything.
+            raise ValueError("instrument key dictionary is not ascending and distinct")
         planes = take("u1", width * m).reshape(width, m)
         ids = planes[0].astype(np.uint32)
         for plane in planes[1:]:
