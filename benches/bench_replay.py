@@ -203,3 +203,41 @@ def test_kite_books_apply_per_tick(benchmark, day):
     ns = benchmark.stats.stats.median / len(rows) * 1e9
     benchmark.extra_info["ns_per_tick"] = round(ns, 1)
     print(f"\n  KiteBooks.apply: {ns:.1f} ns per full-mode tick")
+
+
+def test_book_output_rows_vs_the_row_by_row_twin(benchmark, day, tmp_path):
+    """``replay --out`` at every tick: each format's writer on the day's books, against the
+    plain twin that builds the same rows one dict at a time (what the writers did before
+    2026-12-01, ``replay.reference``), in the same run. Gate: parquet at least 10x the twin
+    (failing below half)."""
+    from shrivenq.replay.output import BookWriter, book_rows
+    from shrivenq.replay.reference import reference_rows
+
+    root, _ = day
+    batches = list(KiteReplay(root, workers=1).ticks(books=True))
+    rows = np.concatenate([book_rows(b.books, b.wall_ns) for b in batches])[:50_000]
+    names = {int(t): f"SYM{t}" for t in np.unique(rows["token"])}
+
+    def write(fmt: str):
+        def run():
+            w = BookWriter(tmp_path / f"books{fmt}", names)
+            for i in range(0, len(rows), 5_000):
+                w.write(rows[i:i + 5_000])
+            w.close()
+        return run
+
+    sample = rows[:10_000]      # the twin is slow: timed on a fifth, scaled
+    twin_s = median_seconds(lambda: reference_rows(sample, names), 3) * len(rows) / len(sample)
+    csv_s = median_seconds(write(".csv"), 3)
+    jsonl_s = median_seconds(write(".jsonl"), 3)
+    benchmark.pedantic(write(".parquet"), rounds=5, iterations=1, warmup_rounds=1)
+    parquet_s = benchmark.stats.stats.median
+    ratio = twin_s / parquet_s
+    per_s = {name: round(len(rows) / s) for name, s in
+             (("parquet", parquet_s), ("csv", csv_s), ("jsonl", jsonl_s), ("twin", twin_s))}
+    benchmark.extra_info.update({"rows": len(rows), "rows_per_s": per_s,
+                                 "parquet_vs_twin": round(ratio, 1)})
+    print(f"\n  book rows written a second: parquet {per_s['parquet'] / 1e3:.0f}k, csv "
+          f"{per_s['csv'] / 1e3:.0f}k, jsonl {per_s['jsonl'] / 1e3:.0f}k; the row-by-row twin "
+          f"builds {per_s['twin'] / 1e3:.0f}k (no file): parquet {ratio:.0f}x (gate: 10x)")
+    assert ratio >= 10 / 2, f"parquet output only {ratio:.1f}x the row-by-row twin"

@@ -133,22 +133,34 @@ def sample(batches: Iterable[TickBatch], start_ns: int | None, end_ns: int | Non
         boundary += every_ns
 
 
-def _flat(rows: np.ndarray, names: dict[int, str]) -> list[dict]:
-    out = []
-    for r in rows:
-        div = float(r["divisor"]) or 1.0
-        row = {"time": iso_ns(int(r["wall_ns"])), "wall_ns": int(r["wall_ns"]),
-               "token": int(r["token"]), "symbol": names.get(int(r["token"]), ""),
-               "last_price": int(r["last_price"]) / div,
-               "last_quantity": int(r["last_quantity"]), "volume": int(r["volume"]),
-               "oi": int(r["oi"])}
-        for side in ("bid", "ask"):
-            for level in range(5):
-                row[f"{side}_price_{level + 1}"] = int(r[f"{side}_price"][level]) / div
-                row[f"{side}_qty_{level + 1}"] = int(r[f"{side}_quantity"][level])
-        out.append(row)
-    return out
+def _columns(rows: np.ndarray, names: dict[int, str]) -> dict[str, np.ndarray]:
+    """The output columns of BOOK_DTYPE rows, in file order, computed a column at a time:
+    ``time`` as ISO 8601 text (``timeutil.iso_ns``), ``symbol`` from ``names``, prices
+    divided by their divisor (1 where it is 0) as float64, every other number as int64. Row
+    by row this was 70 us a tick, most of the cost of ``replay --out``."""
+    wall = rows["wall_ns"].astype(np.int64)
+    local = (wall + IST_OFFSET_NS).astype("datetime64[ns]")
+    time = np.char.add(np.datetime_as_string(local, unit="ns"), IST_SUFFIX)
+    tokens = rows["token"].astype(np.int64)
+    distinct, which = np.unique(tokens, return_inverse=True)
+    symbols = np.array([names.get(int(t), "") for t in distinct], dtype=object)[which]
+    div = rows["divisor"].astype(np.float64)
+    div[div == 0] = 1.0
+    cols = {"time": time, "wall_ns": wall, "token": tokens, "symbol": symbols,
+            "last_price": rows["last_price"].astype(np.float64) / div,
+            "last_quantity": rows["last_quantity"].astype(np.int64),
+            "volume": rows["volume"].astype(np.int64), "oi": rows["oi"].astype(np.int64)}
+    for side in ("bid", "ask"):
+        prices = rows[f"{side}_price"].astype(np.float64) / div[:, None]
+        quantities = rows[f"{side}_quantity"].astype(np.int64)
+        for level in range(5):
+            cols[f"{side}_price_{level + 1}"] = prices[:, level]
+            cols[f"{side}_qty_{level + 1}"] = quantities[:, level]
+    return cols
 
+
+IST_SUFFIX = "+05:30"
+assert iso_ns(0).endswith(IST_SUFFIX)
 
 PARQUET_TZ = "Asia/Kolkata"
 
@@ -191,26 +203,30 @@ class BookWriter:
     def write(self, rows: np.ndarray) -> None:
         if not len(rows):
             return
-        flat = _flat(rows, self.names)
-        self.rows += len(flat)
-        if self.format == ".jsonl":
-            self._file.writelines(json.dumps(r) + "\n" for r in flat)
-        elif self.format == ".csv":
-            if self._csv is None:
-                self._csv = csv.DictWriter(self._file, fieldnames=list(flat[0]))
-                self._csv.writeheader()
-            self._csv.writerows(flat)
-        else:
+        cols = _columns(rows, self.names)
+        self.rows += len(rows)
+        if self.format == ".parquet":
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            table = pa.Table.from_pylist(flat)
             # A real timestamp column (IST), not the text the other formats carry.
-            table = table.set_column(table.schema.get_field_index("time"), "time", pa.array(
-                rows["wall_ns"].astype(np.int64), pa.timestamp("ns", tz=PARQUET_TZ)))
+            arrays = {name: pa.array(values) for name, values in cols.items()
+                      if name != "time"}
+            table = pa.table({"time": pa.array(cols["wall_ns"],
+                                               pa.timestamp("ns", tz=PARQUET_TZ)), **arrays})
             if self._pq is None:
                 self._pq = pq.ParquetWriter(self._partial, table.schema)
             self._pq.write_table(table)
+            return
+        names = list(cols)
+        records = zip(*(values.tolist() for values in cols.values()))
+        if self.format == ".jsonl":
+            self._file.writelines(json.dumps(dict(zip(names, r))) + "\n" for r in records)
+        else:
+            if self._csv is None:
+                self._csv = csv.writer(self._file)
+                self._csv.writerow(names)
+            self._csv.writerows(records)
 
     def close(self, complete: bool = True) -> None:
         """Finish the file and put it in place; ``complete=False`` (the replay failed):
