@@ -277,9 +277,11 @@ def wal_verify(directory: str = typer.Argument("data", help="a data root, venue,
                                            "crash); other damage is never modified")) -> None:
     """Check every checksum and decode every record. Exit 0 only if the log is clean."""
     from shrivenq.errors import ShrivenqError
+    from shrivenq.progress import ProgressLine, VerifyProgress
     from shrivenq.wal import verify
     try:
-        report = verify(directory, repair=repair)
+        with ProgressLine() as line:
+            report = verify(directory, repair=repair, progress=VerifyProgress(line))
     except ShrivenqError as err:
         _fail("verify", err)
     for r in report.repairs:
@@ -374,7 +376,9 @@ def replay(
 ) -> None:
     """Rebuild the books from the recorded ticks, deterministically.
 
-    Prints a summary per instrument (ticks, first/last time, last book, gaps)."""
+    Prints a summary per instrument (ticks, first/last time, last book, gaps); on a terminal,
+    a progress line on stderr while it works."""
+    from shrivenq.progress import ProgressLine, ReplayProgress
     from shrivenq.replay.runner import ReplayRequest, run_replay
 
     _logging(quiet=True)
@@ -382,7 +386,12 @@ def replay(
                         data_dir=data_dir, cache_dir=cache_dir, every=every, out=out,
                         verify=verify, skip_corrupt=skip_corrupt, exchange=exchange,
                         market=market)
-    _exit_with("replay", run_replay, req)
+
+    def run(request: ReplayRequest) -> int:
+        with ProgressLine() as line:
+            return run_replay(request, progress=ReplayProgress(line))
+
+    _exit_with("replay", run, req)
 
 
 def _exit_with(command: str, run, request) -> None:

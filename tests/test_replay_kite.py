@@ -659,3 +659,25 @@ def test_damage_past_the_end_of_a_read_never_fails_it(tmp_path):
     assert len(ticks) == 20
     (gap,) = ds.gaps
     assert gap["from_ns"] == t0 + 20 * 10**6 and gap["to_ns"] is None
+
+
+def test_replay_and_verify_report_progress_that_ends_at_the_totals(day):
+    import io
+    from shrivenq.replay.runner import ReplayRequest, run_replay
+    from shrivenq.wal import verify
+
+    calls = []
+    code = run_replay(ReplayRequest(data_dir=day, cache_dir=day / "no-cache"), out=io.StringIO(),
+                      progress=lambda *args: calls.append(args))
+    total = sum(len(b.rows) for b in KiteReplay(day).ticks())
+    assert code == 0 and len(calls) >= 2
+    ticks = [c[0] for c in calls]
+    walls = [c[1] for c in calls]
+    assert ticks == sorted(ticks) and ticks[-1] == total
+    assert walls == sorted(walls) and all(c[2:] == (None, None) for c in calls)
+
+    steps = []
+    report = verify(day, progress=lambda *args: steps.append(args))
+    assert [s[0] for s in steps] == list(range(1, len(report.segments) + 1))
+    assert {s[1] for s in steps} == {len(report.segments)}
+    assert steps[-1][2] == sum(s.records for s in report.segments)

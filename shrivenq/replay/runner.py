@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Callable, Iterable, Iterator, TextIO
 
 from shrivenq.errors import ConfigError, ReplayError
 from shrivenq.replay.dataset import Dataset
@@ -48,7 +48,24 @@ def _tokens(req: ReplayRequest, ds: Dataset) -> list[int] | None:
     return ds.tokens_for(req.symbols or None, tokens or None) if (req.symbols or tokens) else None
 
 
-def run_replay(req: ReplayRequest, out: TextIO | None = None) -> int:
+Progress = Callable[[int, int, "int | None", "int | None"], None]
+
+
+def _reporting(batches: Iterable, progress: Progress, start_ns: int | None,
+               end_ns: int | None) -> Iterator:
+    ticks = 0
+    for batch in batches:
+        if len(batch.rows):
+            ticks += len(batch.rows)
+            progress(ticks, int(batch.wall_ns[-1]), start_ns, end_ns)
+        yield batch
+
+
+def run_replay(req: ReplayRequest, out: TextIO | None = None,
+               progress: Progress | None = None) -> int:
+    """Replay as ``req`` asks, print the summary to ``out``, return the exit code.
+    ``progress(ticks so far, receive time of the last, start_ns, end_ns)`` is called once
+    per batch read (Kite; a few thousand ticks each); the range is None where not given."""
     out = out or sys.stdout
     if req.exchange == "binance":
         return _run_binance(req, out)
@@ -71,6 +88,8 @@ def run_replay(req: ReplayRequest, out: TextIO | None = None) -> int:
     # Created last: nothing between it and the try below can fail and leave its partial file.
     writer = BookWriter(req.out, names) if req.out is not None else None
     batches = replay.ticks(start_ns, end_ns, tokens, verify=req.verify, books=writer is not None)
+    if progress is not None:
+        batches = _reporting(batches, progress, start_ns, end_ns)
     complete = False
     try:
         if writer is None:

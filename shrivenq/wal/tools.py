@@ -130,10 +130,12 @@ def inspect(path) -> list[SegmentSummary]:
     return _summaries(path, decode=False)
 
 
-def _summaries(path, decode: bool) -> list[SegmentSummary]:
+def _summaries(path, decode: bool, progress=None) -> list[SegmentSummary]:
     """_summarise of every segment under ``path``; one that cannot be opened is listed as
-    unreadable, with why."""
+    unreadable, with why. ``progress(segments done, segments, records so far)`` after
+    each."""
     out = []
+    records = 0
     paths = layout.find_segments(path)
     newest = _newest(paths)
     holes = {} if Path(path).is_file() else layout.numbering_holes(paths)
@@ -151,6 +153,9 @@ def _summaries(path, decode: bool) -> list[SegmentSummary]:
             # Listed first: the loss comes before this segment's own records.
             out[-1].problems.insert(0, f"{p.parent}: {layout.describe_hole(p, *holes[p])}"
                                        " (deleted or lost: the records they held are gone)")
+        if progress is not None:
+            records += out[-1].records
+            progress(len(out), len(paths), records)
     return out
 
 
@@ -175,12 +180,13 @@ class VerifyReport:
         return out
 
 
-def verify(path, repair: bool = False) -> VerifyReport:
+def verify(path, repair: bool = False, progress=None) -> VerifyReport:
     """Check every header, frame, checksum and footer under ``path`` and decode every record.
     ``repair``: first do what a writer's recovery does after a crash, to segments no live
     writer holds: cut the torn tail and rebuild the footer of each directory's newest
     segment, and cut bytes appended after a closed segment's trailer. A segment damaged in
-    any other way (an older one that lost its end included) is never modified."""
+    any other way (an older one that lost its end included) is never modified.
+    ``progress(segments done, segments, records so far)`` is called after each segment."""
     repairs = []
     if repair:
         paths = layout.find_segments(path)
@@ -201,4 +207,4 @@ def verify(path, repair: bool = False) -> VerifyReport:
                     continue
                 if r is not None:
                     repairs.append(r)
-    return VerifyReport(_summaries(path, decode=True), repairs)
+    return VerifyReport(_summaries(path, decode=True, progress=progress), repairs)
