@@ -11,7 +11,7 @@ would look for a top-level module ``l2_ladder``), and this file stays next to it
 Cython's rebuild check looks for it.
 """
 
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint64_t
 
 
 cdef struct Level:
@@ -19,15 +19,27 @@ cdef struct Level:
     int64_t qty
 
 
+# A side's levels by "goodness" g: the price for bids, ~price (bitwise not: order-reversing
+# and exact over all of int64) for asks, so that better is larger on both sides. Levels with
+# g in [lo, lo + wsize) live in the window, a ring of quantities at slot g mod wsize; the
+# rest, all worse, in the overflow array. See l2_ladder.pyx.
 cdef struct Side:
-    Level* levels       # ascending "goodness": bids ascending, asks descending; best at [n-1]
+    Level* levels       # overflow, ascending goodness: best at [n-1]; every g < lo
     Py_ssize_t n
     Py_ssize_t cap
     bint is_bid
+    int64_t* wq         # window quantities by slot; 0: no level
+    uint64_t* wbits     # window occupancy, a bit a slot
+    int64_t lo
+    int64_t best_g      # the window's best goodness, when wn > 0
+    Py_ssize_t wn       # levels in the window
+    Py_ssize_t wsize    # a power of two, at least 64
+    bint anchored       # lo has been set (by the first level)
 
 
 cdef class L2Ladder:
     cdef Side sides[2]
+    cdef readonly Py_ssize_t window
 
     cdef Side* _side(self, int side) except NULL
 

@@ -65,6 +65,57 @@ def test_deep_ladders_equal_the_reference(seed):
         assert [tuple(x) for x in ladder.levels(side).tolist()] == ref.top(side, 10**6)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([BID, ASK]), st.integers(-400, 400),
+                          st.sampled_from([0, 0, 3, 9])), max_size=500))
+def test_a_small_window_equals_the_reference_as_levels_cross_its_edges(ops):
+    """A 64-price window over 800 prices: levels move into and out of it, and it re-centres
+    up and down, on every few updates."""
+    ladder, ref = L2Ladder(2, window=64), ReferenceLadder()
+    for side, price, qty in ops:
+        ladder.set_level(side, price, qty)
+        ref.set_level(side, price, qty)
+        assert ladder.best_bid() == ref.best_bid() and ladder.best_ask() == ref.best_ask()
+        assert ladder.depth(BID) == len(ref.top(BID, 10**6))
+    for side in (BID, ASK):
+        assert [tuple(x) for x in ladder.levels(side).tolist()] == ref.top(side, 10**6)
+
+
+@pytest.mark.parametrize("window", [64, 256, 2048])
+@pytest.mark.parametrize("seed", range(3))
+def test_a_drifting_book_equals_the_reference(window, seed):
+    """Updates around a mid that walks far (many windows) up and down, a third of them
+    deletes, some far from the touch, with whole-book reads along the way."""
+    rng = np.random.default_rng(seed)
+    ladder, ref = L2Ladder(8, window=window), ReferenceLadder()
+    mid = 0
+    for step in range(8000):
+        mid += int(rng.integers(-3, 4)) * (1 if step % 2000 < 1000 else 5)
+        side = int(rng.integers(2))
+        far = int(rng.integers(0, 4 * window)) if rng.random() < 0.1 else int(rng.integers(1, 40))
+        price = mid - far if side == BID else mid + far
+        qty = 0 if rng.random() < 0.33 else int(rng.integers(1, 10**6))
+        ladder.set_level(side, price, qty)
+        ref.set_level(side, price, qty)
+        if step % 50 == 0:
+            assert ladder.touch() == (*(ref.best_bid() or (0, 0)), *(ref.best_ask() or (0, 0)))
+            for s in (BID, ASK):
+                assert [tuple(x) for x in ladder.top(s, 20).tolist()] == ref.top(s, 20)
+    for s in (BID, ASK):
+        assert [tuple(x) for x in ladder.levels(s).tolist()] == ref.top(s, 10**6)
+    ladder.clear()
+    assert ladder.depth(BID) == ladder.depth(ASK) == 0 and ladder.touch() == (0, 0, 0, 0)
+    ladder.set_level(ASK, 2**63 - 1, 1)
+    ladder.set_level(ASK, -2**63, 2)
+    assert ladder.levels(ASK).tolist() == [[-2**63, 2], [2**63 - 1, 1]]
+
+
+@pytest.mark.parametrize("window", [0, 63, 100, 2**25])
+def test_a_window_that_is_not_a_power_of_two_from_64_is_refused(window):
+    with pytest.raises(ValueError, match="power of two"):
+        L2Ladder(window=window)
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 30), st.sampled_from([0, 5, 9])), max_size=200))
 def test_batched_apply_equals_one_by_one(ops):
