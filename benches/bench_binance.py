@@ -176,7 +176,7 @@ def test_per_level_book_cost(benchmark, depth):
 @pytest.fixture(scope="module")
 def captured_wal():
     """A WAL as capture writes it: session, exchangeInfo, a connection, snapshots, then
-    100,000 depthUpdates of two symbols from the simulator's market (about 420 B each), at
+    100,000 depthUpdates of two symbols from the simulator's market (about 390 B each), at
     capture's zstd level. Written far faster than a feed sends, so it waits for the writer
     after about each 1 MB block: a writer that falls behind drops to level 1, which live
     capture's rates never make it do."""

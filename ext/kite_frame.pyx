@@ -628,6 +628,11 @@ def _positional_fill(enabled=None):
     return _direct
 
 
+# Bound once: the loop that calls it runs with the GC paused and must run no Python code,
+# which a module-level ``datetime`` replaced by a subclass (freezegun does that) would.
+cdef object _fromtimestamp = datetime.fromtimestamp
+
+
 cdef struct StampMemo:
     # The last two seconds looked up (a full packet has two: last trade, exchange time),
     # their datetimes borrowed from the call's cache dict, which keeps them alive.
@@ -648,7 +653,7 @@ cdef object _timestamp(dict cache, StampMemo* memo, uint32_t value):
     cdef object stamp = cache.get(key, cache)
     if stamp is cache:
         try:
-            stamp = datetime.fromtimestamp(value)
+            stamp = _fromtimestamp(value)
         except Exception:
             stamp = None
         cache[key] = stamp

@@ -274,6 +274,7 @@ def test_metrics_and_health_endpoints_report_the_live_capture(tmp_path):
             status, text = await asyncio.to_thread(get, base + "/metrics")
             assert status == 200 and "shrivenq_ticks_total" in text
             assert "shrivenq_connections_up 1.0" in text
+            assert "shrivenq_wal_fast_blocks_total 0.0" in text
             sim.stall()
             await until(lambda: not capture.feed.stats[0].connected or
                         capture.recorder.counters.gaps, timeout=5)

@@ -481,6 +481,8 @@ def test_parse_ticks_leaks_no_references(fill):
 
 # --- parse_ticks and the cyclic GC --------------------------------------------------------
 
+@pytest.mark.skipif(bool(__import__("sysconfig").get_config_var("Py_GIL_DISABLED")),
+                    reason="a free-threaded build leaves the GC alone (other threads run)")
 def test_parse_ticks_runs_no_garbage_collection_and_restores_the_gc_state():
     # A 500-packet frame makes thousands of dicts and lists: enough to set off several
     # collections, each walking ticks that are alive, unless parse_ticks pauses the GC.
@@ -519,3 +521,17 @@ def test_parse_ticks_restores_the_gc_when_it_raises():
     with pytest.raises(KiteFrameError):
         parse_ticks(frame_of(FULL)[:-1])
     assert gc.isenabled()
+    # Out of memory inside the paused loop, at every allocation in turn.
+    testcapi = pytest.importorskip("_testcapi")
+    frame = frame_of(FULL, INDEX_FULL, QUOTE, FULL)
+    failed = 0
+    for start in range(1, 200):
+        testcapi.set_nomemory(start, start + 1)
+        try:
+            parse_ticks(frame)
+        except MemoryError:
+            failed += 1
+        finally:
+            testcapi.remove_mem_hooks()
+        assert gc.isenabled(), f"GC left off after a MemoryError at allocation {start}"
+    assert failed > 20

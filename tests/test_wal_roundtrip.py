@@ -761,9 +761,11 @@ def test_a_writer_behind_compresses_at_the_fast_level_and_loses_nothing(tmp_path
                   fsync="never")
     release = threading.Event()
     write_block = w._write_block
+    used = []                   # the compressor of each block, in order
 
     def slow_disk(blk, cctx):   # the writer thread stalls on its first block
         release.wait(10)
+        used.append(cctx)
         write_block(blk, cctx)
 
     w._write_block = slow_disk
@@ -783,10 +785,23 @@ def test_a_writer_behind_compresses_at_the_fast_level_and_loses_nothing(tmp_path
         w.close()
     assert 1 <= behind < len(payloads)
     assert w.stats.fast_blocks == behind
+    # Two compressors: the fast one for the blocks taken while behind; keeping up, only the
+    # writer's own.
+    own = used[-1]
+    assert used[-len(payloads):] == [own] * len(payloads)
+    fast = [c for c in used if c is not own]
+    assert len(fast) == behind and all(c is fast[0] for c in fast)
     assert [r.payload for r in read_wal(tmp_path / "binance")] == payloads * 2
 
 
-@pytest.mark.parametrize("level", [0, -1, 23, "9", 2.0])
+@pytest.mark.parametrize("level", [23, -(1 << 17) - 1, "9", 2.0, True, None])
 def test_a_zstd_level_out_of_range_is_refused(tmp_path, level):
     with pytest.raises(ConfigError, match="zstd level"):
         WalWriter(tmp_path, "kite", "ticks", tz=IST, level=level)
+
+
+@pytest.mark.parametrize("level", [np.int64(9), 0, -5, 22])
+def test_any_zstd_level_is_taken_and_reads_back(tmp_path, level):
+    with WalWriter(tmp_path, "kite", "ticks", tz=IST, level=level, fsync="never") as w:
+        w.append(Kind.TEXT, b"x" * 1000, T0, 0)
+    assert read_wal(tmp_path / "kite").payloads() == [b"x" * 1000]

@@ -61,6 +61,10 @@ class _CaptureCollector:
             yield CounterMetricFamily("shrivenq_wal_queue_full_waits",
                                       "Times the capture waited on a full WAL queue",
                                       value=st.queue_full_waits)
+            yield CounterMetricFamily("shrivenq_wal_fast_blocks",
+                                      "Blocks compressed at zstd level 1 because the WAL "
+                                      "writer was behind",
+                                      value=st.fast_blocks)
 
 
 def health_of(capture) -> dict:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import operator
 import os
 import signal
 import struct
@@ -106,6 +107,7 @@ _DEFAULT_VERSIONS = np.array([RECORD_VERSION.get(k, 1) for k in range(256)], dty
 # never be what makes capture wait. The level is not recorded: zstd reads any level alike.
 FAST_LEVEL = 1
 BEHIND_BLOCKS = 2
+MIN_LEVEL = -(1 << 17)      # zstd's fastest (ZSTD_minCLevel); 0 is its default, 3
 
 
 # How often the writer thread looks for sealed blocks while a block is open, instead of
@@ -249,8 +251,12 @@ class WalWriter:
         if self.codec not in fmt.CODEC_NAMES or (self.codec == fmt.CODEC_TICK_DELTA
                                                  and not fmt.tick_delta_available()):
             raise ConfigError(f"codec {codec} is not available")
-        if not isinstance(level, int) or not 1 <= level <= zstandard.MAX_COMPRESSION_LEVEL:
-            raise ConfigError(f"level={level!r}: a zstd level from 1 to "
+        try:
+            level = operator.index(level) if not isinstance(level, bool) else None
+        except TypeError:
+            level = None
+        if level is None or not MIN_LEVEL <= level <= zstandard.MAX_COMPRESSION_LEVEL:
+            raise ConfigError(f"level: a zstd level is an integer from {MIN_LEVEL} to "
                               f"{zstandard.MAX_COMPRESSION_LEVEL}")
         self.level = level
         self.on_durable = on_durable
@@ -551,9 +557,13 @@ class WalWriter:
             self.stats.queue_full_seconds += time.monotonic() - start
 
     def _run(self) -> None:
-        cctx = zstandard.ZstdCompressor(level=self.level)
-        fast = (zstandard.ZstdCompressor(level=FAST_LEVEL) if self.level > FAST_LEVEL
-                else cctx)
+        try:
+            cctx = zstandard.ZstdCompressor(level=self.level)
+            fast = (zstandard.ZstdCompressor(level=FAST_LEVEL) if self.level > FAST_LEVEL
+                    else cctx)
+        except Exception as exc:    # a MemoryError, say: appends must see it, not wait
+            self._fail(exc)
+            return
         last_sync = time.monotonic()
         unsynced = False
         while True:
