@@ -59,6 +59,7 @@ def measure(wal_dir: Path) -> dict[str, float]:
         out[f"Binance replay, {label} (k messages/s)"] = 100 / s
     sys.path.insert(0, str(HERE))
     import bench_binance
+    from bench_kite_parser import on_ticks
     info, snap, msgs = bench_binance.depth.__wrapped__()
     samples = []
     for _ in range(9):
@@ -74,17 +75,17 @@ def measure(wal_dir: Path) -> dict[str, float]:
     for name, kind in (("full", KIND_FULL), ("quote", KIND_QUOTE)):
         frames = [encode_frame(market.ticks(500, kind)) for _ in range(8)]
         theirs = ours = 0.0
-        # Throughput, as bench_kite_parser times it: runs of frames, each list dropped after
-        # use, the two parsers alternating run by run.
+        # Throughput, as bench_kite_parser times it: runs of frames, each list read by an
+        # on_ticks and dropped, the two parsers alternating run by run.
         for _ in range(4):
             start = time.perf_counter()
-            for i in range(5):
-                sdk._parse_binary(frames[i % 8])
-            theirs += (time.perf_counter() - start) / 5
+            for i in range(8):
+                on_ticks(sdk._parse_binary(frames[i]))
+            theirs += (time.perf_counter() - start) / 8
             start = time.perf_counter()
-            for i in range(20):
-                parse_ticks(frames[i % 8])
-            ours += (time.perf_counter() - start) / 20
+            for i in range(24):
+                on_ticks(parse_ticks(frames[i % 8]))
+            ours += (time.perf_counter() - start) / 24
         out[f"parse_ticks {name} (x kiteconnect)"] = theirs / ours
         per_call = median_s(lambda: parse_frame(frames[0]), 300)
         out[f"parse_frame {name} (ns/packet)"] = per_call / 500 * 1e9
