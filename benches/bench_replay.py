@@ -241,3 +241,46 @@ def test_book_output_rows_vs_the_row_by_row_twin(benchmark, day, tmp_path):
           f"{per_s['csv'] / 1e3:.0f}k, jsonl {per_s['jsonl'] / 1e3:.0f}k; the row-by-row twin "
           f"builds {per_s['twin'] / 1e3:.0f}k (no file): parquet {ratio:.0f}x (gate: 10x)")
     assert ratio >= 10 / 2, f"parquet output only {ratio:.1f}x the row-by-row twin"
+
+
+def test_l2_ladder_with_a_level_flickering_far_above_the_book(benchmark):
+    """A book of 1,500 bids, one bid far above it set and deleted over and over, with
+    updates to the book in between: the window must not carry the whole book up and down
+    for it. Against the sortedcontainers reference, gate 4x (failing below half)."""
+    rng = np.random.default_rng(9)
+    ops = []
+    for i in range(4000):
+        ops.append((10**9, 1))
+        ops.append((10**9, 0))
+        for _ in range(int(rng.integers(0, 100))):
+            ops.append((1_000_000 + int(rng.integers(1, 1501)), int(rng.integers(0, 9))))
+    prices = np.array([p for p, _ in ops], dtype=np.int64)
+    qtys = np.array([q for _, q in ops], dtype=np.int64)
+
+    def compiled():
+        ladder = L2Ladder()
+        ladder.apply(BID, np.arange(1_000_001, 1_001_501, dtype=np.int64),
+                     np.full(1500, 5, dtype=np.int64))
+        for k in range(0, len(ops), 20):     # as messages of 20 levels
+            ladder.apply(BID, prices[k:k + 20], qtys[k:k + 20])
+        return ladder
+
+    def reference():
+        ladder = ReferenceLadder()
+        for p in range(1_000_001, 1_001_501):
+            ladder.set_level(BID, p, 5)
+        for p, q in zip(prices.tolist(), qtys.tolist()):
+            ladder.set_level(BID, p, q)
+        return ladder
+
+    assert compiled().levels(BID).tolist() == [list(x) for x in reference().top(BID, 10**6)]
+    ref_s = median_seconds(reference, 3)
+    benchmark.pedantic(compiled, rounds=9, iterations=1, warmup_rounds=1)
+    ours = benchmark.stats.stats.median
+    ratio = ref_s / ours
+    benchmark.extra_info.update({"ns_per_update": round(ours / len(ops) * 1e9, 1),
+                                 "vs_sortedcontainers": round(ratio, 1)})
+    print(f"\n  L2 ladder, a level flickering far above the book: {ours / len(ops) * 1e9:.1f} "
+          f"ns per update; sortedcontainers {ref_s / len(ops) * 1e9:.0f} ns: {ratio:.0f}x "
+          f"(gate: 4x)")
+    assert ratio >= 4 / 2, f"only {ratio:.1f}x the sortedcontainers reference"

@@ -35,6 +35,7 @@ cdef struct Side:
     Py_ssize_t wn       # levels in the window
     Py_ssize_t wsize    # a power of two, at least 64
     bint anchored       # lo has been set (by the first level)
+    Py_ssize_t idle     # updates below the window in a row while it was empty
 
 
 cdef class L2Ladder:

@@ -49,6 +49,8 @@ ASK = 1
 
 cdef enum:
     DEFAULT_WINDOW = 2048   # prices a window covers: 16 KB of quantities a side
+    MAX_WINDOW = 1 << 16    # 512 KB a side; clear() and a scan for a new best grow with it
+    RECENTRE_AFTER = 64     # updates below an empty window before it moves down to them
 
 
 cdef int side_init(Side* s, Py_ssize_t cap, bint is_bid, Py_ssize_t window) except -1:
@@ -65,6 +67,7 @@ cdef int side_init(Side* s, Py_ssize_t cap, bint is_bid, Py_ssize_t window) exce
     s.lo = 0
     s.best_g = 0
     s.anchored = False
+    s.idle = 0
     return 0
 
 
@@ -194,7 +197,8 @@ cdef inline int64_t centred_lo(int64_t g, Py_ssize_t wsize) noexcept nogil:
 
 cdef inline int64_t window_below(const Side* s, int64_t g) noexcept nogil:
     """The best occupied goodness below g, scanning down the bitmap; one must exist in
-    [lo, g). (Slots below lo stand for goodness a window higher, above the best: empty.)"""
+    [lo, g). (A slot scanned on the way holds goodness in [lo, g): the bits a scan meets
+    first are those of g - 1, g - 2, ..., and the ring wraps only at a word boundary.)"""
     cdef Py_ssize_t k, bit
     cdef uint64_t bits
     g -= 1
@@ -299,21 +303,30 @@ cdef inline void side_put_k(Side* s, int64_t price, int64_t qty, bint is_bid) no
         s.anchored = True
     if g >= s.lo:
         if (<uint64_t>g) - (<uint64_t>s.lo) < <uint64_t>s.wsize:
+            s.idle = 0
             if qty:
                 window_set(s, g, qty)
             else:
                 window_delete(s, g)
-                if s.wn == 0 or s.best_g - s.lo < s.wsize // 8:
+                if s.wn and s.best_g - s.lo < s.wsize // 8:
                     recentre_down(s, is_bid)
             return
         if qty == 0:
             return                  # above the window: no level there to delete
+        s.idle = 0
         shift_up(s, g, is_bid)
         window_set(s, g, qty)
         return
     over_put(s, price, qty, is_bid)
+    # An empty window moves down to the levels only once they have had RECENTRE_AFTER
+    # updates in a row: moving it at once let one level flickering far above the rest
+    # (inserted: shift_up moves every level out; deleted: this moved them all back) cost
+    # the whole book twice an update.
     if s.wn == 0:
-        recentre_down(s, is_bid)
+        s.idle += 1
+        if s.idle >= RECENTRE_AFTER:
+            s.idle = 0
+            recentre_down(s, is_bid)
 
 
 cdef inline bint side_best(const Side* s, int64_t* price, int64_t* qty) noexcept nogil:
@@ -357,6 +370,7 @@ cdef void side_clear(Side* s) noexcept nogil:
     s.wn = 0
     s.n = 0
     s.anchored = False
+    s.idle = 0
 
 
 cdef void apply_levels(Side* s, const int64_t* prices, const int64_t* qtys, Py_ssize_t n,
@@ -433,8 +447,9 @@ cdef int _check_pairs(const int64_t* pairs, Py_ssize_t n) except -1:
 cdef class L2Ladder:
     """Both sides of one instrument's book. Prices and quantities are fixed-point int64.
 
-    ``capacity``: levels a side holds before its array first grows. ``window``: prices the
-    window around each side's best covers (a power of two, at least 64); depth updates
+    ``capacity``: levels a side holds (window and array together) before its array first
+    grows. ``window``: prices the window around each side's best covers (a power of two
+    from 64 to 65536), three quarters below the best and a quarter above; depth updates
     within it cost the least. Prices are integers on the instrument's tick grid, so 2048
     covers hundreds of ticks on any grid that is not far finer than its tick."""
 
@@ -442,8 +457,9 @@ cdef class L2Ladder:
         cdef int k
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
-        if window < 64 or window & (window - 1) or window > (1 << 24):
-            raise ValueError(f"window must be a power of two from 64 to 2**24, not {window}")
+        if window < 64 or window & (window - 1) or window > MAX_WINDOW:
+            raise ValueError(f"window must be a power of two from 64 to {MAX_WINDOW}, "
+                             f"not {window}")
         for k in range(2):
             self.sides[k].levels = NULL
             self.sides[k].wq = NULL

@@ -110,7 +110,29 @@ def test_a_drifting_book_equals_the_reference(window, seed):
     assert ladder.levels(ASK).tolist() == [[-2**63, 2], [2**63 - 1, 1]]
 
 
-@pytest.mark.parametrize("window", [0, 63, 100, 2**25])
+def test_a_level_flickering_far_above_the_book_keeps_it_exact():
+    """Inserting a level far above the book moves the window up, away from every other
+    level; deleting it leaves the window empty until the book below has had a run of
+    updates. The book stays exact throughout."""
+    ladder, ref = L2Ladder(4, window=64), ReferenceLadder()
+    rng = np.random.default_rng(5)
+    for price in range(1000, 1200):
+        ladder.set_level(BID, price, 7)
+        ref.set_level(BID, price, 7)
+    for step in range(600):
+        if step % 100 < 2:      # in, then out
+            ops = [(10**9, 1 - step % 2)]
+        else:
+            ops = [(int(rng.integers(900, 1300)), int(rng.choice([0, 3, 8])))]
+        for price, qty in ops:
+            ladder.set_level(BID, price, qty)
+            ref.set_level(BID, price, qty)
+        assert ladder.best_bid() == ref.best_bid()
+        if step % 25 == 0:
+            assert [tuple(x) for x in ladder.levels(BID).tolist()] == ref.top(BID, 10**6)
+
+
+@pytest.mark.parametrize("window", [0, 63, 100, 2**17])
 def test_a_window_that_is_not_a_power_of_two_from_64_is_refused(window):
     with pytest.raises(ValueError, match="power of two"):
         L2Ladder(window=window)
