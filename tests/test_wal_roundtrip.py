@@ -805,3 +805,20 @@ def test_any_zstd_level_is_taken_and_reads_back(tmp_path, level):
     with WalWriter(tmp_path, "kite", "ticks", tz=IST, level=level, fsync="never") as w:
         w.append(Kind.TEXT, b"x" * 1000, T0, 0)
     assert read_wal(tmp_path / "kite").payloads() == [b"x" * 1000]
+
+
+def test_decoded_uint32_columns_are_aligned_whatever_the_key_planes_leave():
+    """Three keys in one byte plane put the columns after them at an odd offset in the
+    body; the compiled readers take those columns as uint32 arrays, which must be aligned."""
+    cols = fmt.Columns(kind=np.full(2, Kind.BINARY, np.uint8), version=np.ones(2, np.uint8),
+                       conn=np.array([3, 4], np.uint32), wall_ns=np.array([T0, T0 + 1]),
+                       mono_ns=np.array([5, 6]), length=np.array([1, 2], np.uint32),
+                       payloads=b"abc", inst_count=np.array([1, 2], np.uint32),
+                       inst_keys=np.array([7, 9, 7], dtype=np.uint64), has_instruments=True)
+    raw = fmt.encode_body(cols, fmt.CODEC_PLAIN)
+    got = fmt.decode_body(raw, 2, fmt.CODEC_PLAIN, fmt.FLAG_INSTRUMENTS | fmt.FLAG_KEY_DICT)
+    for name in ("conn", "length", "inst_count"):
+        column = getattr(got, name)
+        assert column.flags.aligned, f"{name} is not aligned"
+        assert column.tolist() == getattr(cols, name).tolist()
+    assert got.inst_keys.tolist() == [7, 9, 7] and bytes(got.payloads) == b"abc"

@@ -325,9 +325,13 @@ def decode_body(raw: bytes, records: int, codec: int, flags: int) -> Columns:
         keys = table.take(ids)
     else:
         keys = take("<u8", m)
-    conn = take("<u4", n)
-    length = take("<u4", n)
-    inst_count = take("<u4", n)
+    # Views into the body, at offsets the key dictionary's byte planes can leave odd. The
+    # compiled readers (tick_delta, the Binance and Kite replay loops) take them as uint32
+    # arrays, which C assumes aligned (a vectorised loop may fault on one that is not), so
+    # an unaligned column is copied.
+    conn = np.require(take("<u4", n), requirements="A")
+    length = np.require(take("<u4", n), requirements="A")
+    inst_count = np.require(take("<u4", n), requirements="A")
     kind = take("u1", n)
     version = take("u1", n)
     if int(length.sum(dtype=np.uint64)) != payload_len:
