@@ -378,6 +378,8 @@ def replay(
 
     Prints a summary per instrument (ticks, first/last time, last book, gaps); on a terminal,
     a progress line on stderr while it works."""
+    import io
+
     from shrivenq.progress import ProgressLine, ReplayProgress
     from shrivenq.replay.runner import ReplayRequest, run_replay
 
@@ -388,8 +390,11 @@ def replay(
                         market=market)
 
     def run(request: ReplayRequest) -> int:
+        summary = io.StringIO()     # printed once the progress line is gone
         with ProgressLine() as line:
-            return run_replay(request, progress=ReplayProgress(line))
+            code = run_replay(request, out=summary, progress=ReplayProgress(line))
+        typer.echo(summary.getvalue(), nl=False)
+        return code
 
     _exit_with("replay", run, req)
 

@@ -68,18 +68,14 @@ def _count(n: float) -> str:
 class ReplayProgress:
     """The callback ``run_replay`` takes: ``(ticks so far, receive time of the last one,
     start_ns, end_ns)``, drawn as "replay: 11:02:13 IST, 12.3M ticks, 3.1M ticks/s[, 42%]":
-    the share of the range passed, when it has an end (from the first tick when it has no
-    start)."""
+    the share of start_ns..end_ns passed, when the range has an end."""
 
     def __init__(self, line: ProgressLine):
         self.line = line
         self.began = line.clock()
-        self.first_ns: int | None = None
 
     def __call__(self, ticks: int, wall_ns: int, start_ns: int | None = None,
                  end_ns: int | None = None) -> None:
-        if self.first_ns is None:
-            self.first_ns = wall_ns if start_ns is None else start_ns
         if not self.line.enabled:
             return
         elapsed = self.line.clock() - self.began
@@ -87,8 +83,8 @@ class ReplayProgress:
         text = f"replay: {at} IST, {_count(ticks)} ticks"
         if elapsed > 0:
             text += f", {_count(ticks / elapsed)} ticks/s"
-        if end_ns is not None and end_ns > self.first_ns:
-            share = (wall_ns - self.first_ns) / (end_ns - self.first_ns)
+        if start_ns is not None and end_ns is not None and end_ns > start_ns:
+            share = (wall_ns - start_ns) / (end_ns - start_ns)
             text += f", {min(max(share, 0.0), 1.0):.0%}"
         self.line.show(text)
 

@@ -674,10 +674,41 @@ def test_replay_and_verify_report_progress_that_ends_at_the_totals(day):
     ticks = [c[0] for c in calls]
     walls = [c[1] for c in calls]
     assert ticks == sorted(ticks) and ticks[-1] == total
-    assert walls == sorted(walls) and all(c[2:] == (None, None) for c in calls)
+    # No --start or --end: the range starts at the first tick and has no end.
+    first = next(b for b in KiteReplay(day).ticks() if len(b.rows)).wall_ns[0]
+    assert walls == sorted(walls) and all(c[2:] == (first, None) for c in calls)
 
     steps = []
     report = verify(day, progress=lambda *args: steps.append(args))
     assert [s[0] for s in steps] == list(range(1, len(report.segments) + 1))
     assert {s[1] for s in steps} == {len(report.segments)}
     assert steps[-1][2] == sum(s.records for s in report.segments)
+
+
+def test_on_a_terminal_the_progress_line_is_erased_before_the_summary(day):
+    """stdout and stderr on one terminal, as when a user runs replay by hand: the summary
+    must start on a clean line, not after the progress text."""
+    import pty
+    import subprocess
+    import sys
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "shrivenq.cli", "replay", "--data-dir",
+                             str(day)], stdout=follower, stderr=follower, close_fds=True)
+    os.close(follower)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:        # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(leader)
+    assert proc.wait(timeout=60) == 0
+    text = out.decode()
+    assert "\rreplay: " in text, "no progress line was drawn"
+    before, summary = text.split("symbol", 1)
+    # Everything the progress line drew is overwritten by spaces and a carriage return.
+    assert before.rstrip(" ").endswith("\r") and "ticks replayed" in summary

@@ -21,6 +21,8 @@ def random_rows(seed: int, n: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     rows = np.zeros(n, dtype=BOOK_DTYPE)
     rows["wall_ns"] = rng.integers(-10**17, 2**62, n)      # 1966 to 2116
+    edges = [2**63 - 1, 2**63 - 19_800 * 10**9, 2**63 - 19_800 * 10**9 - 1, -2**63]
+    rows["wall_ns"][:4] = edges[:n]      # int64's ends: the top wraps when shifted to IST
     rows["token"] = rng.choice([256265, 260105, 2**32 - 1, 0, 12345], n)
     rows["divisor"] = rng.choice([0, 1, 100, 10_000, 10_000_000, 2**32 - 1], n)
     for name in ("last_price", "bid_price", "ask_price"):

@@ -139,8 +139,13 @@ def _columns(rows: np.ndarray, names: dict[int, str]) -> dict[str, np.ndarray]:
     divided by their divisor (1 where it is 0) as float64, every other number as int64. Row
     by row this was 70 us a tick, most of the cost of ``replay --out``."""
     wall = rows["wall_ns"].astype(np.int64)
-    local = (wall + IST_OFFSET_NS).astype("datetime64[ns]")
-    time = np.char.add(np.datetime_as_string(local, unit="ns"), IST_SUFFIX)
+    # The last 5.5 hours of int64 (April 2262) would wrap when shifted to IST: those few
+    # take iso_ns, which does not.
+    late = wall > np.iinfo(np.int64).max - IST_OFFSET_NS
+    local = (np.where(late, 0, wall) + IST_OFFSET_NS).astype("datetime64[ns]")
+    time = np.char.add(np.datetime_as_string(local, unit="ns"), IST_SUFFIX).astype(object)
+    if late.any():
+        time[late] = [iso_ns(int(w)) for w in wall[late]]
     tokens = rows["token"].astype(np.int64)
     distinct, which = np.unique(tokens, return_inverse=True)
     symbols = np.array([names.get(int(t), "") for t in distinct], dtype=object)[which]

@@ -56,6 +56,8 @@ def _reporting(batches: Iterable, progress: Progress, start_ns: int | None,
     ticks = 0
     for batch in batches:
         if len(batch.rows):
+            if start_ns is None:            # the range starts at its first tick
+                start_ns = int(batch.wall_ns[0])
             ticks += len(batch.rows)
             progress(ticks, int(batch.wall_ns[-1]), start_ns, end_ns)
         yield batch
@@ -65,7 +67,8 @@ def run_replay(req: ReplayRequest, out: TextIO | None = None,
                progress: Progress | None = None) -> int:
     """Replay as ``req`` asks, print the summary to ``out``, return the exit code.
     ``progress(ticks so far, receive time of the last, start_ns, end_ns)`` is called once
-    per batch read (Kite; a few thousand ticks each); the range is None where not given."""
+    per batch read (Kite; a few thousand ticks each); start_ns is the first tick's time
+    when ``req`` gives no start, end_ns None when it gives no end."""
     out = out or sys.stdout
     if req.exchange == "binance":
         return _run_binance(req, out)
