@@ -34,18 +34,19 @@ def frames() -> dict[str, bytes]:
             for name, kind in (("full", KIND_FULL), ("quote", KIND_QUOTE), ("ltp", KIND_LTP))}
 
 
-def record(benchmark, sdk_s: float, target: float) -> float:
-    ours = benchmark.stats.stats.median
-    ratio = sdk_s / ours
+def record(benchmark, ours_s: float, sdk_s: float, target: float, **extra) -> float:
+    """Record and print the ratio of one frame's medians, kiteconnect's over ours."""
+    ratio = sdk_s / ours_s
     benchmark.extra_info.update({
         "packets": PACKETS,
-        "ns_per_packet": round(ours / PACKETS * 1e9, 2),
+        "ns_per_packet": round(ours_s / PACKETS * 1e9, 2),
         "kiteconnect_ns_per_packet": round(sdk_s / PACKETS * 1e9, 1),
         "speedup_vs_kiteconnect": round(ratio, 1),
         "target": target,
+        **extra,
     })
-    print(f"\n  {benchmark.name}: {ours / PACKETS * 1e9:.1f} ns/packet, kiteconnect "
-          f"{sdk_s / PACKETS * 1e9:.0f} ns/packet, {ratio:.0f}x (target {target}x)")
+    print(f"\n  {benchmark.name}: {ours_s / PACKETS * 1e9:.1f} ns/packet, kiteconnect "
+          f"{sdk_s / PACKETS * 1e9:.0f} ns/packet, {ratio:.1f}x (target {target}x)")
     return ratio
 
 
@@ -56,7 +57,8 @@ def test_parse_frame_vs_kiteconnect(benchmark, frames, mode):
     sdk: list[float] = []
     benchmark.pedantic(parse_frame, args=(frame,), rounds=2000, warmup_rounds=50,
                        setup=interleaved(sdk, lambda: SDK._parse_binary(frame), every=50))
-    ratio = record(benchmark, statistics.median(sdk), ARRAY_TARGET[mode])
+    ratio = record(benchmark, benchmark.stats.stats.median, statistics.median(sdk),
+                   ARRAY_TARGET[mode])
     assert ratio >= ARRAY_TARGET[mode] / 2, f"parse_frame only {ratio:.0f}x kiteconnect"
 
 
@@ -101,17 +103,7 @@ def test_parse_ticks_vs_kiteconnect(benchmark, feeds, mode):
     sdk: list[float] = []
     benchmark.pedantic(run_of(parse_ticks, frames, OURS_RUN), rounds=7, warmup_rounds=1,
                        setup=interleaved(sdk, run_of(SDK._parse_binary, frames, SDK_RUN)))
-    ours = benchmark.stats.stats.median / (OURS_RUN * PACKETS)
-    theirs = statistics.median(sdk[1:]) / (SDK_RUN * PACKETS)   # [0]: before our warm-up
-    ratio = theirs / ours
-    benchmark.extra_info.update({
-        "packets": PACKETS,
-        "frames_per_round": OURS_RUN,
-        "ns_per_packet": round(ours * 1e9, 2),
-        "kiteconnect_ns_per_packet": round(theirs * 1e9, 1),
-        "speedup_vs_kiteconnect": round(ratio, 1),
-        "target": DICTS_TARGET,
-    })
-    print(f"\n  {benchmark.name}: {ours * 1e9:.1f} ns/packet, kiteconnect {theirs * 1e9:.0f} "
-          f"ns/packet, {ratio:.1f}x (target {DICTS_TARGET}x)")
+    ratio = record(benchmark, benchmark.stats.stats.median / OURS_RUN,
+                   statistics.median(sdk[1:]) / SDK_RUN,    # [0]: before our warm-up
+                   DICTS_TARGET, frames_per_round=OURS_RUN)
     assert ratio >= DICTS_TARGET / 2, f"parse_ticks only {ratio:.1f}x kiteconnect"

@@ -137,17 +137,17 @@ cdef inline Py_ssize_t _lower_bound(const Level* v, Py_ssize_t n, int64_t price,
     return (base - v) + worse(base[0].price, price, is_bid)
 
 
+cdef inline bint side_has_room(const Side* s, Py_ssize_t extra) noexcept nogil:
+    return s.cap >= s.n + s.wn + extra
+
+
 cdef int side_reserve(Side* s, Py_ssize_t extra) except -1:
     """Room for ``extra`` more levels: a batch of that many updates adds at most that many,
     and the overflow array never holds more levels than the side has, so once this returns
     the batch can be applied without growing (or the GIL)."""
-    while s.cap < s.n + s.wn + extra:
+    while not side_has_room(s, extra):
         side_grow(s)
     return 0
-
-
-cdef inline bint side_has_room(const Side* s, Py_ssize_t extra) noexcept nogil:
-    return s.cap >= s.n + s.wn + extra
 
 
 # --- the overflow array: levels worse than the window, sorted, the best at the end ----------

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Callable, TextIO
 
-from shrivenq.timeutil import IST
+from shrivenq.timeutil import IST_OFFSET_NS
 
 REDRAW_S = 0.25
 
@@ -79,7 +79,7 @@ class ReplayProgress:
         if not self.line.enabled:
             return
         elapsed = self.line.clock() - self.began
-        at = time.strftime("%H:%M:%S", time.gmtime(wall_ns // 1_000_000_000 + IST_OFFSET_S))
+        at = time.strftime("%H:%M:%S", time.gmtime((wall_ns + IST_OFFSET_NS) // 1_000_000_000))
         text = f"replay: {at} IST, {_count(ticks)} ticks"
         if elapsed > 0:
             text += f", {_count(ticks / elapsed)} ticks/s"
@@ -88,8 +88,6 @@ class ReplayProgress:
             text += f", {min(max(share, 0.0), 1.0):.0%}"
         self.line.show(text)
 
-
-IST_OFFSET_S = int(IST.utcoffset(None).total_seconds())
 
 
 class VerifyProgress:

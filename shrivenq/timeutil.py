@@ -10,6 +10,7 @@ import numpy as np
 from shrivenq.errors import ConfigError
 
 IST = timezone(timedelta(hours=5, minutes=30), "IST")
+IST_OFFSET_NS = int(IST.utcoffset(None).total_seconds()) * 10**9
 UTC = timezone.utc
 
 _CLOCK = re.compile(r"\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?([+-]\d{2}:\d{2}|Z)?")
