@@ -58,8 +58,22 @@ cdef inline void place(uint32_t* keys, int32_t* slots, Py_ssize_t size, uint32_t
     slots[i] = row + 1
 
 
-cdef void merge(TickRow* dst, const TickRow* src) noexcept nogil:
+cdef enum:
+    F_ALL_FULL = F_LTP | F_QUOTE | F_OHLC | F_EXCH_TS | F_FULL | F_DEPTH
+
+
+cdef inline void merge(TickRow* dst, const TickRow* src) noexcept nogil:
     cdef uint16_t f = src.fields
+    if f == F_ALL_FULL:
+        # A full packet carries every field from last_price to the depth: one copy (the
+        # row's layout keeps them together), as the field-by-field merge below would.
+        memcpy(&dst.last_price, &src.last_price,
+               <char*>&src.divisor - <char*>&src.last_price)
+        dst.fields |= f
+        dst.kind = src.kind
+        dst.mode = src.mode
+        dst.packet_length = src.packet_length
+        return
     if f & F_LTP:
         dst.last_price = src.last_price
     if f & F_QUOTE:
