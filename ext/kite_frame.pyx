@@ -27,9 +27,6 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 cimport numpy as cnp
 import numpy as np
 
-cdef extern from "small_zero.h":
-    void sq_zero(void* p, size_t n) noexcept nogil
-
 from datetime import datetime
 
 from shrivenq.errors import KiteFrameError
@@ -96,91 +93,6 @@ cdef inline uint32_t be32(const uint8_t* p) noexcept nogil:
 
 cdef inline uint16_t be16(const uint8_t* p) noexcept nogil:
     return <uint16_t>((<uint16_t>p[0] << 8) | <uint16_t>p[1])
-
-
-cdef inline uint32_t divisor_for(uint32_t segment) noexcept nogil:
-    if segment == SEG_CDS:
-        return 10000000
-    if segment == SEG_BCD or segment == SEG_NCO:
-        return 10000
-    return 100
-
-
-cdef inline int kind_for_length(uint16_t plen) noexcept nogil:
-    if plen == 184:
-        return K_FULL
-    if plen == 44:
-        return K_QUOTE
-    if plen == 8:
-        return K_LTP
-    if plen == 28:
-        return K_INDEX_QUOTE
-    if plen == 32:
-        return K_INDEX_FULL
-    return 0
-
-
-cdef void fill_row(TickRow* r, const uint8_t* p, int kind, uint16_t plen) noexcept nogil:
-    cdef int i
-    cdef const uint8_t* d
-    sq_zero(r, sizeof(TickRow))
-    r.token = be32(p)
-    r.segment = r.token & 0xFF
-    r.divisor = divisor_for(r.segment)
-    r.tradable = r.segment != SEG_INDICES
-    r.kind = kind
-    r.packet_length = plen
-    r.last_price = <int32_t>be32(p + 4)
-    if kind == K_LTP:
-        r.mode = M_LTP
-        r.fields = F_LTP
-    elif kind == K_INDEX_QUOTE or kind == K_INDEX_FULL:
-        # Index packets order the range high, low, open, close.
-        r.high = <int32_t>be32(p + 8)
-        r.low = <int32_t>be32(p + 12)
-        r.open = <int32_t>be32(p + 16)
-        r.close = <int32_t>be32(p + 20)
-        # Bytes 24..28 carry the price change; kiteconnect ignores them and recomputes it.
-        r.change = <int32_t>be32(p + 24)
-        if kind == K_INDEX_FULL:
-            r.exchange_timestamp = be32(p + 28)
-            r.mode = M_FULL
-            r.fields = F_LTP | F_OHLC | F_EXCH_TS
-        else:
-            r.mode = M_QUOTE
-            r.fields = F_LTP | F_OHLC
-    else:
-        r.last_quantity = be32(p + 8)
-        r.average_price = <int32_t>be32(p + 12)
-        r.volume = be32(p + 16)
-        r.total_buy_quantity = be32(p + 20)
-        r.total_sell_quantity = be32(p + 24)
-        r.open = <int32_t>be32(p + 28)
-        r.high = <int32_t>be32(p + 32)
-        r.low = <int32_t>be32(p + 36)
-        r.close = <int32_t>be32(p + 40)
-        if kind == K_QUOTE:
-            r.mode = M_QUOTE
-            r.fields = F_LTP | F_OHLC | F_QUOTE
-        else:
-            r.mode = M_FULL
-            r.fields = F_LTP | F_OHLC | F_QUOTE | F_EXCH_TS | F_FULL | F_DEPTH
-            r.last_trade_time = be32(p + 44)
-            r.oi = be32(p + 48)
-            r.oi_day_high = be32(p + 52)
-            r.oi_day_low = be32(p + 56)
-            r.exchange_timestamp = be32(p + 60)
-            d = p + 64
-            for i in range(5):
-                r.bid_quantity[i] = be32(d)
-                r.bid_price[i] = <int32_t>be32(d + 4)
-                r.bid_orders[i] = be16(d + 8)
-                d += 12
-            for i in range(5):
-                r.ask_quantity[i] = be32(d)
-                r.ask_price[i] = <int32_t>be32(d + 4)
-                r.ask_orders[i] = be16(d + 8)
-                d += 12
 
 
 cdef class _Issues:

@@ -2,7 +2,8 @@
 """Tick-aware, reversible block transform for the write-ahead log (format version 3).
 
 ``pack(payloads, lengths)`` rearranges a block of WebSocket payloads so that zstd compresses
-Kite tick data far better; ``unpack(packed, lengths)`` gives back the exact original bytes.
+Kite tick data far better; ``unpack(packed, lengths)`` gives back the exact original bytes;
+``unpack_ticks`` gives the Kite parser's rows of the frames without making their bytes.
 It does not compress. Any bytes round-trip: payloads that are not well-formed Kite frames are
 kept verbatim. State resets per call, so each block decodes on its own. The plain-Python twin
 (byte-identical output) is ``shrivenq.wal.tick_delta_reference``; docs/TICK_DELTA.md has the
@@ -71,10 +72,19 @@ full [1..8], [9..15,0], [q0,n0,q1,n1,q2,n2,q3,n3], [q4,n4,..,q7,n7], [q8,n8,q9,n
 [p0..p7], [p8,p9,0 x 6] where qk, pk, nk = 16+3k, 17+3k, 18+3k.
 """
 
-from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+
+from tick_row cimport (TickRow, fill_row, divisor_for, K_LTP, K_INDEX_QUOTE, K_INDEX_FULL,
+                       K_QUOTE, K_FULL, M_FULL, F_LTP, F_OHLC, F_QUOTE, F_EXCH_TS, F_FULL,
+                       F_DEPTH, SEG_INDICES)
+cimport numpy as cnp
+
+from shrivenq._ext.kite_frame import TICK_DTYPE as _TICK_DTYPE
+
+cnp.import_array()
 
 FORMAT_VERSION = 3
 
@@ -513,7 +523,8 @@ cdef extern from *:
        residual of word w (columns un-zigzagged, padded by one). ``st`` the
        key's decoded words, each orders|pad word kept rotated by 16 as its residual is taken,
        so that one add per word decodes the packet and the store undoes the rotation.
-       Inlined into two entry points below: ``simd`` picks the store. */
+       Inlined into three entry points below: ``simd`` picks the store (2: none, the
+       state only). */
     static TD_ALWAYS_INLINE void td_full_next_dec_body(uint8_t* out, uint32_t* st,
                                                        const uint8_t* gl, const uint8_t* mk,
                                                        uint64_t ms, const uint32_t** rp,
@@ -555,9 +566,9 @@ cdef extern from *:
             c[11] = d[11] + c[15];
         }
         memcpy(st, c, 46 * 4);
-        if (simd) {
+        if (simd == 1) {
             td_store_full_simd(out, c);
-        } else {
+        } else if (simd == 0) {
             for (k = 0; k < 10; k++) c[18 + 3 * k] = td_rot16(c[18 + 3 * k]);
             td_store_be(out, c, 46);
         }
@@ -566,6 +577,11 @@ cdef extern from *:
                                  const uint8_t* mk, uint64_t ms, const uint32_t** rp,
                                  uint32_t q) {
         td_full_next_dec_body(out, st, gl, mk, ms, rp, q, 0);
+    }
+    /* Only the key's state: rows are filled from it (unpack_ticks). */
+    static void td_full_next_state(uint32_t* st, const uint8_t* gl, const uint8_t* mk,
+                                   uint64_t ms, const uint32_t** rp, uint32_t q) {
+        td_full_next_dec_body(NULL, st, gl, mk, ms, rp, q, 2);
     }
     #ifdef TD_SSSE3
     __attribute__((target("ssse3")))
@@ -601,6 +617,8 @@ cdef extern from *:
                             uint32_t tok, uint32_t q, uint32_t* c) noexcept nogil
     void td_full_next_dec(uint8_t* out, uint32_t* st, const uint8_t* gl, const uint8_t* mk,
                           uint64_t ms, const uint32_t** rp, uint32_t q) noexcept nogil
+    void td_full_next_state(uint32_t* st, const uint8_t* gl, const uint8_t* mk, uint64_t ms,
+                            const uint32_t** rp, uint32_t q) noexcept nogil
     void td_full_next_dec_ssse3(uint8_t* out, uint32_t* st, const uint8_t* gl,
                                 const uint8_t* mk, uint64_t ms, const uint32_t** rp,
                                 uint32_t q) noexcept nogil
@@ -1173,11 +1191,33 @@ cdef void _mask_histogram(const uint8_t* masks, uint64_t m, uint64_t* hist) noex
         hist[v] = <uint64_t>part[0][v] + part[1][v] + part[2][v] + part[3][v]
 
 
-def unpack(packed, lengths):
-    """Inverse of ``pack``: the original payloads concatenated. Raises ``ValueError`` (with
-    the reason) on anything that is not a well-formed block for these lengths."""
-    cdef const uint8_t[::1] buf = _as_bytes_view(packed)
-    cdef const uint32_t[::1] lens = _as_lengths(lengths)
+cdef struct Block:
+    # Where each section of a checked tick-delta block lies, and its counts.
+    const uint8_t* tags
+    const uint8_t* raw
+    uint64_t raw_bytes
+    const uint8_t* idp
+    int idw
+    uint64_t n_packets
+    const uint8_t* kkind
+    const uint8_t* ktok
+    const uint8_t* kq
+    uint64_t n_keys
+    uint64_t total          # bytes the payloads decode to
+    uint64_t nvals          # residual column entries, each column padded by one
+    uint64_t words          # state words of every key
+    uint64_t n[NKIND]
+    uint64_t f[NKIND]
+    const uint8_t* firsts[NKIND]
+    const uint8_t* masks[NKIND]
+    const uint8_t* vals[NKIND * MAXW]
+    uint64_t counts[NKIND * MAXW]
+
+
+cdef int _read_block(const uint8_t[::1] buf, const uint32_t[::1] lens, Block* bk) except -1:
+    """Check a block's header and section sizes against ``lens`` and locate its sections.
+    Raises ``ValueError`` naming what is wrong; what the packets themselves hold is checked
+    as they are decoded."""
     cdef Py_ssize_t size = buf.shape[0]
     cdef Py_ssize_t n_payloads = lens.shape[0]
     if size < HEADER_SIZE:
@@ -1190,8 +1230,8 @@ def unpack(packed, lengths):
     if b0[3] != 0:
         raise ValueError(f"unknown flags {b0[3]:#x}")
     cdef uint64_t hp = _le32(b0 + 4), raw_bytes = _le32(b0 + 8), n_keys = _le32(b0 + 12)
-    cdef uint64_t n[NKIND]
-    cdef uint64_t f[NKIND]
+    cdef uint64_t* n = bk.n
+    cdef uint64_t* f = bk.f
     cdef uint64_t n_packets = 0, expect = 0, total = 0
     cdef int k, w, s, j
     cdef Py_ssize_t i
@@ -1236,15 +1276,12 @@ def unpack(packed, lengths):
     for i in range(<Py_ssize_t>n_keys):
         if (kq[3 * n_keys + i] & 1) == 0:
             raise ValueError("a key quantum is even")
-    memset(f, 0, sizeof(f))
+    memset(f, 0, NKIND * sizeof(uint64_t))
     for i in range(<Py_ssize_t>n_keys):
         if kkind[i] >= NKIND:
             raise ValueError("key kind code above 4")
         f[kkind[i]] += 1
-    cdef const uint8_t* firsts[NKIND]
-    cdef const uint8_t* masks[NKIND]
-    cdef const uint8_t* vals[NKIND * MAXW]
-    cdef uint64_t counts[NKIND * MAXW]
+    cdef uint64_t* counts = bk.counts
     cdef uint64_t m, need
     cdef uint64_t hist[256]
     for k in range(NKIND):
@@ -1253,20 +1290,20 @@ def unpack(packed, lengths):
         need = f[k] * (KW[k] - 1) * 4
         if <uint64_t>(size - off) < need:
             raise ValueError("truncated: first packets")
-        firsts[k] = b0 + off
+        bk.firsts[k] = b0 + off
         off += need
     for k in range(NKIND):
         m = n[k] - f[k]
         if <uint64_t>(size - off) < m * MB[k]:
             raise ValueError("truncated: masks")
-        masks[k] = b0 + off
+        bk.masks[k] = b0 + off
         off += m * MB[k]
     for k in range(NKIND):
         m = n[k] - f[k]
         for w in range(MAXW):
             counts[k * MAXW + w] = 0
         for j in range(MB[k]):
-            _mask_histogram(masks[k] + j * m, m, hist)
+            _mask_histogram(bk.masks[k] + j * m, m, hist)
             for i in range(256):
                 if hist[i] == 0:
                     continue
@@ -1280,39 +1317,121 @@ def unpack(packed, lengths):
             need = counts[k * MAXW + w] * 4
             if <uint64_t>(size - off) < need:
                 raise ValueError("truncated: values")
-            vals[k * MAXW + w] = b0 + off
+            bk.vals[k * MAXW + w] = b0 + off
             off += need
     if off != size:
         raise ValueError(f"{size - off} trailing bytes after the block")
-    cdef uint64_t nvals = 0
+    bk.nvals = 0
+    bk.words = 0
     for k in range(NKIND):
         for w in range(1, KW[k]):
-            nvals += counts[k * MAXW + w] + 1
+            bk.nvals += counts[k * MAXW + w] + 1
+        bk.words += f[k] * KW[k]
+    bk.tags, bk.raw, bk.raw_bytes, bk.idp, bk.idw = tags, raw, raw_bytes, idp, idw
+    bk.n_packets, bk.kkind, bk.ktok, bk.kq, bk.n_keys = n_packets, kkind, ktok, kq, n_keys
+    bk.total = total
+    return 0
+
+
+cdef size_t _arena_size(const Block* bk) noexcept nogil:
+    return (carved((bk.n_keys + 1) * sizeof(uint32_t*)) + carved((bk.words + 1) * 4)
+            + carved((bk.n_keys + 1) * 4) + carved((bk.nvals + 1) * 4) + carved(NKIND * 184))
+
+
+cdef struct Output:
+    # unpack: the payloads' bytes. unpack_ticks (rows != NULL): rows, and per row its
+    # payload's index, wall time and connection.
+    uint8_t* bytes
+    TickRow* rows
+    int64_t* rec
+    int64_t* wall
+    uint32_t* conn
+    const int64_t* wall_in
+    const uint32_t* conn_in
+
+
+def unpack(packed, lengths):
+    """Inverse of ``pack``: the original payloads concatenated. Raises ``ValueError`` (with
+    the reason) on anything that is not a well-formed block for these lengths."""
+    cdef const uint8_t[::1] buf = _as_bytes_view(packed)
+    cdef const uint32_t[::1] lens = _as_lengths(lengths)
+    cdef Block bk
+    _read_block(buf, lens, &bk)
+    cdef object out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>bk.total)
+    cdef Output dst
+    memset(&dst, 0, sizeof(dst))
+    dst.bytes = <uint8_t*>PyBytes_AS_STRING(out)
+    _decode(&bk, lens, &dst)
+    return out
+
+
+cdef int _decode(const Block* bk, const uint32_t[::1] lens, Output* dst) except -1:
+    """Decode a checked block into ``dst`` without the GIL, in the scratch arena."""
+    cdef Py_ssize_t n_payloads = lens.shape[0]
     cdef bint owned
-    cdef uint64_t words = 0
-    for k in range(NKIND):
-        words += f[k] * KW[k]
-    cdef uint8_t* arena = arena_take(carved((n_keys + 1) * sizeof(uint32_t*))
-                                     + carved((words + 1) * 4)
-                                     + carved((n_keys + 1) * 4)
-                                     + carved((nvals + 1) * 4), &owned)
+    cdef int err
+    cdef uint8_t* arena = arena_take(_arena_size(bk), &owned)
     if arena == NULL:
         raise MemoryError()
-    cdef object out
-    cdef uint8_t* o
-    cdef int err
     try:
-        out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>total)
-        o = <uint8_t*>PyBytes_AS_STRING(out)
         with nogil:
-            err = _unpack_body(o, &lens[0] if n_payloads else NULL, n_payloads, tags, raw,
-                               raw_bytes, idp, idw, n_packets, kkind, ktok, kq, n_keys, n, f,
-                               firsts, masks, vals, counts, arena)
+            err = _unpack_body(bk, &lens[0] if n_payloads else NULL, n_payloads, dst, arena)
     finally:
         arena_give(arena, owned)
     if err:
         raise ValueError(_ERRORS[err])
-    return out
+    return 0
+
+
+def unpack_ticks(packed, lengths, select, wall_ns, conn):
+    """The rows ``parse_many`` would give for the selected payloads of ``unpack(packed,
+    lengths)``, decoded straight from the block's words, without the frames' bytes.
+
+    ``select``: uint8 per payload, non-zero for the payloads to parse (a WAL block's binary
+    frames); ``wall_ns`` (int64) and ``conn`` (uint32) per payload. Returns ``(rows, rec,
+    wall, conn)``: TICK_DTYPE rows in payload order, and per row the index of its payload
+    and that payload's ``wall_ns`` and ``conn``. Returns ``None`` when the block does not fit
+    this path (a selected payload kept verbatim, other than a heartbeat, or an unselected
+    one stored as a frame): then unpack and parse instead. Raises ``ValueError`` exactly
+    where ``unpack`` does."""
+    import numpy as np
+    cdef const uint8_t[::1] buf = _as_bytes_view(packed)
+    cdef const uint32_t[::1] lens = _as_lengths(lengths)
+    cdef Py_ssize_t n_payloads = lens.shape[0], i
+    if not (isinstance(select, np.ndarray) and select.dtype == np.uint8 and select.ndim == 1
+            and isinstance(wall_ns, np.ndarray) and wall_ns.dtype == np.int64
+            and isinstance(conn, np.ndarray) and conn.dtype == np.uint32):
+        raise ValueError("select, wall_ns and conn must be numpy uint8, int64 and uint32")
+    if select.shape[0] != n_payloads or wall_ns.shape[0] != n_payloads or conn.shape[0] != n_payloads:
+        raise ValueError(f"select, wall_ns and conn must have one entry per payload ({n_payloads})")
+    cdef const uint8_t[::1] sel = np.ascontiguousarray(select)
+    cdef const int64_t[::1] wall_in = np.ascontiguousarray(wall_ns)
+    cdef const uint32_t[::1] conn_in = np.ascontiguousarray(conn)
+    cdef Block bk
+    _read_block(buf, lens, &bk)
+    for i in range(n_payloads):
+        # parse_many skips payloads under 2 bytes (heartbeats); a longer verbatim one is
+        # not a well-formed frame, and its issues come from parsing its bytes
+        if (bk.tags[i] == 0 and sel[i] and lens[i] >= 2) or (bk.tags[i] == 1 and not sel[i]):
+            return None
+    rows = np.empty(bk.n_packets, dtype=_TICK_DTYPE)
+    rec = np.empty(bk.n_packets, dtype=np.int64)
+    wall = np.empty(bk.n_packets, dtype=np.int64)
+    conns = np.empty(bk.n_packets, dtype=np.uint32)
+    cdef Output dst
+    memset(&dst, 0, sizeof(dst))
+    dst.rows = <TickRow*>cnp.PyArray_DATA(rows)
+    cdef int64_t[::1] rec_v = rec
+    cdef int64_t[::1] wall_v = wall
+    cdef uint32_t[::1] conn_v = conns
+    if bk.n_packets:
+        dst.rec = &rec_v[0]
+        dst.wall = &wall_v[0]
+        dst.conn = &conn_v[0]
+    dst.wall_in = &wall_in[0] if n_payloads else NULL
+    dst.conn_in = &conn_in[0] if n_payloads else NULL
+    _decode(&bk, lens, &dst)
+    return rows, rec, wall, conns
 
 
 _ERRORS = {
@@ -1330,24 +1449,60 @@ _ERRORS = {
 }
 
 
-cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
-                      const uint8_t* tags, const uint8_t* raw, uint64_t raw_bytes,
-                      const uint8_t* idp, int idw, uint64_t n_packets, const uint8_t* kkind,
-                      const uint8_t* ktok, const uint8_t* kq, uint64_t n_keys, uint64_t* n,
-                      uint64_t* f,
-                      const uint8_t** firsts, const uint8_t** masks,
-                      const uint8_t** vals, const uint64_t* counts,
-                      uint8_t* arena) noexcept nogil:
+cdef int KIND_OF_CODE[NKIND]
+KIND_OF_CODE[:] = [K_LTP, K_INDEX_QUOTE, K_INDEX_FULL, K_QUOTE, K_FULL]
+
+
+cdef inline void fill_full_row(TickRow* r, const uint32_t* c) noexcept nogil:
+    """The row ``fill_row`` makes of a full packet, from its decoded words as the decoder
+    keeps them (orders|pad words rotated by 16: the orders in the low half)."""
+    cdef int i
+    cdef uint32_t seg = c[0] & 0xFF
+    # token .. exchange_timestamp: TickRow's first 16 fields are the packet's words 0..15
+    memcpy(r, c, 64)
+    r.change = 0
+    for i in range(5):
+        r.bid_quantity[i] = c[16 + 3 * i]
+        r.bid_price[i] = <int32_t>c[17 + 3 * i]
+        r.bid_orders[i] = <uint16_t>c[18 + 3 * i]
+        r.ask_quantity[i] = c[31 + 3 * i]
+        r.ask_price[i] = <int32_t>c[32 + 3 * i]
+        r.ask_orders[i] = <uint16_t>c[33 + 3 * i]
+    r.divisor = divisor_for(seg)
+    r.fields = F_LTP | F_OHLC | F_QUOTE | F_EXCH_TS | F_FULL | F_DEPTH
+    r.packet_length = 184
+    r.segment = <uint8_t>seg
+    r.kind = K_FULL
+    r.mode = M_FULL
+    r.tradable = seg != SEG_INDICES
+
+
+cdef int _unpack_body(const Block* bk, const uint32_t* lens, Py_ssize_t n_payloads,
+                      Output* dst, uint8_t* arena) noexcept nogil:
+    """Decode every packet of a checked block: into ``dst.bytes`` (the payloads), or, with
+    ``dst.rows``, into rows (the frames' bytes are never made). Returns 0, or the code of
+    the first fault (_ERRORS)."""
+    cdef const uint8_t* tags = bk.tags
+    cdef const uint8_t* raw = bk.raw
+    cdef const uint8_t* idp = bk.idp
+    cdef const uint8_t* kkind = bk.kkind
+    cdef const uint8_t* ktok = bk.ktok
+    cdef uint64_t raw_bytes = bk.raw_bytes, n_packets = bk.n_packets, n_keys = bk.n_keys
+    cdef const uint64_t* n = bk.n
+    cdef const uint64_t* f = bk.f
+    cdef int idw = bk.idw
+    cdef bint to_rows = dst.rows != NULL
+    cdef uint8_t* o = dst.bytes
     cdef int k
     cdef uint32_t** last = <uint32_t**>carve(&arena, (n_keys + 1) * sizeof(uint32_t*))
-    cdef uint64_t words = 0
-    for k in range(NKIND):
-        words += f[k] * KW[k]
-    cdef uint32_t* state = <uint32_t*>carve(&arena, (words + 1) * 4)
+    cdef uint32_t* state = <uint32_t*>carve(&arena, (bk.words + 1) * 4)
     cdef uint32_t* quanta = <uint32_t*>carve(&arena, (n_keys + 1) * 4)
-    from_planes(quanta, kq, n_keys)
+    from_planes(quanta, bk.kq, n_keys)
     # Non-zero residuals as u32 columns, each padded by one (read branch-free).
-    cdef uint32_t* cp = <uint32_t*>arena
+    cdef uint32_t* cp = <uint32_t*>carve(&arena, (bk.nvals + 1) * 4)
+    # Rows: each kind's packet is decoded into its own scratch (only the words it needs
+    # for a full packet), which is also the previous packet of the kind (rule G).
+    cdef uint8_t* scratch = <uint8_t*>carve(&arena, NKIND * 184)
     cdef const uint32_t* cols[NKIND * MAXW]
     cdef int w, j, s, nw, pb, err = 0
     cdef uint64_t cc
@@ -1355,8 +1510,8 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
         cols[w] = NULL
     for k in range(NKIND):
         for w in range(1, KW[k]):
-            cc = counts[k * MAXW + w]
-            from_planes(cp, vals[k * MAXW + w], cc, True)
+            cc = bk.counts[k * MAXW + w]
+            from_planes(cp, bk.vals[k * MAXW + w], cc, True)
             cp[cc] = 0
             cols[k * MAXW + w] = cp
             cp += cc + 1
@@ -1367,10 +1522,10 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
     cdef uint32_t cur[MAXW]
     cdef uint32_t res[MAXW]
     cdef uint8_t mk[8]
-    cdef uint64_t raw_pos = 0, pkt = 0, seen = 0, kid, idx, m, cap, bit
+    cdef uint64_t raw_pos = 0, pkt = 0, seen = 0, kid, idx, m, cap, bit, row = 0
     cdef int64_t c
     cdef Py_ssize_t i, L, fpos, count
-    cdef uint8_t* start
+    cdef uint8_t* start = NULL
     cdef uint8_t* pk
     cdef const uint8_t* src
     cdef uint32_t plen
@@ -1386,15 +1541,17 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
             if raw_pos + L > raw_bytes:
                 err = 1
                 break
-            memcpy(o, raw + raw_pos, L)
+            if not to_rows:
+                memcpy(o, raw + raw_pos, L)
+                o += L
             raw_pos += L
-            o += L
             continue
         if L < 2:
             err = 2
             break
-        start = o
-        o += 2
+        if not to_rows:
+            start = o
+            o += 2
         fpos = 2
         count = 0
         while fpos < L:
@@ -1421,9 +1578,12 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
             if count > 0xFFFF:
                 err = 8
                 break
-            o[0] = <uint8_t>(plen >> 8)
-            o[1] = <uint8_t>plen
-            pk = o + 2
+            if to_rows:
+                pk = scratch + 184 * k
+            else:
+                o[0] = <uint8_t>(plen >> 8)
+                o[1] = <uint8_t>plen
+                pk = o + 2
             if kid == seen:
                 seen += 1
                 if fi[k] >= f[k]:
@@ -1437,15 +1597,15 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
                 last[kid] = state
                 state += nw
                 if k == 4:
-                    td_full_first_dec(pk, firsts[k] + idx, cap, glob[k], cur[0], quanta[kid],
-                                      last[kid])
+                    td_full_first_dec(pk, bk.firsts[k] + idx, cap, glob[k], cur[0],
+                                      quanta[kid], last[kid])
                 elif k == 3:
-                    td_quote_first_dec(pk, firsts[k] + idx, cap, cur[0], quanta[kid],
+                    td_quote_first_dec(pk, bk.firsts[k] + idx, cap, cur[0], quanta[kid],
                                        last[kid])
                 else:
                     for j in range(nw - 1):
                         w = ORD[k][j]
-                        src = firsts[k] + (w - 1) * 4 * cap + idx
+                        src = bk.firsts[k] + (w - 1) * 4 * cap + idx
                         cur[w] = unresidual(FT[k][w], FA[k][w], 0, w,
                                             (<uint32_t>src[0] << 24) | (<uint32_t>src[cap] << 16)
                                             | (<uint32_t>src[2 * cap] << 8) | src[3 * cap],
@@ -1453,6 +1613,8 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
                     for w in range(nw):
                         td_put32(pk + 4 * w, cur[w])
                     memcpy(last[kid], cur, nw * 4)
+                if to_rows:
+                    fill_row(dst.rows + row, pk, KIND_OF_CODE[k], <uint16_t>plen)
             else:
                 m = n[k] - f[k]
                 if ni[k] >= m:
@@ -1461,44 +1623,56 @@ cdef int _unpack_body(uint8_t* o, const uint32_t* lens, Py_ssize_t n_payloads,
                 idx = ni[k]
                 ni[k] += 1
                 if k == 4:      # its mask bytes read in place, planes m apart
-                    if td_simd:
-                        td_full_next_dec_ssse3(pk, last[kid], glob[k], masks[k] + idx, m,
+                    if to_rows:
+                        td_full_next_state(last[kid], glob[k], bk.masks[k] + idx, m,
+                                           &rp[k * MAXW], quanta[kid])
+                        td_put32(pk + 60, last[kid][15])    # what rule G reads next
+                        fill_full_row(dst.rows + row, last[kid])
+                    elif td_simd:
+                        td_full_next_dec_ssse3(pk, last[kid], glob[k], bk.masks[k] + idx, m,
                                                &rp[k * MAXW], quanta[kid])
                     else:
-                        td_full_next_dec(pk, last[kid], glob[k], masks[k] + idx, m,
+                        td_full_next_dec(pk, last[kid], glob[k], bk.masks[k] + idx, m,
                                          &rp[k * MAXW], quanta[kid])
-                    glob[k] = pk
-                    o += 2 + plen
-                    fpos += 2 + plen
-                    continue
-                for j in range(MB[k]):
-                    mk[j] = masks[k][j * m + idx]
-                if k == 3:
-                    td_quote_next_dec(pk, last[kid], mk, &rp[k * MAXW], quanta[kid])
                 else:
-                    for s in range(MB[k] * 8):
-                        w = SLOT[k][s]
-                        if w == 0:
-                            continue
-                        bit = (mk[s >> 3] >> (s & 7)) & 1
-                        # columns hold un-zigzagged changes; unresidual takes the residual
-                        res[w] = zz(rp[k * MAXW + w][0] & (<uint32_t>0 - <uint32_t>bit))
-                        rp[k * MAXW + w] += bit
-                    cur[0] = last[kid][0]
-                    for j in range(nw - 1):
-                        w = ORD[k][j]
-                        cur[w] = unresidual(NT[k][w], NA[k][w], NB[k][w], w, res[w], cur,
-                                            last[kid], glob[k], quanta[kid] if QW[k][w] else 1)
-                    for w in range(nw):
-                        td_put32(pk + 4 * w, cur[w])
-                    memcpy(last[kid], cur, nw * 4)
+                    for j in range(MB[k]):
+                        mk[j] = bk.masks[k][j * m + idx]
+                    if k == 3:
+                        td_quote_next_dec(pk, last[kid], mk, &rp[k * MAXW], quanta[kid])
+                    else:
+                        for s in range(MB[k] * 8):
+                            w = SLOT[k][s]
+                            if w == 0:
+                                continue
+                            bit = (mk[s >> 3] >> (s & 7)) & 1
+                            # columns hold un-zigzagged changes; unresidual takes the residual
+                            res[w] = zz(rp[k * MAXW + w][0] & (<uint32_t>0 - <uint32_t>bit))
+                            rp[k * MAXW + w] += bit
+                        cur[0] = last[kid][0]
+                        for j in range(nw - 1):
+                            w = ORD[k][j]
+                            cur[w] = unresidual(NT[k][w], NA[k][w], NB[k][w], w, res[w], cur,
+                                                last[kid], glob[k],
+                                                quanta[kid] if QW[k][w] else 1)
+                        for w in range(nw):
+                            td_put32(pk + 4 * w, cur[w])
+                        memcpy(last[kid], cur, nw * 4)
+                    if to_rows:
+                        fill_row(dst.rows + row, pk, KIND_OF_CODE[k], <uint16_t>plen)
+            if to_rows:
+                dst.rec[row] = i
+                dst.wall[row] = dst.wall_in[i]
+                dst.conn[row] = dst.conn_in[i]
+                row += 1
+            else:
+                o += 2 + plen
             glob[k] = pk
-            o += 2 + plen
             fpos += 2 + plen
         if err:
             break
-        start[0] = <uint8_t>(count >> 8)
-        start[1] = <uint8_t>count
+        if not to_rows:
+            start[0] = <uint8_t>(count >> 8)
+            start[1] = <uint8_t>count
     if err:
         return err
     if pkt != n_packets or seen != n_keys or raw_pos != raw_bytes:

@@ -120,6 +120,59 @@ def test_decoding_blocks_ahead_on_threads_replays_the_very_same_ticks_and_books(
     assert not one.mismatches and not three.mismatches
 
 
+def test_frames_decoded_straight_from_blocks_replay_as_unpacking_and_parsing_them(
+        day, tmp_path, monkeypatch):
+    """Replay decodes a block's frames straight to rows (tick_delta.unpack_ticks); the
+    other path unpacks the frames' bytes and parses them. Held to each other over the
+    whole capture, and over a WAL whose malformed frames force the other path."""
+    import shrivenq.replay.kite as replay_kite
+
+    direct_blocks = []
+
+    def counted(cols):
+        out = real(cols)
+        direct_blocks.append(out is not None)
+        return out
+
+    def run(path, **kw):
+        replay = KiteReplay(path, workers=1)
+        batches = list(replay.ticks(books=True, verify=True, **kw))
+        res = replay.result
+        return ((res.ticks, res.bad_frames, res.snapshots_checked, res.mismatches, res.gaps,
+                 res.instruments),
+                [(b.rows.tobytes(), b.wall_ns.tobytes(), b.conn.tobytes(), b.books.tobytes())
+                 for b in batches])
+
+    real = replay_kite._rows_of_block
+    monkeypatch.setattr(replay_kite, "_rows_of_block", counted)
+    direct = run(day)
+    start = int(next(iter(WalReader(day / "kite", "ticks", workers=1))).wall_ns[-1])
+    direct_from = run(day, start_ns=start, tokens=[256265])
+    assert direct_blocks and all(direct_blocks)
+    monkeypatch.setattr(replay_kite, "_rows_of_block", lambda cols: None)
+    assert run(day) == direct and direct[0][0] > 1000
+    assert run(day, start_ns=start, tokens=[256265]) == direct_from
+
+    # A block with malformed frames among good ones takes the unpack-and-parse path and
+    # still counts them, next to blocks that take the direct path.
+    rows = KiteMarket(default_universe(5), seed=2).ticks(600, kind=KIND_FULL)
+    t0 = 1_763_610_300_000_000_000
+    with WalWriter(tmp_path, "kite", "ticks", tz=IST, block_bytes=30_000) as w:
+        w.append(*R.session_start("s", "kite", "test", []), t0, 0)
+        for i in range(300):
+            frame = encode_frame(rows[2 * i:2 * i + 2])
+            if i == 250:
+                frame = frame[:-3]          # a cut short packet: one row kept, one fault
+            w.append(Kind.BINARY, frame, t0 + (i + 1) * 1_000_000, i, conn=1)
+    monkeypatch.setattr(replay_kite, "_rows_of_block", counted)
+    direct_blocks.clear()
+    mixed = run(tmp_path)
+    assert True in direct_blocks and False in direct_blocks
+    assert mixed[0][:2] == (599, 1)
+    monkeypatch.setattr(replay_kite, "_rows_of_block", lambda cols: None)
+    assert run(tmp_path) == mixed
+
+
 def test_output_formats_hold_the_same_rows(day, tmp_path):
     import pandas as pd
 

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shrivenq._ext import tick_delta as td
+from shrivenq._ext.kite_frame import parse_many
 from shrivenq.kite import KIND_FULL, KIND_LTP, KIND_QUOTE
 from shrivenq.kite.wire import encode_frame
 from shrivenq.sim.market import KiteMarket, default_universe
@@ -520,3 +521,108 @@ def test_other_modes_round_trip_and_shrink():
         assert ref.pack(data, lengths) == packed
         assert td.unpack(packed, lengths) == data
         assert len(z.compress(packed)) < len(z.compress(data))
+
+
+# ---------------------------------------------------------------------------------------
+# unpack_ticks: rows straight from a block, held to parse_many of unpack
+# ---------------------------------------------------------------------------------------
+
+def _starts(lengths: np.ndarray) -> np.ndarray:
+    return np.concatenate(([0], np.cumsum(lengths, dtype=np.uint64)[:-1])).astype(np.uint64)
+
+
+def _ticks_against_parse(packed, lengths, select) -> str:
+    """unpack_ticks against parse_many over unpack's payloads, for the same block: the same
+    rows, payload indices, times and connections, or the same error, or None where the
+    block does not fit the direct path. Returns which of the three happened."""
+    n = len(lengths)
+    wall = np.arange(n, dtype=np.int64) * 1_000 - 7
+    conn = np.arange(n, dtype=np.uint32) * 3 + 1
+    try:
+        direct = td.unpack_ticks(packed, lengths, select, wall, conn)
+    except ValueError as exc:
+        direct = exc
+    try:
+        data = td.unpack(packed, lengths)
+    except ValueError as exc:
+        # Header faults raise before the path is chosen; faults in the packets raise the
+        # same error, unless the block was handed back first (None).
+        assert direct is None or str(direct) == str(exc), (direct, exc)
+        return "error" if direct is not None else "none"
+    assert not isinstance(direct, ValueError), direct
+    tags = np.frombuffer(packed, np.uint8, n, 36)
+    fits = not ((tags == 0) & (select != 0) & (lengths >= 2)).any() and not (
+        (tags == 1) & (select == 0)).any()
+    assert (direct is not None) == fits
+    if direct is None:
+        return "none"
+    idx = np.flatnonzero(select)
+    rows, owner, bad = parse_many(data, _starts(lengths)[idx], lengths[idx])
+    assert bad == []
+    got_rows, rec, got_wall, got_conn = direct
+    assert got_rows.dtype == rows.dtype
+    assert got_rows.tobytes() == rows.tobytes()
+    assert rec.tolist() == idx[owner].tolist()
+    assert got_wall.tolist() == wall[rec].tolist()
+    assert got_conn.tolist() == conn[rec].tolist()
+    return "rows"
+
+
+@FAST
+@given(payload_lists, st.data())
+def test_unpack_ticks_gives_the_parsers_rows(parts, data):
+    lengths = lens_of(parts)
+    packed = td.pack(b"".join(parts), lengths)
+    tags = np.frombuffer(packed, np.uint8, len(parts), 36)
+    # the binary frames as a WAL block marks them (what replay selects), or any selection
+    exact = ((tags == 1) | (lengths < 2)).astype(np.uint8)
+    assert _ticks_against_parse(packed, lengths, exact) == "rows"
+    chosen = np.array(data.draw(st.lists(st.booleans(), min_size=len(parts),
+                                         max_size=len(parts))), dtype=np.uint8)
+    _ticks_against_parse(packed, lengths, chosen)
+
+
+def test_unpack_ticks_on_a_realistic_block(stream):
+    frames, _ = stream
+    block = blocks_of(frames)[1]
+    lengths = lens_of(block)
+    packed = td.pack(b"".join(block), lengths)
+    assert _ticks_against_parse(packed, lengths, np.ones(len(block), np.uint8)) == "rows"
+    for kind in (KIND_QUOTE, KIND_LTP):
+        rows = KiteMarket(default_universe(50), seed=3).ticks(4000, kind=kind)
+        frames = _split_frames(rows, np.random.default_rng(1))
+        lengths = lens_of(frames)
+        packed = td.pack(b"".join(frames), lengths)
+        assert _ticks_against_parse(packed, lengths, np.ones(len(frames), np.uint8)) == "rows"
+
+
+@settings(max_examples=80, deadline=20_000,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(st.one_of(good_frames, heartbeats, texts), max_size=20),
+       st.randoms(use_true_random=False))
+def test_unpack_ticks_hostile(parts, rnd):
+    """Damaged blocks: the error unpack gives (or the block handed back), never other rows."""
+    lengths = lens_of(parts)
+    packed = td.pack(b"".join(parts), lengths)
+    tags = np.frombuffer(packed, np.uint8, len(parts), 36)
+    select = ((tags == 1) | (lengths < 2)).astype(np.uint8)
+    for i in range(0, len(packed), max(1, len(packed) // 60)):
+        assert _ticks_against_parse(packed[:i], lengths, select) in ("error", "none")
+    for _ in range(150):
+        b = bytearray(packed)
+        b[rnd.randrange(len(b))] ^= rnd.randrange(1, 256)
+        _ticks_against_parse(bytes(b), lengths, select)
+
+
+def test_unpack_ticks_checks_its_arguments():
+    parts = [frame_of(*REAL_PACKETS[:3]), b"\x01"]
+    lengths = lens_of(parts)
+    packed = td.pack(b"".join(parts), lengths)
+    ok = (np.ones(2, np.uint8), np.zeros(2, np.int64), np.zeros(2, np.uint32))
+    assert len(td.unpack_ticks(packed, lengths, *ok)[0]) == 3
+    with pytest.raises(ValueError, match="one entry per payload"):
+        td.unpack_ticks(packed, lengths, ok[0][:1], ok[1], ok[2])
+    with pytest.raises(ValueError, match="uint8, int64 and uint32"):
+        td.unpack_ticks(packed, lengths, ok[0], ok[1].astype(np.int32), ok[2])
+    with pytest.raises(ValueError, match="payloads"):
+        td.unpack_ticks(packed, lengths[:1], ok[0][:1], ok[1][:1], ok[2][:1])

@@ -15,9 +15,11 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shrivenq.errors import ConfigError, WalError, WalFormatError, WalIOError, WalLockedError
+from shrivenq.errors import (
+    ConfigError, WalCorruptError, WalError, WalFormatError, WalIOError, WalLockedError)
 from shrivenq.wal import (
     IST, UTC, FsyncPolicy, Kind, WalReader, WalWriter, inspect, read_wal, verify)
+from shrivenq._ext import tick_delta as td
 from shrivenq.wal import format as fmt
 from shrivenq.wal import records as R
 
@@ -822,3 +824,84 @@ def test_decoded_uint32_columns_are_aligned_whatever_the_key_planes_leave():
         assert column.flags.aligned, f"{name} is not aligned"
         assert column.tolist() == getattr(cols, name).tolist()
     assert got.inst_keys.tolist() == [7, 9, 7] and bytes(got.payloads) == b"abc"
+
+
+def _frames_and_controls(root, n=400):
+    """A WAL of real Kite frames with text records among them, in small blocks."""
+    from shrivenq.kite import KIND_FULL
+    from shrivenq.kite.wire import encode_frame
+    from shrivenq.sim.market import KiteMarket, default_universe
+    rows = KiteMarket(default_universe(20), seed=7).ticks(3 * n, kind=KIND_FULL)
+    expected = []
+    with WalWriter(root, "kite", "ticks", tz=IST, block_bytes=20_000) as w:
+        for i in range(n):
+            if i % 9 == 4:
+                kind, payload = Kind.TEXT, b'{"type":"message","n":%d}' % i
+            else:
+                kind, payload = Kind.BINARY, encode_frame(rows[3 * i:3 * i + 1 + i % 3])
+            w.append(kind, payload, T0 + i * 1_000_000, i, conn=i % 2)
+            expected.append((int(kind), i % 2, T0 + i * 1_000_000, i, payload, ()))
+    return expected
+
+
+def test_prepare_sees_packed_blocks_and_the_records_stay_whole(tmp_path):
+    expected = _frames_and_controls(tmp_path)
+    seen = []
+
+    def prepare(cols):
+        assert isinstance(cols.payloads, fmt.PackedPayloads)
+        assert not cols.payloads.checked
+        seen.append(len(cols.kind))
+        return ("made for", len(cols.kind))
+
+    batches = list(WalReader(tmp_path / "kite", "ticks", workers=1, prepare=prepare))
+    assert len(batches) > 3 and len(seen) == len(batches)
+    assert [b.prepared for b in batches] == [("made for", n) for n in seen]
+    # Left unchecked by prepare: unpacked (and so checked) before the batch was handed on.
+    assert all(b._data.checked for b in batches)
+    # Control records read in place, frames unpacked on demand: the records are whole.
+    got = [t for b in batches for t in as_tuples(b)]
+    assert got == expected
+
+    def decode_frames(cols):    # as Kite replay does: the frames straight to rows
+        out = td.unpack_ticks(cols.payloads.packed, cols.payloads.lengths,
+                              (cols.kind == Kind.BINARY).view(np.uint8), cols.wall_ns, cols.conn)
+        cols.payloads.checked = True
+        return out
+
+    for workers in (1, 2):
+        again = list(WalReader(tmp_path / "kite", "ticks", workers=workers,
+                               prepare=decode_frames))
+        assert sum(len(b.prepared[0]) for b in again) == sum(1 + i % 3 for i in range(400)
+                                                             if i % 9 != 4)
+        texts = [(b, i) for b in again for i in range(len(b)) if b.kind[i] == Kind.TEXT]
+        assert [b.payload(i) for b, i in texts] == [e[4] for e in expected if e[0] == Kind.TEXT]
+        assert all(isinstance(b._data, fmt.PackedPayloads) and b._data._payloads is None
+                   for b, _ in texts), "a control record's payload unpacked the whole block"
+
+
+def test_prepare_result_is_dropped_when_the_filters_cut_a_batch(tmp_path):
+    _frames_and_controls(tmp_path)
+    whole = list(WalReader(tmp_path / "kite", "ticks", workers=1, prepare=len))
+    mid = int(whole[1].wall_ns[len(whole[1]) // 2])
+    cut = list(WalReader(tmp_path / "kite", "ticks", workers=1, prepare=len, start_ns=mid))
+    assert cut[0].prepared is None and len(cut[0]) < len(whole[1])
+    assert [b.prepared for b in cut[1:]] == [b.prepared for b in whole[2:]]
+
+
+def test_prepare_errors_are_reported_as_damaged_blocks(tmp_path):
+    _frames_and_controls(tmp_path)
+    first = next(iter(WalReader(tmp_path / "kite", "ticks", workers=1)))
+
+    def prepare(cols):
+        if int(cols.wall_ns[0]) == int(first.wall_ns[0]):
+            raise ValueError("packet key out of order")
+        return None
+
+    with pytest.raises(WalCorruptError, match="packet key out of order"):
+        list(WalReader(tmp_path / "kite", "ticks", workers=1, prepare=prepare))
+    reader = WalReader(tmp_path / "kite", "ticks", workers=2, prepare=prepare,
+                       on_corrupt="skip")
+    rest = list(reader)
+    assert len(reader.skipped) == 1 and "packet key out of order" in str(reader.skipped[0])
+    assert sum(len(b) for b in rest) == 400 - len(first)

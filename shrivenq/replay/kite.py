@@ -23,6 +23,8 @@ import msgpack
 import numpy as np
 
 from shrivenq._ext.kite_frame import parse_many
+from shrivenq._ext.tick_delta import unpack_ticks
+from shrivenq.wal.format import PackedPayloads, tick_delta_available
 from shrivenq.books import KiteBooks, state_hash
 from shrivenq.books.snapshot import (
     KiteSnapshot, SnapshotInfo, decode_kite_snapshot, peek_kite_snapshot,
@@ -35,9 +37,13 @@ from shrivenq.wal.records import MESSAGE_KINDS, session_names
 log = logging.getLogger("shrivenq.replay.kite")
 
 VENUE = "kite"
-_CONTROL_KINDS = np.array([Kind.SESSION_START, Kind.SESSION_STOP, Kind.SNAPSHOT_MARK, Kind.GAP,
-                           Kind.DISCONNECT], dtype=np.uint8)
-_MESSAGE_KINDS = np.array(sorted(MESSAGE_KINDS), dtype=np.uint8)
+# Per record kind (u8): is it a control record replay acts on / a message. A table lookup
+# per block is some twenty times cheaper than np.isin on a block's thousand records.
+_IS_CONTROL = np.zeros(256, dtype=bool)
+_IS_CONTROL[[Kind.SESSION_START, Kind.SESSION_STOP, Kind.SNAPSHOT_MARK, Kind.GAP,
+             Kind.DISCONNECT]] = True
+_IS_MESSAGE = np.zeros(256, dtype=bool)
+_IS_MESSAGE[sorted(MESSAGE_KINDS)] = True
 
 
 def _gap_entry(doc: dict, session: str | None) -> dict:
@@ -102,6 +108,21 @@ class ReplayResult:
     start_session: str | None = None   # the session start_books belong to
     #: Wall time of each session's stop record read (a session without one crashed or runs).
     stops: dict[str, int] = field(default_factory=dict)
+
+
+def _rows_of_block(cols):
+    """A tick_delta block's binary frames decoded straight to rows, without making their
+    bytes: ``(rows, rec, wall, conn)`` as ``tick_delta.unpack_ticks`` gives them, rec
+    ascending. None when the block is not tick_delta or holds a frame that is not
+    well-formed (it is then unpacked and parsed, and the frame's faults counted)."""
+    payloads = cols.payloads
+    if not isinstance(payloads, PackedPayloads):
+        return None
+    out = unpack_ticks(payloads.packed, payloads.lengths,
+                       (cols.kind == Kind.BINARY).view(np.uint8), cols.wall_ns, cols.conn)
+    if out is not None:
+        payloads.checked = True
+    return out
 
 
 def venue_dir(data_dir: str | Path) -> Path:
@@ -243,20 +264,21 @@ class KiteReplay:
         stopped_at = None     # wall time of the current session's stop record, once read
         down: dict[int, tuple[int, str]] = {}   # conn -> (disconnect time, reason), no GAP yet
         got_messages = False                    # any message received in the range
-        # Verification needs every instrument's book, so the reader's instrument filter is
-        # used only when not verifying; rows are filtered after parsing either way.
+        # Rows are filtered by instrument after decoding: the reader's instrument filter
+        # would cut the batches down and leave the blocks to the slower unpack-and-parse
+        # path, and verification needs every instrument's book anyway.
         reader = WalReader(self.vdir, "ticks", start_ns=read_from, end_ns=end_ns,
-                           instruments=None if verify or token_filter is None else token_filter,
-                           on_corrupt=self.on_corrupt, workers=self.workers)
+                           on_corrupt=self.on_corrupt, workers=self.workers,
+                           prepare=_rows_of_block if tick_delta_available() else None)
         try:
             for batch in reader:
                 kind = batch.kind
                 if not got_messages:
-                    got = np.isin(kind, _MESSAGE_KINDS)
+                    got = _IS_MESSAGE[kind]
                     if start_ns is not None:
                         got &= batch.wall_ns >= start_ns
                     got_messages = bool(got.any())
-                cuts = np.flatnonzero(np.isin(kind, _CONTROL_KINDS))
+                cuts = np.flatnonzero(_IS_CONTROL[kind])
                 start = 0
                 for cut in [*cuts.tolist(), len(batch)]:
                     if waiting_for_mark is None and cut > start:
@@ -377,16 +399,24 @@ class KiteReplay:
 
     def _run(self, batch, lo: int, hi: int, book_state: KiteBooks, start_ns, token_filter,
              want_books: bool, session: str | None) -> TickBatch | None:
-        binary = np.flatnonzero(batch.kind[lo:hi] == Kind.BINARY) + lo
-        if not len(binary):
-            return None
-        rows, owner, bad = parse_many(batch.data, batch.offset[binary], batch.length[binary])
-        self.result.bad_frames += len(bad)
+        if batch.prepared is not None:
+            # decoded in the reader's thread straight from the block (_rows_of_block)
+            rows, rec, wall, conn = batch.prepared
+            a, b = np.searchsorted(rec, (lo, hi)).tolist()
+            rows, wall, conn = rows[a:b], wall[a:b], conn[a:b]
+        else:
+            binary = np.flatnonzero(batch.kind[lo:hi] == Kind.BINARY) + lo
+            if not len(binary):
+                return None
+            rows, owner, bad = parse_many(batch.data, batch.offset[binary],
+                                          batch.length[binary])
+            self.result.bad_frames += len(bad)
+            # take(): a plain gather, about half the cost of fancy indexing on this path
+            rec = binary.take(owner)
+            wall = batch.wall_ns.take(rec)
+            conn = batch.conn.take(rec)
         if not len(rows):
             return None
-        # take(): a plain gather, about half the cost of fancy indexing on this path
-        rec = binary.take(owner)
-        wall = batch.wall_ns.take(rec)
         after = np.empty(len(rows), dtype=TICK_DTYPE) if want_books else None
         if start_ns is not None and wall[0] < start_ns:
             # Ticks before the start update the books but are not reported; at the start
@@ -408,10 +438,10 @@ class KiteReplay:
         if not keep.any():
             return None
         if not keep.all():
-            rows, wall, rec = rows[keep], wall[keep], rec[keep]
+            rows, wall, conn = rows[keep], wall[keep], conn[keep]
             after = after[keep] if after is not None else None
         self.result.ticks += len(rows)
-        return TickBatch(rows, wall, batch.conn.take(rec), after, session)
+        return TickBatch(rows, wall, conn, after, session)
 
     @staticmethod
     def _books_of(book_state: KiteBooks, token_filter) -> np.ndarray:

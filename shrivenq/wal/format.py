@@ -201,7 +201,8 @@ class Columns:
     wall_ns: np.ndarray      # i64[n]
     mono_ns: np.ndarray      # i64[n]
     length: np.ndarray       # u32[n]
-    payloads: bytes          # sum(length) bytes, the payloads back to back (bytes-like)
+    payloads: Any            # sum(length) bytes, the payloads back to back (bytes-like),
+                             # or PackedPayloads (decode_body's defer_unpack)
     inst_count: np.ndarray   # u32[n]: instrument keys per record
     inst_keys: np.ndarray    # u64[sum(inst_count)]
     has_instruments: bool = False
@@ -272,9 +273,51 @@ def encode_body(cols: Columns, codec: int) -> bytes:
     return b"".join(parts)
 
 
-def decode_body(raw: bytes, records: int, codec: int, flags: int) -> Columns:
+class PackedPayloads:
+    """A tick_delta block's payloads not yet unpacked: ``packed`` (the transform's output,
+    checksummed with the block but not yet checked as a transform) and the records'
+    ``lengths``. ``unpack()`` gives the payloads back to back, checking the transform (a
+    ValueError names what is wrong); a reader that decodes ``packed`` its own way, as
+    strictly, sets ``checked``."""
+
+    __slots__ = ("packed", "lengths", "checked", "_payloads")
+
+    def __init__(self, packed, lengths: np.ndarray):
+        self.packed, self.lengths = packed, lengths
+        self.checked = False
+        self._payloads = None
+
+    def unpack(self) -> bytes:
+        if self._payloads is None:
+            self._payloads = _tick_delta.unpack(self.packed, self.lengths)
+            self.checked = True
+        return self._payloads
+
+    def verbatim(self, offset: int, length: int) -> bytes | None:
+        """The payload at ``offset`` of the unpacked payloads if the block keeps it verbatim
+        (a control record, say), read in place without unpacking the frames; else None.
+        Only for a checked block, whose sections are known to be where its header says."""
+        if self._payloads is not None or not self.checked:
+            return None
+        if length == 0:
+            return b""
+        n = len(self.lengths)
+        starts = np.zeros(n, dtype=np.uint64)
+        np.cumsum(self.lengths[:-1], out=starts[1:])
+        i = int(np.searchsorted(starts, offset, side="right")) - 1
+        # the header (36 bytes), one tag a payload, then the verbatim payloads in order
+        if i < 0 or int(starts[i]) != offset or self.packed[36 + i] != 0:
+            return None
+        tags = np.frombuffer(self.packed, dtype=np.uint8, count=i, offset=36)
+        at = 36 + n + int(self.lengths[:i][tags == 0].sum(dtype=np.uint64))
+        return bytes(self.packed[at:at + length])
+
+
+def decode_body(raw: bytes, records: int, codec: int, flags: int,
+                defer_unpack: bool = False) -> Columns:
     """Inverse of encode_body. Raises ValueError when the body is inconsistent and
-    WalFormatError for a codec this reader does not know."""
+    WalFormatError for a codec this reader does not know. ``defer_unpack``: a tick_delta
+    block's payloads come back as ``PackedPayloads``, for the caller to unpack or decode."""
     if len(raw) < BODY_PREAMBLE.size:
         raise ValueError("body shorter than its preamble")
     n, m, payload_len = BODY_PREAMBLE.unpack_from(raw, 0)
@@ -352,6 +395,12 @@ def decode_body(raw: bytes, records: int, codec: int, flags: int) -> Columns:
             # format moved on (or back). Refuse clearly rather than call it corrupt.
             raise WalFormatError(f"block was written with tick_delta format v{packed[2]}; "
                                  f"this build of shrivenq._ext.tick_delta reads v{have}")
+        if defer_unpack:
+            # The transform checks that the lengths add up to what it decodes, and they
+            # were checked against payload_len above.
+            return Columns(kind, version, conn, wall, mono, length,
+                           PackedPayloads(packed, np.ascontiguousarray(length)), inst_count,
+                           keys, bool(flags & FLAG_INSTRUMENTS))
         payloads = _tick_delta.unpack(packed, np.ascontiguousarray(length))
     else:
         raise WalFormatError(f"block codec {codec} is newer than this reader "
@@ -447,7 +496,8 @@ def block_frame(cols: Columns, codec: int, block: int, first_record: int, body: 
     return pack_frame(BLOCK_MAGIC, codec, flags, block, body, raw_len, n, lo, hi, first_record)
 
 
-def decompress_body(frame: Frame, body, dctx: zstandard.ZstdDecompressor) -> Columns:
+def decompress_body(frame: Frame, body, dctx: zstandard.ZstdDecompressor,
+                    defer_unpack: bool = False) -> Columns:
     """Verify and decode one block body. Raises ValueError describing what is wrong (the
     caller names the segment, offset and block), WalFormatError for an unknown codec."""
     if len(body) != frame.stored_len:
@@ -466,7 +516,7 @@ def decompress_body(frame: Frame, body, dctx: zstandard.ZstdDecompressor) -> Col
         raise ValueError(f"zstd: {exc}") from None
     if len(raw) != frame.raw_len:
         raise ValueError(f"body decompresses to {len(raw)} bytes, frame says {frame.raw_len}")
-    cols = decode_body(raw, frame.records, frame.codec, frame.flags)
+    cols = decode_body(raw, frame.records, frame.codec, frame.flags, defer_unpack)
     if frame.records and (int(cols.wall_ns.min()) != frame.min_wall_ns
                           or int(cols.wall_ns.max()) != frame.max_wall_ns):
         raise ValueError("record times disagree with the frame's time range")

@@ -53,6 +53,32 @@ class Record(NamedTuple):
     instruments: tuple[int, ...]
 
 
+class _Starts:
+    """A RecordBatch column made when first read: where each record's run of ``counts``
+    starts (payload bytes, instrument keys). Replay reads neither for most blocks."""
+
+    def __init__(self, counts: str):
+        self.counts = counts
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.slot = "_" + name
+
+    def __get__(self, batch, owner=None):
+        if batch is None:
+            return self
+        starts = getattr(batch, self.slot)
+        if starts is None:
+            counts = getattr(batch, self.counts)
+            starts = np.zeros(len(counts), dtype=np.uint64)
+            if len(counts):
+                np.cumsum(counts[:-1], out=starts[1:])
+            setattr(batch, self.slot, starts)
+        return starts
+
+    def __set__(self, batch, value) -> None:
+        setattr(batch, self.slot, value)
+
+
 class RecordBatch:
     """Records of one block (after filtering), column-wise.
 
@@ -62,30 +88,45 @@ class RecordBatch:
     ``inst_keys[inst_offset[i]:inst_offset[i] + inst_count[i]]``. ``data`` is bytes-like
     (bytes or a memoryview of the decoded block); ``payload(i)`` returns bytes."""
 
-    __slots__ = ("kind", "version", "conn", "wall_ns", "mono_ns", "length", "offset", "data",
-                 "inst_keys", "inst_offset", "inst_count", "segment", "block", "first_record")
+    __slots__ = ("kind", "version", "conn", "wall_ns", "mono_ns", "length", "_offset", "_data",
+                 "inst_keys", "_inst_offset", "inst_count", "segment", "block", "first_record",
+                 "prepared")
 
     def __init__(self, cols: fmt.Columns, segment: Path | None = None, block: int = -1,
-                 first_record: int = 0):
+                 first_record: int = 0, prepared=None):
         self.kind, self.version, self.conn = cols.kind, cols.version, cols.conn
         self.wall_ns, self.mono_ns, self.length = cols.wall_ns, cols.mono_ns, cols.length
-        n = len(cols.kind)
-        self.offset = np.zeros(n, dtype=np.uint64)
-        if n:
-            np.cumsum(cols.length[:-1], out=self.offset[1:])
+        self._offset = self._inst_offset = None    # made when first asked for
         self.data = cols.payloads
         self.inst_keys = cols.inst_keys
         self.inst_count = cols.inst_count
-        self.inst_offset = np.zeros(n, dtype=np.uint64)
-        if n:
-            np.cumsum(cols.inst_count[:-1], out=self.inst_offset[1:])
         self.segment, self.block, self.first_record = segment, block, first_record
+        self.prepared = prepared
+
+    offset = _Starts("length")
+    inst_offset = _Starts("inst_count")
+
+    @property
+    def data(self):
+        # Payloads a reader's ``prepare`` left packed are unpacked on first use: a batch
+        # whose frames were decoded straight to rows mostly needs none of them.
+        if isinstance(self._data, fmt.PackedPayloads):
+            self._data = self._data.unpack()
+        return self._data
+
+    @data.setter
+    def data(self, value) -> None:
+        self._data = value
 
     def __len__(self) -> int:
         return len(self.kind)
 
     def payload(self, i: int) -> bytes:
         o = int(self.offset[i])
+        if isinstance(self._data, fmt.PackedPayloads):
+            own = self._data.verbatim(o, int(self.length[i]))
+            if own is not None:
+                return own
         return bytes(self.data[o:o + int(self.length[i])])
 
     def payloads(self) -> list[bytes]:
@@ -118,8 +159,9 @@ class RecordBatch:
         for name in ("kind", "version", "conn", "wall_ns", "mono_ns", "length", "offset",
                      "inst_offset", "inst_count"):
             setattr(out, name, getattr(self, name)[mask])
-        out.data, out.inst_keys = self.data, self.inst_keys
+        out.data, out.inst_keys = self._data, self.inst_keys
         out.segment, out.block, out.first_record = self.segment, self.block, self.first_record
+        out.prepared = None     # made for the records before this selection
         return out
 
 
@@ -226,11 +268,19 @@ class WalReader:
     are kept too unless ``control=False``. ``kinds``: keep only these record kinds.
     ``on_corrupt``: "raise" (default) or "skip". ``workers``: threads decoding blocks ahead
     of the consumer (zstd and the tick codec release the GIL); order is unchanged. None
-    (the default) is ``default_workers()``: 2 on a machine with two cores or more, else 1."""
+    (the default) is ``default_workers()``: 2 on a machine with two cores or more, else 1.
+
+    ``prepare``: called with each block's decoded ``Columns`` in the thread that decoded it;
+    what it returns is the batch's ``prepared`` (None for a batch the filters cut down).
+    With ``prepare``, a tick_delta block's payloads reach it packed (``PackedPayloads``):
+    it may decode them its own way, and set ``checked`` if it checked them as strictly as
+    unpacking does. A ValueError it raises is reported as a damaged block; payloads it left
+    unchecked are unpacked (and so checked) before the batch is handed on."""
 
     def __init__(self, path, stream: str | None = None, *, start_ns: int | None = None,
                  end_ns: int | None = None, instruments=None, kinds=None,
-                 on_corrupt: str = "raise", control: bool = True, workers: int | None = None):
+                 on_corrupt: str = "raise", control: bool = True, workers: int | None = None,
+                 prepare=None):
         if on_corrupt not in ("raise", "skip"):
             raise ConfigError(f"on_corrupt={on_corrupt!r}: use 'raise' or 'skip'")
         self.path = Path(path)
@@ -251,6 +301,7 @@ class WalReader:
         self.control = control
         self.on_corrupt = on_corrupt
         self.workers = default_workers() if workers is None else max(1, int(workers))
+        self.prepare = prepare
         self.skipped: list[Problem] = []
         self.torn: list[TornTail] = []
         self.blocks_read = 0
@@ -409,17 +460,29 @@ class WalReader:
                         fd = fds[seg.path] = os.open(seg.path, os.O_RDONLY)
                     except OSError as exc:
                         raise WalIOError(seg.path, exc.strerror or str(exc)) from None
+            prepare = self.prepare
             try:
-                return read_block(fd, ref, dctx)
+                cols = read_block(fd, ref, dctx, defer_unpack=prepare is not None)
+                if prepare is None:
+                    return cols, None
+                try:
+                    prepared = prepare(cols)
+                    if isinstance(cols.payloads, fmt.PackedPayloads) and not cols.payloads.checked:
+                        cols.payloads.unpack()
+                except ValueError as exc:
+                    raise WalCorruptError(ref.segment, ref.offset, ref.block, str(exc)) from None
+                return cols, prepared
             except WalCorruptError as err:
                 return err
 
-        def finish(seg: Segment, ref: BlockRef, cols) -> RecordBatch | None:
-            if isinstance(cols, WalCorruptError):
-                self._problem(Problem(ref.segment, ref.offset, ref.block, cols.reason))
+        def finish(seg: Segment, ref: BlockRef, decoded) -> RecordBatch | None:
+            if isinstance(decoded, WalCorruptError):
+                self._problem(Problem(ref.segment, ref.offset, ref.block, decoded.reason))
                 return None
             self.blocks_read += 1
-            batch = self._filter(RecordBatch(cols, seg.path, ref.block, ref.frame.first_record))
+            cols, prepared = decoded
+            batch = self._filter(RecordBatch(cols, seg.path, ref.block, ref.frame.first_record,
+                                             prepared))
             return batch if len(batch) else None
 
         try:

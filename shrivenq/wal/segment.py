@@ -297,11 +297,12 @@ for _k, _v in RECORD_VERSION.items():
     _MAX_VERSION[_k] = _v
 
 
-def read_block(fd: int, ref: BlockRef, dctx: zstandard.ZstdDecompressor) -> fmt.Columns:
+def read_block(fd: int, ref: BlockRef, dctx: zstandard.ZstdDecompressor,
+               defer_unpack: bool = False) -> fmt.Columns:
     """Read, verify and decode one block; raises WalCorruptError naming segment/offset/block,
     WalFormatError if it holds a record of a newer record-format version than this reader
-    knows."""
-    cols = _read_block(fd, ref, dctx)
+    knows. ``defer_unpack``: as ``format.decode_body``'s."""
+    cols = _read_block(fd, ref, dctx, defer_unpack)
     newer = cols.version > _MAX_VERSION[cols.kind]
     if newer.any():
         i = int(np.argmax(newer))
@@ -312,7 +313,8 @@ def read_block(fd: int, ref: BlockRef, dctx: zstandard.ZstdDecompressor) -> fmt.
     return cols
 
 
-def _read_block(fd: int, ref: BlockRef, dctx: zstandard.ZstdDecompressor) -> fmt.Columns:
+def _read_block(fd: int, ref: BlockRef, dctx: zstandard.ZstdDecompressor,
+                defer_unpack: bool = False) -> fmt.Columns:
     try:
         data = _pread(fd, ref.frame.size, ref.offset)
     except OSError as exc:
@@ -327,7 +329,8 @@ def _read_block(fd: int, ref: BlockRef, dctx: zstandard.ZstdDecompressor) -> fmt
                 or frame.min_wall_ns != ref.frame.min_wall_ns
                 or frame.max_wall_ns != ref.frame.max_wall_ns):
             raise ValueError("block frame disagrees with the footer index")
-        return fmt.decompress_body(frame, memoryview(data)[fmt.FRAME_SIZE:], dctx)
+        return fmt.decompress_body(frame, memoryview(data)[fmt.FRAME_SIZE:], dctx,
+                                   defer_unpack)
     except ValueError as exc:
         raise WalCorruptError(ref.segment, ref.offset, ref.block, str(exc)) from None
     except WalFormatError as exc:
