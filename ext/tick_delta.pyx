@@ -518,34 +518,57 @@ cdef extern from *:
         for (s = 0; s < 7; s++) mk[s] = (uint8_t)(m >> (8 * s));
     }
 
-    /* Decode a non-first full packet into ``out`` (46 words, big-endian). ``mk`` its first
-       mask byte, the other 6 at ``ms`` apart; *rp[w] the change coded by the next non-zero
-       residual of word w (columns un-zigzagged, padded by one). ``st`` the
-       key's decoded words, each orders|pad word kept rotated by 16 as its residual is taken,
-       so that one add per word decodes the packet and the store undoes the rotation.
-       Inlined into three entry points below: ``simd`` picks the store (2: none, the
-       state only). */
+    /* Where the decoder keeps word w of a full packet in a key's state: in packet order
+       for unpack (TD_POS_PACKET), or in the order of a parsed row for unpack_ticks
+       (TD_POS_ROW: words 0..15, then the bid quantities, bid prices, ask quantities, ask
+       prices, then the ten orders|pad words), so that filling a row is three copies. */
+    static const uint8_t TD_POS_PACKET[46] = {
+        0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+        16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30,
+        31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45};
+    static const uint8_t TD_POS_ROW[46] = {
+        0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+        16, 21, 36, 17, 22, 37, 18, 23, 38, 19, 24, 39, 20, 25, 40,
+        26, 31, 41, 27, 32, 42, 28, 33, 43, 29, 34, 44, 30, 35, 45};
+    /* The mask slots (bits) of the quantity words, which are multiplied by the key's
+       quantum: 2, 4, 5, 6 (bits 1, 3, 4, 5), 12, 13, 14 (bits 11..13) and the depth
+       quantities q0 .. q9 (bits 16, 18, .., 34), as TD_FULL_SLOTS places them. */
+    #define TD_FULL_QTY_BITS (0x3AULL | (0x7ULL << 11) | 0x0000000555550000ULL)
+
+    /* Decode a non-first full packet. ``mk`` its first mask byte, the other 6 at ``ms``
+       apart; *rp[w] the change coded by the next non-zero residual of word w (columns
+       un-zigzagged, padded by one). ``st`` the key's decoded words, laid out by ``pos``,
+       each orders|pad word kept rotated by 16 as its residual is taken, so that one add
+       per word decodes the packet. ``out``: the packet big-endian (``simd`` 1: pshufb
+       store, 0: portable; packet layout only), or nothing (2: the state only). Inlined
+       into the entry points below, with constant ``pos`` and ``simd``. */
     static TD_ALWAYS_INLINE void td_full_next_dec_body(uint8_t* out, uint32_t* st,
                                                        const uint8_t* gl, const uint8_t* mk,
                                                        uint64_t ms, const uint32_t** rp,
-                                                       uint32_t q, int simd) {
+                                                       uint32_t q, int simd,
+                                                       const uint8_t* pos) {
         uint32_t d[48] TD_ALIGN16;
         uint32_t c[48] TD_ALIGN16;
         int s, w, k;
-        uint64_t m = 0;
+        uint64_t m = 0, mq;
         for (s = 0; s < 7; s++) m |= (uint64_t)mk[s * ms] << (8 * s);
         m &= 0x0003ff0fffff7fffULL;         /* padding bits (rejected earlier) never count */
+        mq = m & TD_FULL_QTY_BITS;
+        m &= ~TD_FULL_QTY_BITS;
         sq_zero(d, sizeof(d));
         while (m) {                         /* only the set bits: most residuals are zero */
             int w2 = TD_FULL_SLOTS[td_ctz64(m)];
             m &= m - 1;
-            d[w2] = *rp[w2]++;
+            d[pos[w2]] = *rp[w2]++;
         }
-        if (q != 1)                         /* quantities in lots; most keys have q = 1 */
-            for (k = 0; k < 17; k++) d[TD_FULL_QTY[k]] *= q;
+        while (mq) {                        /* quantities, in lots: times the quantum */
+            int w2 = TD_FULL_SLOTS[td_ctz64(mq)];
+            mq &= mq - 1;
+            d[pos[w2]] = *rp[w2]++ * q;
+        }
         for (k = 0; k < 10; k++) {          /* depth price: change of the gap to the level before */
             int pw = 17 + 3 * k, ref = (k == 0 || k == 5) ? 1 : pw - 3;
-            d[pw] += d[ref];
+            d[pos[pw]] += d[pos[ref]];
         }
     #ifdef TD_LE_GNUC
         for (w = 0; w < 44; w += 4) {
@@ -576,19 +599,29 @@ cdef extern from *:
     static void td_full_next_dec(uint8_t* out, uint32_t* st, const uint8_t* gl,
                                  const uint8_t* mk, uint64_t ms, const uint32_t** rp,
                                  uint32_t q) {
-        td_full_next_dec_body(out, st, gl, mk, ms, rp, q, 0);
+        td_full_next_dec_body(out, st, gl, mk, ms, rp, q, 0, TD_POS_PACKET);
     }
-    /* Only the key's state: rows are filled from it (unpack_ticks). */
+    /* unpack_ticks: the key's state only, in row layout (fill_full_row reads it). */
     static void td_full_next_state(uint32_t* st, const uint8_t* gl, const uint8_t* mk,
                                    uint64_t ms, const uint32_t** rp, uint32_t q) {
-        td_full_next_dec_body(NULL, st, gl, mk, ms, rp, q, 2);
+        td_full_next_dec_body(NULL, st, gl, mk, ms, rp, q, 2, TD_POS_ROW);
+    }
+    /* unpack_ticks: a key's first full packet into ``out`` (as unpack) and its state in
+       row layout. */
+    static void td_full_first_dec_rows(uint8_t* out, const uint8_t* src, int64_t cap,
+                                       const uint8_t* gl, uint32_t tok, uint32_t q,
+                                       uint32_t* st) {
+        uint32_t pc[46];
+        int w;
+        td_full_first_dec(out, src, cap, gl, tok, q, pc);
+        for (w = 0; w < 46; w++) st[TD_POS_ROW[w]] = pc[w];
     }
     #ifdef TD_SSSE3
     __attribute__((target("ssse3")))
     static void td_full_next_dec_ssse3(uint8_t* out, uint32_t* st, const uint8_t* gl,
                                        const uint8_t* mk, uint64_t ms, const uint32_t** rp,
                                        uint32_t q) {
-        td_full_next_dec_body(out, st, gl, mk, ms, rp, q, 1);
+        td_full_next_dec_body(out, st, gl, mk, ms, rp, q, 1, TD_POS_PACKET);
     }
     #else
     #define td_full_next_dec_ssse3 td_full_next_dec    /* never chosen: td_simd is 0 */
@@ -617,6 +650,9 @@ cdef extern from *:
                             uint32_t tok, uint32_t q, uint32_t* c) noexcept nogil
     void td_full_next_dec(uint8_t* out, uint32_t* st, const uint8_t* gl, const uint8_t* mk,
                           uint64_t ms, const uint32_t** rp, uint32_t q) noexcept nogil
+    void td_full_first_dec_rows(uint8_t* out, const uint8_t* src, int64_t cap,
+                                const uint8_t* gl, uint32_t tok, uint32_t q,
+                                uint32_t* st) noexcept nogil
     void td_full_next_state(uint32_t* st, const uint8_t* gl, const uint8_t* mk, uint64_t ms,
                             const uint32_t** rp, uint32_t q) noexcept nogil
     void td_full_next_dec_ssse3(uint8_t* out, uint32_t* st, const uint8_t* gl,
@@ -1167,6 +1203,8 @@ cdef const uint32_t[::1] _as_lengths(obj) except *:
         raise ValueError("lengths must be a 1-d numpy uint32 array")
     if not obj.flags.c_contiguous:
         raise ValueError("lengths must be C-contiguous")
+    if not obj.flags.aligned:
+        obj = obj.copy()    # C reads it as uint32_t, which it may assume aligned
     cdef const uint32_t[::1] v = obj
     return v
 
@@ -1405,8 +1443,8 @@ def unpack_ticks(packed, lengths, select, wall_ns, conn):
     if select.shape[0] != n_payloads or wall_ns.shape[0] != n_payloads or conn.shape[0] != n_payloads:
         raise ValueError(f"select, wall_ns and conn must have one entry per payload ({n_payloads})")
     cdef const uint8_t[::1] sel = np.ascontiguousarray(select)
-    cdef const int64_t[::1] wall_in = np.ascontiguousarray(wall_ns)
-    cdef const uint32_t[::1] conn_in = np.ascontiguousarray(conn)
+    cdef const int64_t[::1] wall_in = np.require(wall_ns, requirements="CA")
+    cdef const uint32_t[::1] conn_in = np.require(conn, requirements="CA")
     cdef Block bk
     _read_block(buf, lens, &bk)
     for i in range(n_payloads):
@@ -1454,20 +1492,17 @@ KIND_OF_CODE[:] = [K_LTP, K_INDEX_QUOTE, K_INDEX_FULL, K_QUOTE, K_FULL]
 
 
 cdef inline void fill_full_row(TickRow* r, const uint32_t* c) noexcept nogil:
-    """The row ``fill_row`` makes of a full packet, from its decoded words as the decoder
-    keeps them (orders|pad words rotated by 16: the orders in the low half)."""
+    """The row ``fill_row`` makes of a full packet, from the key's state as unpack_ticks
+    keeps it (TD_POS_ROW: the row's order; orders|pad words rotated by 16, the orders in
+    the low half)."""
     cdef int i
     cdef uint32_t seg = c[0] & 0xFF
-    # token .. exchange_timestamp: TickRow's first 16 fields are the packet's words 0..15
-    memcpy(r, c, 64)
+    memcpy(r, c, 64)                            # token .. exchange_timestamp
     r.change = 0
+    memcpy(r.bid_quantity, c + 16, 80)          # bid qty, bid price, ask qty, ask price
     for i in range(5):
-        r.bid_quantity[i] = c[16 + 3 * i]
-        r.bid_price[i] = <int32_t>c[17 + 3 * i]
-        r.bid_orders[i] = <uint16_t>c[18 + 3 * i]
-        r.ask_quantity[i] = c[31 + 3 * i]
-        r.ask_price[i] = <int32_t>c[32 + 3 * i]
-        r.ask_orders[i] = <uint16_t>c[33 + 3 * i]
+        r.bid_orders[i] = <uint16_t>c[36 + i]
+        r.ask_orders[i] = <uint16_t>c[41 + i]
     r.divisor = divisor_for(seg)
     r.fields = F_LTP | F_OHLC | F_QUOTE | F_EXCH_TS | F_FULL | F_DEPTH
     r.packet_length = 184
@@ -1488,8 +1523,8 @@ cdef int _unpack_body(const Block* bk, const uint32_t* lens, Py_ssize_t n_payloa
     cdef const uint8_t* kkind = bk.kkind
     cdef const uint8_t* ktok = bk.ktok
     cdef uint64_t raw_bytes = bk.raw_bytes, n_packets = bk.n_packets, n_keys = bk.n_keys
-    cdef const uint64_t* n = bk.n
-    cdef const uint64_t* f = bk.f
+    cdef const uint64_t* n = <const uint64_t*>bk.n
+    cdef const uint64_t* f = <const uint64_t*>bk.f
     cdef int idw = bk.idw
     cdef bint to_rows = dst.rows != NULL
     cdef uint8_t* o = dst.bytes
@@ -1596,7 +1631,10 @@ cdef int _unpack_body(const Block* bk, const uint32_t* lens, Py_ssize_t n_payloa
                     | (<uint32_t>ktok[2 * n_keys + kid] << 8) | ktok[3 * n_keys + kid]
                 last[kid] = state
                 state += nw
-                if k == 4:
+                if k == 4 and to_rows:
+                    td_full_first_dec_rows(pk, bk.firsts[k] + idx, cap, glob[k], cur[0],
+                                           quanta[kid], last[kid])
+                elif k == 4:
                     td_full_first_dec(pk, bk.firsts[k] + idx, cap, glob[k], cur[0],
                                       quanta[kid], last[kid])
                 elif k == 3:

@@ -626,3 +626,14 @@ def test_unpack_ticks_checks_its_arguments():
         td.unpack_ticks(packed, lengths, ok[0], ok[1].astype(np.int32), ok[2])
     with pytest.raises(ValueError, match="payloads"):
         td.unpack_ticks(packed, lengths[:1], ok[0][:1], ok[1][:1], ok[2][:1])
+
+    def unaligned(a):           # the same values at an odd address, as a WAL body holds them
+        raw = np.frombuffer(b"\0" + a.tobytes(), np.uint8)[1:].view(a.dtype)
+        assert not raw.flags.aligned
+        return raw
+
+    wall, conn = np.array([5, 9], np.int64), np.array([3, 4], np.uint32)
+    want = td.unpack_ticks(packed, lengths, ok[0], wall, conn)
+    got = td.unpack_ticks(packed, unaligned(lengths), ok[0], unaligned(wall), unaligned(conn))
+    assert all(np.array_equal(x, y) for x, y in zip(got, want))
+    assert td.unpack(packed, unaligned(lengths)) == td.unpack(packed, lengths)
