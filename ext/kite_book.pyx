@@ -192,10 +192,14 @@ cdef class KiteBooks:
         cdef Py_ssize_t n = rows.shape[0], i, r
         cdef TickRow* state = <TickRow*>cnp.PyArray_DATA(self._state)
         cdef uint64_t* ticks = <uint64_t*>cnp.PyArray_DATA(self._ticks)
-        if rows.dtype != TICK_DTYPE or rows.ndim != 1 or not rows.flags.c_contiguous:
+        # `is` first: comparing structured dtypes runs numpy's Python-level field
+        # promotion, several microseconds a call
+        if ((rows.dtype is not TICK_DTYPE and rows.dtype != TICK_DTYPE) or rows.ndim != 1
+                or not rows.flags.c_contiguous):
             raise TypeError("rows must be a 1-d C-contiguous TICK_DTYPE array")
         if after is not None:
-            if (after.dtype != TICK_DTYPE or after.ndim != 1 or not after.flags.c_contiguous
+            if ((after.dtype is not TICK_DTYPE and after.dtype != TICK_DTYPE) or after.ndim != 1
+                    or not after.flags.c_contiguous
                     or after.shape[0] != n):
                 raise TypeError("after must be a C-contiguous TICK_DTYPE array as long as rows")
             out = <TickRow*>cnp.PyArray_DATA(after)

@@ -719,6 +719,11 @@ def test_key_dictionary_that_lies_is_an_error_not_a_misread():
         fmt.decode_body(bytes(raw), 2, fmt.CODEC_PLAIN, fmt.FLAG_KEY_DICT)
 
 
+def test_key_dictionary_that_lies_is_an_error_without_the_compiled_expansion(monkeypatch):
+    monkeypatch.setattr(fmt, "_expand_keys", None)
+    test_key_dictionary_that_lies_is_an_error_not_a_misread()
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.one_of(st.integers(0, 2**64 - 1), st.integers(256_000, 256_040)),
                 max_size=400))
@@ -737,6 +742,28 @@ def test_key_dictionary_is_numpys_unique(keys):
         assert fmt.encode_keys(k) == compiled
     finally:
         fmt._key_dictionary = saved
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=300, unique=True),
+       st.lists(st.integers(0, 70_000), max_size=300), st.integers(1, 4))
+def test_key_ids_expand_as_numpy_takes_them(table, ids, width):
+    """The compiled expansion of a key dictionary's id planes against decode_body's numpy
+    fallback: the same keys, or the same error for an id past the table."""
+    from shrivenq._ext.key_dict import expand_keys
+    table = np.array(sorted(table), dtype=np.uint64)
+    ids = np.array(ids, dtype=np.uint32) & np.uint32((1 << (8 * width)) - 1)
+    planes = np.concatenate([((ids >> (8 * (width - 1 - p))) & 0xFF).astype(np.uint8)
+                             for p in range(width)]) if len(ids) else np.zeros(0, np.uint8)
+    if len(ids) and int(ids.max()) >= len(table):
+        with pytest.raises(ValueError, match=f"key id {int(ids.max())} past the {len(table)} "):
+            expand_keys(table, planes, len(ids))
+    else:
+        assert expand_keys(table, planes, len(ids)).tolist() == table.take(ids).tolist()
+    with pytest.raises(ValueError, match="7 bytes of planes for 2 ids"):
+        expand_keys(table, np.zeros(7, np.uint8), 2)
+    with pytest.raises(ValueError, match="key ids of 5 bytes"):
+        expand_keys(table, np.zeros(10, np.uint8), 2)
 
 
 def test_a_version_1_segment_repaired_by_this_writer_stays_version_1(tmp_path):

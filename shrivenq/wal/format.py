@@ -68,9 +68,10 @@ try:  # the other half of issue 3: the tick-aware transform (Cython)
 except ImportError:  # not built yet: codec 1 is neither written nor readable
     _tick_delta = None
 try:
+    from shrivenq._ext.key_dict import expand_keys as _expand_keys
     from shrivenq._ext.key_dict import key_dictionary as _key_dictionary
 except ImportError:  # not built yet: numpy's sort gives the same dictionary, slower
-    _key_dictionary = None
+    _key_dictionary = _expand_keys = None
 
 
 def tick_delta_available() -> bool:
@@ -313,6 +314,10 @@ class PackedPayloads:
         return bytes(self.packed[at:at + length])
 
 
+def _aligned(column: np.ndarray) -> np.ndarray:
+    return column if column.flags.aligned else column.copy()
+
+
 def decode_body(raw: bytes, records: int, codec: int, flags: int,
                 defer_unpack: bool = False) -> Columns:
     """Inverse of encode_body. Raises ValueError when the body is inconsistent and
@@ -350,31 +355,37 @@ def decode_body(raw: bytes, records: int, codec: int, flags: int,
         pos += count * dt.itemsize
         return out
 
-    wall = np.cumsum(take("<i8", n), dtype=np.int64)
-    mono = np.cumsum(take("<i8", n), dtype=np.int64) + wall
+    # The columns are views into the body, at offsets its variable-length parts leave
+    # unaligned. numpy works on unaligned data through slow buffered loops (a block's
+    # cumsum took 15 us), and the compiled readers (tick_delta, the Binance and Kite replay
+    # loops) take the uint32 columns as arrays, which C assumes aligned (a vectorised loop
+    # may fault on one that is not): a column that is not aligned is copied first.
+    wall = np.cumsum(_aligned(take("<i8", n)), dtype=np.int64)
+    mono = np.cumsum(_aligned(take("<i8", n)), dtype=np.int64)
+    mono += wall
     if flags & FLAG_KEY_DICT:
         pos += 4
-        table = take("<u8", distinct)
+        table = _aligned(take("<u8", distinct))
         if distinct > 1 and not bool((table[1:] > table[:-1]).all()):
             # The writer never makes one; a reader that took it would still give each record
             # its keys, but a block that breaks the format is not trusted for anything.
             raise ValueError("instrument key dictionary is not ascending and distinct")
-        planes = take("u1", width * m).reshape(width, m)
-        ids = planes[0].astype(np.uint32)
-        for plane in planes[1:]:
-            ids = (ids << 8) | plane
-        if m and int(ids.max()) >= distinct:
-            raise ValueError(f"instrument key id {int(ids.max())} past the {distinct} keys")
-        keys = table.take(ids)
+        planes = take("u1", width * m)
+        if _expand_keys is not None:
+            keys = _expand_keys(table, planes, m)
+        else:
+            planes = planes.reshape(width, m)
+            ids = planes[0].astype(np.uint32)
+            for plane in planes[1:]:
+                ids = (ids << 8) | plane
+            if m and int(ids.max()) >= distinct:
+                raise ValueError(f"instrument key id {int(ids.max())} past the {distinct} keys")
+            keys = table.take(ids)
     else:
         keys = take("<u8", m)
-    # Views into the body, at offsets the key dictionary's byte planes can leave odd. The
-    # compiled readers (tick_delta, the Binance and Kite replay loops) take them as uint32
-    # arrays, which C assumes aligned (a vectorised loop may fault on one that is not), so
-    # an unaligned column is copied.
-    conn = np.require(take("<u4", n), requirements="A")
-    length = np.require(take("<u4", n), requirements="A")
-    inst_count = np.require(take("<u4", n), requirements="A")
+    conn = _aligned(take("<u4", n))
+    length = _aligned(take("<u4", n))
+    inst_count = _aligned(take("<u4", n))
     kind = take("u1", n)
     version = take("u1", n)
     if int(length.sum(dtype=np.uint64)) != payload_len:
