@@ -103,6 +103,14 @@ cdef inline void merge(TickRow* dst, const TickRow* src) noexcept nogil:
     dst.packet_length = src.packet_length
 
 
+cdef cnp.ndarray _doubled(cnp.ndarray a):
+    """``a`` followed by as many zeroed rows, copied as bytes: np.concatenate of structured
+    arrays runs numpy's Python-level dtype promotion, tens of microseconds a call."""
+    cdef cnp.ndarray out = np.zeros(2 * a.shape[0], dtype=a.dtype)
+    memcpy(cnp.PyArray_DATA(out), cnp.PyArray_DATA(a), a.shape[0] * a.dtype.itemsize)
+    return out
+
+
 cdef class KiteBooks:
     """Latest state per instrument token, updated from TICK_DTYPE rows."""
 
@@ -162,9 +170,9 @@ cdef class KiteBooks:
         cdef Py_ssize_t cap = self._state.shape[0]
         cdef TickRow* row
         if self._n == cap:
-            self._state = np.concatenate([self._state, np.zeros(cap, dtype=TICK_DTYPE)])
-            self._ticks = np.concatenate([self._ticks, np.zeros(cap, dtype=np.uint64)])
-            self._tally = np.concatenate([self._tally, np.zeros(cap, dtype=TALLY_DTYPE)])
+            self._state = _doubled(self._state)
+            self._ticks = _doubled(self._ticks)
+            self._tally = _doubled(self._tally)
         if 2 * (self._n + 1) > self._table_size:
             self._rehash(self._table_size * 2)
         row = (<TickRow*>cnp.PyArray_DATA(self._state)) + self._n
