@@ -4,6 +4,8 @@
 
 - replay: full-mode Kite ticks from the WAL into books, against plain reading of the same
   WAL (decompress, verify, decode) in the same run: replay adds parsing and book updates.
+- replay's direct path (blocks decoded straight to rows) against unpacking the frames and
+  parsing them, alternated in the same run.
 - seek: on a synthetic 6-hour capture with a snapshot every minute, replaying its last
   minute against replaying its first.
 - L2 ladder: batched level updates plus a best bid/ask read per message, against the
@@ -113,6 +115,37 @@ def test_replay_into_books_vs_reading_the_wal(benchmark, day):
           f"{ticks / ahead_s / 1e6:.2f}M ticks/s")
     # Target: replay within 1.5x of reading (parsing and books cost a third of reading).
     assert ratio >= 0.67 / 2, f"replay only {ratio:.2f}x the speed of reading the WAL"
+
+
+def test_replay_decoding_blocks_to_rows_vs_unpacking_and_parsing(benchmark, day, monkeypatch):
+    """The direct path (tick_delta.unpack_ticks) against the one it replaced on the same
+    WAL: unpack each block's frames to bytes, then parse them. Alternated round by round."""
+    import shrivenq.replay.kite as replay_kite
+    root, ticks = day
+    direct = replay_kite._rows_of_block
+
+    def replay(prepare):
+        monkeypatch.setattr(replay_kite, "_rows_of_block", prepare)
+        return sum(len(b.rows) for b in KiteReplay(root, workers=1).ticks())
+
+    assert replay(direct) == replay(lambda cols: None) == ticks
+    ratios, times = [], {"direct": [], "parse": []}
+    for _ in range(9):
+        for name, prepare in (("direct", direct), ("parse", lambda cols: None)):
+            times[name].append(median_seconds(replay, 1, prepare))
+        ratios.append(times["parse"][-1] / times["direct"][-1])
+    monkeypatch.setattr(replay_kite, "_rows_of_block", direct)
+    benchmark.pedantic(replay, args=(direct,), rounds=3, iterations=1)
+    ratio = float(np.median(ratios))
+    benchmark.extra_info.update({"direct_ticks_per_s": round(ticks / np.median(times["direct"])),
+                                 "parse_ticks_per_s": round(ticks / np.median(times["parse"])),
+                                 "direct_vs_parse": round(ratio, 3)})
+    print(f"\n  replay, one core: decoding blocks to rows "
+          f"{ticks / np.median(times['direct']) / 1e6:.2f}M ticks/s, unpacking and parsing "
+          f"{ticks / np.median(times['parse']) / 1e6:.2f}M; median per-round ratio {ratio:.2f}x")
+    # Target: faster (callgrind: about 1.2x fewer instructions a tick); a round on this
+    # shared machine can swing either way by 10%.
+    assert ratio >= 1.0 / 2, f"the direct path only {ratio:.2f}x the unpack-and-parse path"
 
 
 def test_seek_last_minute_vs_first_minute_of_six_hours(benchmark, six_hours):
