@@ -518,18 +518,6 @@ cdef extern from *:
         for (s = 0; s < 7; s++) mk[s] = (uint8_t)(m >> (8 * s));
     }
 
-    /* Where the decoder keeps word w of a full packet in a key's state: in packet order
-       for unpack (TD_POS_PACKET), or in the order of a parsed row for unpack_ticks
-       (TD_POS_ROW: words 0..15, then the bid quantities, bid prices, ask quantities, ask
-       prices, then the ten orders|pad words), so that filling a row is three copies. */
-    static const uint8_t TD_POS_PACKET[46] = {
-        0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
-        16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30,
-        31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45};
-    static const uint8_t TD_POS_ROW[46] = {
-        0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
-        16, 21, 36, 17, 22, 37, 18, 23, 38, 19, 24, 39, 20, 25, 40,
-        26, 31, 41, 27, 32, 42, 28, 33, 43, 29, 34, 44, 30, 35, 45};
     /* The mask slots (bits) of the quantity words, which are multiplied by the key's
        quantum: 2, 4, 5, 6 (bits 1, 3, 4, 5), 12, 13, 14 (bits 11..13) and the depth
        quantities q0 .. q9 (bits 16, 18, .., 34), as TD_FULL_SLOTS places them. */
@@ -537,16 +525,14 @@ cdef extern from *:
 
     /* Decode a non-first full packet. ``mk`` its first mask byte, the other 6 at ``ms``
        apart; *rp[w] the change coded by the next non-zero residual of word w (columns
-       un-zigzagged, padded by one). ``st`` the key's decoded words, laid out by ``pos``,
-       each orders|pad word kept rotated by 16 as its residual is taken, so that one add
-       per word decodes the packet. ``out``: the packet big-endian (``simd`` 1: pshufb
-       store, 0: portable; packet layout only), or nothing (2: the state only). Inlined
-       into the entry points below, with constant ``pos`` and ``simd``. */
+       un-zigzagged, padded by one). ``st`` the key's decoded words, each orders|pad word
+       kept rotated by 16 as its residual is taken, so that one add per word decodes the
+       packet. ``out``: the packet big-endian (``simd`` 1: pshufb store, 0: portable).
+       Inlined into the two entry points below. */
     static TD_ALWAYS_INLINE void td_full_next_dec_body(uint8_t* out, uint32_t* st,
                                                        const uint8_t* gl, const uint8_t* mk,
                                                        uint64_t ms, const uint32_t** rp,
-                                                       uint32_t q, int simd,
-                                                       const uint8_t* pos) {
+                                                       uint32_t q, int simd) {
         uint32_t d[48] TD_ALIGN16;
         uint32_t c[48] TD_ALIGN16;
         int s, w, k;
@@ -559,16 +545,16 @@ cdef extern from *:
         while (m) {                         /* only the set bits: most residuals are zero */
             int w2 = TD_FULL_SLOTS[td_ctz64(m)];
             m &= m - 1;
-            d[pos[w2]] = *rp[w2]++;
+            d[w2] = *rp[w2]++;
         }
         while (mq) {                        /* quantities, in lots: times the quantum */
             int w2 = TD_FULL_SLOTS[td_ctz64(mq)];
             mq &= mq - 1;
-            d[pos[w2]] = *rp[w2]++ * q;
+            d[w2] = *rp[w2]++ * q;
         }
         for (k = 0; k < 10; k++) {          /* depth price: change of the gap to the level before */
             int pw = 17 + 3 * k, ref = (k == 0 || k == 5) ? 1 : pw - 3;
-            d[pos[pw]] += d[pos[ref]];
+            d[pw] += d[ref];
         }
     #ifdef TD_LE_GNUC
         for (w = 0; w < 44; w += 4) {
@@ -589,9 +575,9 @@ cdef extern from *:
             c[11] = d[11] + c[15];
         }
         memcpy(st, c, 46 * 4);
-        if (simd == 1) {
+        if (simd) {
             td_store_full_simd(out, c);
-        } else if (simd == 0) {
+        } else {
             for (k = 0; k < 10; k++) c[18 + 3 * k] = td_rot16(c[18 + 3 * k]);
             td_store_be(out, c, 46);
         }
@@ -599,29 +585,95 @@ cdef extern from *:
     static void td_full_next_dec(uint8_t* out, uint32_t* st, const uint8_t* gl,
                                  const uint8_t* mk, uint64_t ms, const uint32_t** rp,
                                  uint32_t q) {
-        td_full_next_dec_body(out, st, gl, mk, ms, rp, q, 0, TD_POS_PACKET);
+        td_full_next_dec_body(out, st, gl, mk, ms, rp, q, 0);
     }
-    /* unpack_ticks: the key's state only, in row layout (fill_full_row reads it). */
-    static void td_full_next_state(uint32_t* st, const uint8_t* gl, const uint8_t* mk,
-                                   uint64_t ms, const uint32_t** rp, uint32_t q) {
-        td_full_next_dec_body(NULL, st, gl, mk, ms, rp, q, 2, TD_POS_ROW);
+
+    /* unpack_ticks keeps a full key's state as the image of its parsed row (TickRow, 180
+       bytes: words 0..15 as the packet's, the change (0), the bid quantities, bid prices,
+       ask quantities, ask prices (words 17..36), the ten orders as u16 (from word 37), the
+       constant tail (from word 42)), then at word 48 the ten orders|pad words (rotated by
+       16, as above), then at word 58 the residuals that are not plain changes (last price,
+       last quantity, volume, last trade time, exchange time, the ten depth prices), zero
+       between packets. A packet's row is then a copy of the row image. kite_frame's
+       TICK_DTYPE fixes the layout; the offsets are checked at import. */
+    #define TD_ROW_ORDERS 48
+    #define TD_ROW_SPECIALS 58
+    #define TD_ROW_STATE 76
+    /* Where the residual of word w goes: a plain change is added to the row image. */
+    static const uint8_t TD_ROW_DEST[46] = {
+        0, 58, 59, 3, 60, 5, 6, 7, 8, 9, 10, 61, 12, 13, 14, 62,
+        17, 63, 48, 18, 64, 49, 19, 65, 50, 20, 66, 51, 21, 67, 52,
+        27, 68, 53, 28, 69, 54, 29, 70, 55, 30, 71, 56, 31, 72, 57};
+
+    /* Decode a non-first full packet into the key's row state ``st``; ``gl_ts`` the
+       exchange time of the block's previous full packet (0 if none). */
+    static void td_full_next_row(uint32_t* st, uint32_t gl_ts, const uint8_t* mk,
+                                 uint64_t ms, const uint32_t** rp, uint32_t q) {
+        uint32_t* sp = st + TD_ROW_SPECIALS;
+        uint64_t m = 0, mq;
+        uint32_t acc, ts;
+        int s, k;
+        for (s = 0; s < 7; s++) m |= (uint64_t)mk[s * ms] << (8 * s);
+        m &= 0x0003ff0fffff7fffULL;         /* padding bits (rejected earlier) never count */
+        mq = m & TD_FULL_QTY_BITS;
+        m &= ~TD_FULL_QTY_BITS;
+        while (m) {                         /* only the set bits: most residuals are zero */
+            int w2 = TD_FULL_SLOTS[td_ctz64(m)];
+            m &= m - 1;
+            st[TD_ROW_DEST[w2]] += *rp[w2]++;
+        }
+        while (mq) {                        /* quantities, in lots: times the quantum */
+            int w2 = TD_FULL_SLOTS[td_ctz64(mq)];
+            mq &= mq - 1;
+            st[TD_ROW_DEST[w2]] += *rp[w2]++ * q;
+        }
+        st[1] += sp[0];                     /* last price */
+        st[4] += sp[2];                     /* volume */
+        ts = sp[4] + gl_ts;                 /* exchange time: G */
+        st[15] = ts;
+        if (sp[2] != 0) {                   /* traded: TQ and TT take the new values */
+            st[2] = sp[1] + sp[2];
+            st[11] = sp[3] + ts;
+        } else {
+            st[2] += sp[1];
+            st[11] += sp[3];
+        }
+        /* depth price: its residual is the change of the gap to the level before */
+        acc = sp[0];
+        for (k = 0; k < 5; k++) { acc += sp[5 + k]; st[22 + k] += acc; }
+        acc = sp[0];
+        for (k = 0; k < 5; k++) { acc += sp[10 + k]; st[32 + k] += acc; }
+        for (k = 0; k < 10; k++) ((uint16_t*)(st + 37))[k] = (uint16_t)st[TD_ROW_ORDERS + k];
+        sq_zero(sp, 16 * 4);
     }
-    /* unpack_ticks: a key's first full packet into ``out`` (as unpack) and its state in
-       row layout. */
-    static void td_full_first_dec_rows(uint8_t* out, const uint8_t* src, int64_t cap,
-                                       const uint8_t* gl, uint32_t tok, uint32_t q,
-                                       uint32_t* st) {
+
+    /* unpack_ticks: a key's first full packet into ``out`` (as unpack does) and its row
+       state (the tail, the words after the orders, is the caller's). */
+    static void td_full_first_row(uint8_t* out, const uint8_t* src, int64_t cap,
+                                  const uint8_t* gl, uint32_t tok, uint32_t q, uint32_t* st) {
         uint32_t pc[46];
-        int w;
+        int k;
         td_full_first_dec(out, src, cap, gl, tok, q, pc);
-        for (w = 0; w < 46; w++) st[TD_POS_ROW[w]] = pc[w];
+        memcpy(st, pc, 16 * 4);
+        st[16] = 0;
+        for (k = 0; k < 5; k++) {
+            st[17 + k] = pc[16 + 3 * k];
+            st[22 + k] = pc[17 + 3 * k];
+            st[27 + k] = pc[31 + 3 * k];
+            st[32 + k] = pc[32 + 3 * k];
+        }
+        for (k = 0; k < 10; k++) {
+            st[TD_ROW_ORDERS + k] = pc[18 + 3 * k];
+            ((uint16_t*)(st + 37))[k] = (uint16_t)pc[18 + 3 * k];
+        }
+        memset(st + TD_ROW_SPECIALS, 0, (TD_ROW_STATE - TD_ROW_SPECIALS) * 4);
     }
     #ifdef TD_SSSE3
     __attribute__((target("ssse3")))
     static void td_full_next_dec_ssse3(uint8_t* out, uint32_t* st, const uint8_t* gl,
                                        const uint8_t* mk, uint64_t ms, const uint32_t** rp,
                                        uint32_t q) {
-        td_full_next_dec_body(out, st, gl, mk, ms, rp, q, 1, TD_POS_PACKET);
+        td_full_next_dec_body(out, st, gl, mk, ms, rp, q, 1);
     }
     #else
     #define td_full_next_dec_ssse3 td_full_next_dec    /* never chosen: td_simd is 0 */
@@ -650,11 +702,11 @@ cdef extern from *:
                             uint32_t tok, uint32_t q, uint32_t* c) noexcept nogil
     void td_full_next_dec(uint8_t* out, uint32_t* st, const uint8_t* gl, const uint8_t* mk,
                           uint64_t ms, const uint32_t** rp, uint32_t q) noexcept nogil
-    void td_full_first_dec_rows(uint8_t* out, const uint8_t* src, int64_t cap,
-                                const uint8_t* gl, uint32_t tok, uint32_t q,
-                                uint32_t* st) noexcept nogil
-    void td_full_next_state(uint32_t* st, const uint8_t* gl, const uint8_t* mk, uint64_t ms,
-                            const uint32_t** rp, uint32_t q) noexcept nogil
+    void td_full_first_row(uint8_t* out, const uint8_t* src, int64_t cap, const uint8_t* gl,
+                           uint32_t tok, uint32_t q, uint32_t* st) noexcept nogil
+    void td_full_next_row(uint32_t* st, uint32_t gl_ts, const uint8_t* mk, uint64_t ms,
+                          const uint32_t** rp, uint32_t q) noexcept nogil
+    enum: TD_ROW_STATE
     void td_full_next_dec_ssse3(uint8_t* out, uint32_t* st, const uint8_t* gl,
                                 const uint8_t* mk, uint64_t ms, const uint32_t** rp,
                                 uint32_t q) noexcept nogil
@@ -1364,7 +1416,8 @@ cdef int _read_block(const uint8_t[::1] buf, const uint32_t[::1] lens, Block* bk
     for k in range(NKIND):
         for w in range(1, KW[k]):
             bk.nvals += counts[k * MAXW + w] + 1
-        bk.words += f[k] * KW[k]
+        # unpack_ticks keeps a full key's state as a row image (TD_ROW_STATE words)
+        bk.words += f[k] * (TD_ROW_STATE if k == 4 else KW[k])
     bk.tags, bk.raw, bk.raw_bytes, bk.idp, bk.idw = tags, raw, raw_bytes, idp, idw
     bk.n_packets, bk.kkind, bk.ktok, bk.kq, bk.n_keys = n_packets, kkind, ktok, kq, n_keys
     bk.total = total
@@ -1487,22 +1540,25 @@ _ERRORS = {
 }
 
 
+cdef TickRow _probe
+if (sizeof(TickRow) != 180 or <char*>&_probe.bid_quantity[0] - <char*>&_probe != 17 * 4
+        or <char*>&_probe.bid_price[0] - <char*>&_probe != 22 * 4
+        or <char*>&_probe.ask_quantity[0] - <char*>&_probe != 27 * 4
+        or <char*>&_probe.ask_price[0] - <char*>&_probe != 32 * 4
+        or <char*>&_probe.bid_orders[0] - <char*>&_probe != 37 * 4
+        or <char*>&_probe.ask_orders[0] - <char*>&_probe != 37 * 4 + 10
+        or <char*>&_probe.divisor - <char*>&_probe != 42 * 4
+        or <char*>&_probe.exchange_timestamp - <char*>&_probe != 15 * 4):
+    raise ImportError("tick_delta's row image does not match the compiled TickRow layout")
+
+
 cdef int KIND_OF_CODE[NKIND]
 KIND_OF_CODE[:] = [K_LTP, K_INDEX_QUOTE, K_INDEX_FULL, K_QUOTE, K_FULL]
 
 
-cdef inline void fill_full_row(TickRow* r, const uint32_t* c) noexcept nogil:
-    """The row ``fill_row`` makes of a full packet, from the key's state as unpack_ticks
-    keeps it (TD_POS_ROW: the row's order; orders|pad words rotated by 16, the orders in
-    the low half)."""
-    cdef int i
-    cdef uint32_t seg = c[0] & 0xFF
-    memcpy(r, c, 64)                            # token .. exchange_timestamp
-    r.change = 0
-    memcpy(r.bid_quantity, c + 16, 80)          # bid qty, bid price, ask qty, ask price
-    for i in range(5):
-        r.bid_orders[i] = <uint16_t>c[36 + i]
-        r.ask_orders[i] = <uint16_t>c[41 + i]
+cdef inline void full_row_tail(TickRow* r) noexcept nogil:
+    """The fields of a full packet's row that do not change with its words (fill_row's)."""
+    cdef uint32_t seg = r.token & 0xFF
     r.divisor = divisor_for(seg)
     r.fields = F_LTP | F_OHLC | F_QUOTE | F_EXCH_TS | F_FULL | F_DEPTH
     r.packet_length = 184
@@ -1630,10 +1686,11 @@ cdef int _unpack_body(const Block* bk, const uint32_t* lens, Py_ssize_t n_payloa
                 cur[0] = (<uint32_t>ktok[kid] << 24) | (<uint32_t>ktok[n_keys + kid] << 16) \
                     | (<uint32_t>ktok[2 * n_keys + kid] << 8) | ktok[3 * n_keys + kid]
                 last[kid] = state
-                state += nw
+                state += TD_ROW_STATE if k == 4 and to_rows else nw
                 if k == 4 and to_rows:
-                    td_full_first_dec_rows(pk, bk.firsts[k] + idx, cap, glob[k], cur[0],
-                                           quanta[kid], last[kid])
+                    td_full_first_row(pk, bk.firsts[k] + idx, cap, glob[k], cur[0],
+                                      quanta[kid], last[kid])
+                    full_row_tail(<TickRow*>last[kid])
                 elif k == 4:
                     td_full_first_dec(pk, bk.firsts[k] + idx, cap, glob[k], cur[0],
                                       quanta[kid], last[kid])
@@ -1651,7 +1708,9 @@ cdef int _unpack_body(const Block* bk, const uint32_t* lens, Py_ssize_t n_payloa
                     for w in range(nw):
                         td_put32(pk + 4 * w, cur[w])
                     memcpy(last[kid], cur, nw * 4)
-                if to_rows:
+                if to_rows and k == 4:
+                    memcpy(dst.rows + row, last[kid], sizeof(TickRow))
+                elif to_rows:
                     fill_row(dst.rows + row, pk, KIND_OF_CODE[k], <uint16_t>plen)
             else:
                 m = n[k] - f[k]
@@ -1662,10 +1721,10 @@ cdef int _unpack_body(const Block* bk, const uint32_t* lens, Py_ssize_t n_payloa
                 ni[k] += 1
                 if k == 4:      # its mask bytes read in place, planes m apart
                     if to_rows:
-                        td_full_next_state(last[kid], glob[k], bk.masks[k] + idx, m,
-                                           &rp[k * MAXW], quanta[kid])
+                        td_full_next_row(last[kid], td_be32(glob[k] + 60) if glob[k] else 0,
+                                         bk.masks[k] + idx, m, &rp[k * MAXW], quanta[kid])
+                        memcpy(dst.rows + row, last[kid], sizeof(TickRow))
                         td_put32(pk + 60, last[kid][15])    # what rule G reads next
-                        fill_full_row(dst.rows + row, last[kid])
                     elif td_simd:
                         td_full_next_dec_ssse3(pk, last[kid], glob[k], bk.masks[k] + idx, m,
                                                &rp[k * MAXW], quanta[kid])
