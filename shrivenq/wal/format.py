@@ -356,10 +356,10 @@ def decode_body(raw: bytes, records: int, codec: int, flags: int,
         return out
 
     # The columns are views into the body, at offsets its variable-length parts leave
-    # unaligned. numpy works on unaligned data through slow buffered loops (a block's
-    # cumsum took 15 us), and the compiled readers (tick_delta, the Binance and Kite replay
-    # loops) take the uint32 columns as arrays, which C assumes aligned (a vectorised loop
-    # may fault on one that is not): a column that is not aligned is copied first.
+    # unaligned. numpy works on unaligned data through slower loops, and the compiled
+    # readers (tick_delta, the Binance and Kite replay loops) take the uint32 columns as
+    # arrays, which C assumes aligned (a vectorised loop may fault on one that is not): a
+    # column that is not aligned is copied first.
     wall = np.cumsum(_aligned(take("<i8", n)), dtype=np.int64)
     mono = np.cumsum(_aligned(take("<i8", n)), dtype=np.int64)
     mono += wall
