@@ -1430,8 +1430,9 @@ cdef size_t _arena_size(const Block* bk) noexcept nogil:
 
 
 cdef struct Output:
-    # unpack: the payloads' bytes. unpack_ticks (rows != NULL): rows, and per row its
-    # payload's index, wall time and connection.
+    # unpack: the payloads' bytes. unpack_ticks (to_rows): rows, and per row its payload's
+    # index, wall time and connection.
+    bint to_rows
     uint8_t* bytes
     TickRow* rows
     int64_t* rec
@@ -1511,6 +1512,7 @@ def unpack_ticks(packed, lengths, select, wall_ns, conn):
     conns = np.empty(bk.n_packets, dtype=np.uint32)
     cdef Output dst
     memset(&dst, 0, sizeof(dst))
+    dst.to_rows = True
     dst.rows = <TickRow*>cnp.PyArray_DATA(rows)
     cdef int64_t[::1] rec_v = rec
     cdef int64_t[::1] wall_v = wall
@@ -1571,8 +1573,8 @@ cdef inline void full_row_tail(TickRow* r) noexcept nogil:
 cdef int _unpack_body(const Block* bk, const uint32_t* lens, Py_ssize_t n_payloads,
                       Output* dst, uint8_t* arena) noexcept nogil:
     """Decode every packet of a checked block: into ``dst.bytes`` (the payloads), or, with
-    ``dst.rows``, into rows (the frames' bytes are never made). Returns 0, or the code of
-    the first fault (_ERRORS)."""
+    ``dst.to_rows``, into ``dst.rows`` (the frames' bytes are never made). Returns 0, or the
+    code of the first fault (_ERRORS)."""
     cdef const uint8_t* tags = bk.tags
     cdef const uint8_t* raw = bk.raw
     cdef const uint8_t* idp = bk.idp
@@ -1582,7 +1584,7 @@ cdef int _unpack_body(const Block* bk, const uint32_t* lens, Py_ssize_t n_payloa
     cdef const uint64_t* n = <const uint64_t*>bk.n
     cdef const uint64_t* f = <const uint64_t*>bk.f
     cdef int idw = bk.idw
-    cdef bint to_rows = dst.rows != NULL
+    cdef bint to_rows = dst.to_rows
     cdef uint8_t* o = dst.bytes
     cdef int k
     cdef uint32_t** last = <uint32_t**>carve(&arena, (n_keys + 1) * sizeof(uint32_t*))

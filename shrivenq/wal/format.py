@@ -281,12 +281,12 @@ class PackedPayloads:
     ValueError names what is wrong); a reader that decodes ``packed`` its own way, as
     strictly, sets ``checked``."""
 
-    __slots__ = ("packed", "lengths", "checked", "_payloads")
+    __slots__ = ("packed", "lengths", "checked", "_payloads", "_starts", "_raw_at")
 
     def __init__(self, packed, lengths: np.ndarray):
         self.packed, self.lengths = packed, lengths
         self.checked = False
-        self._payloads = None
+        self._payloads = self._starts = self._raw_at = None
 
     def unpack(self) -> bytes:
         if self._payloads is None:
@@ -302,15 +302,21 @@ class PackedPayloads:
             return None
         if length == 0:
             return b""
-        n = len(self.lengths)
-        starts = np.zeros(n, dtype=np.uint64)
-        np.cumsum(self.lengths[:-1], out=starts[1:])
-        i = int(np.searchsorted(starts, offset, side="right")) - 1
-        # the header (36 bytes), one tag a payload, then the verbatim payloads in order
-        if i < 0 or int(starts[i]) != offset or self.packed[36 + i] != 0:
+        if self._starts is None:
+            # Made once a block: where each payload starts among the unpacked payloads, and
+            # where each verbatim one starts in the block (after the 36-byte header and one
+            # tag a payload, the verbatim payloads back to back).
+            n = len(self.lengths)
+            tags = np.frombuffer(self.packed, dtype=np.uint8, count=n, offset=36)
+            self._starts = np.zeros(n, dtype=np.uint64)
+            np.cumsum(self.lengths[:-1], out=self._starts[1:])
+            kept = np.where(tags == 0, self.lengths, 0).astype(np.uint64)
+            self._raw_at = np.full(n, -1, dtype=np.int64)
+            self._raw_at[tags == 0] = (36 + n + np.cumsum(kept) - kept)[tags == 0]
+        i = int(np.searchsorted(self._starts, offset, side="right")) - 1
+        if i < 0 or int(self._starts[i]) != offset or self._raw_at[i] < 0:
             return None
-        tags = np.frombuffer(self.packed, dtype=np.uint8, count=i, offset=36)
-        at = 36 + n + int(self.lengths[:i][tags == 0].sum(dtype=np.uint64))
+        at = int(self._raw_at[i])
         return bytes(self.packed[at:at + length])
 
 
