@@ -77,7 +77,7 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
-from tick_row cimport (TickRow, fill_row, divisor_for, K_LTP, K_INDEX_QUOTE, K_INDEX_FULL,
+from tick_row cimport (TickRow, fill_row, row_identity, K_LTP, K_INDEX_QUOTE, K_INDEX_FULL,
                        K_QUOTE, K_FULL, M_FULL, F_LTP, F_OHLC, F_QUOTE, F_EXCH_TS, F_FULL,
                        F_DEPTH, SEG_INDICES)
 cimport numpy as cnp
@@ -523,6 +523,18 @@ cdef extern from *:
        quantities q0 .. q9 (bits 16, 18, .., 34), as TD_FULL_SLOTS places them. */
     #define TD_FULL_QTY_BITS (0x3AULL | (0x7ULL << 11) | 0x0000000555550000ULL)
 
+    /* A full packet's 7 mask bytes (``mk``, then ``ms`` apart) as the bits of its set
+       residuals: the quantity words' in *mq, the others returned. */
+    static TD_ALWAYS_INLINE uint64_t td_full_mask(const uint8_t* mk, uint64_t ms,
+                                                  uint64_t* mq) {
+        uint64_t m = 0;
+        int s;
+        for (s = 0; s < 7; s++) m |= (uint64_t)mk[s * ms] << (8 * s);
+        m &= 0x0003ff0fffff7fffULL;         /* padding bits (rejected earlier) never count */
+        *mq = m & TD_FULL_QTY_BITS;
+        return m & ~TD_FULL_QTY_BITS;
+    }
+
     /* Decode a non-first full packet. ``mk`` its first mask byte, the other 6 at ``ms``
        apart; *rp[w] the change coded by the next non-zero residual of word w (columns
        un-zigzagged, padded by one). ``st`` the key's decoded words, each orders|pad word
@@ -535,12 +547,9 @@ cdef extern from *:
                                                        uint32_t q, int simd) {
         uint32_t d[48] TD_ALIGN16;
         uint32_t c[48] TD_ALIGN16;
-        int s, w, k;
-        uint64_t m = 0, mq;
-        for (s = 0; s < 7; s++) m |= (uint64_t)mk[s * ms] << (8 * s);
-        m &= 0x0003ff0fffff7fffULL;         /* padding bits (rejected earlier) never count */
-        mq = m & TD_FULL_QTY_BITS;
-        m &= ~TD_FULL_QTY_BITS;
+        int w, k;
+        uint64_t m, mq;
+        m = td_full_mask(mk, ms, &mq);
         sq_zero(d, sizeof(d));
         while (m) {                         /* only the set bits: most residuals are zero */
             int w2 = TD_FULL_SLOTS[td_ctz64(m)];
@@ -610,13 +619,10 @@ cdef extern from *:
     static void td_full_next_row(uint32_t* st, uint32_t gl_ts, const uint8_t* mk,
                                  uint64_t ms, const uint32_t** rp, uint32_t q) {
         uint32_t* sp = st + TD_ROW_SPECIALS;
-        uint64_t m = 0, mq;
+        uint64_t m, mq;
         uint32_t acc, ts;
-        int s, k;
-        for (s = 0; s < 7; s++) m |= (uint64_t)mk[s * ms] << (8 * s);
-        m &= 0x0003ff0fffff7fffULL;         /* padding bits (rejected earlier) never count */
-        mq = m & TD_FULL_QTY_BITS;
-        m &= ~TD_FULL_QTY_BITS;
+        int k;
+        m = td_full_mask(mk, ms, &mq);
         while (m) {                         /* only the set bits: most residuals are zero */
             int w2 = TD_FULL_SLOTS[td_ctz64(m)];
             m &= m - 1;
@@ -1560,14 +1566,9 @@ KIND_OF_CODE[:] = [K_LTP, K_INDEX_QUOTE, K_INDEX_FULL, K_QUOTE, K_FULL]
 
 cdef inline void full_row_tail(TickRow* r) noexcept nogil:
     """The fields of a full packet's row that do not change with its words (fill_row's)."""
-    cdef uint32_t seg = r.token & 0xFF
-    r.divisor = divisor_for(seg)
+    row_identity(r, K_FULL, 184)
     r.fields = F_LTP | F_OHLC | F_QUOTE | F_EXCH_TS | F_FULL | F_DEPTH
-    r.packet_length = 184
-    r.segment = <uint8_t>seg
-    r.kind = K_FULL
     r.mode = M_FULL
-    r.tradable = seg != SEG_INDICES
 
 
 cdef int _unpack_body(const Block* bk, const uint32_t* lens, Py_ssize_t n_payloads,

@@ -99,16 +99,21 @@ cdef inline int kind_for_length(uint16_t plen) noexcept nogil:
     return 0
 
 
-cdef inline void fill_row(TickRow* r, const uint8_t* p, int kind, uint16_t plen) noexcept nogil:
-    cdef int i
-    cdef const uint8_t* d
-    sq_zero(r, sizeof(TickRow))
-    r.token = row_be32(p)
+cdef inline void row_identity(TickRow* r, int kind, uint16_t plen) noexcept nogil:
+    """The fields that follow from the token (already set) and the packet's kind."""
     r.segment = r.token & 0xFF
     r.divisor = divisor_for(r.segment)
     r.tradable = r.segment != SEG_INDICES
     r.kind = kind
     r.packet_length = plen
+
+
+cdef inline void fill_row(TickRow* r, const uint8_t* p, int kind, uint16_t plen) noexcept nogil:
+    cdef int i
+    cdef const uint8_t* d
+    sq_zero(r, sizeof(TickRow))
+    r.token = row_be32(p)
+    row_identity(r, kind, plen)
     r.last_price = <int32_t>row_be32(p + 4)
     if kind == K_LTP:
         r.mode = M_LTP
