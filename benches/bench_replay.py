@@ -23,6 +23,7 @@ from shrivenq._ext.kite_frame import parse_many
 from shrivenq.books import ASK, BID, KiteBooks, L2Ladder
 from shrivenq.books.reference import ReferenceLadder
 from shrivenq.books.snapshot import encode_kite_snapshot
+from shrivenq.capture.kite import WAL_LEVEL as KITE_WAL_LEVEL
 from shrivenq.replay.kite import KiteReplay
 from shrivenq.sim.stream import kite_stream
 from shrivenq.timeutil import IST
@@ -41,7 +42,7 @@ def _write_session(root, stream, minutes: int, per_minute: int, start_ns: int) -
     key_at = np.concatenate(([0], np.cumsum(stream.inst_counts, dtype=np.int64)))
     data = np.frombuffer(stream.payloads, np.uint8)
     books = KiteBooks()
-    ticks = WalWriter(root, "kite", "ticks", IST, fsync="never")
+    ticks = WalWriter(root, "kite", "ticks", IST, fsync="never", level=KITE_WAL_LEVEL)
     snaps = WalWriter(root, "kite", "snapshots", IST, fsync="never")
     session = "bench"
     ticks.append(*rec.session_start(session, "kite", "bench", []), start_ns, 0)

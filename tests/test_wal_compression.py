@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import zstandard
 
+from shrivenq.capture.kite import WAL_LEVEL as KITE_WAL_LEVEL
 from shrivenq.wal import (
     CODEC_PLAIN, CODEC_TICK_DELTA, IST, WalWriter, inspect, read_wal, tick_delta_available)
 from shrivenq.sim.stream import kite_stream
@@ -26,8 +27,8 @@ def plain_zstd_bytes(data: bytes) -> int:
     return sum(len(c.compress(data[i:i + (1 << 20)])) for i in range(0, len(data), 1 << 20))
 
 
-def write(stream, root, codec):
-    with WalWriter(root, "kite", tz=IST, codec=codec, fsync="never") as w:
+def write(stream, root, codec, level=1):
+    with WalWriter(root, "kite", tz=IST, codec=codec, fsync="never", level=level) as w:
         stream.append_to(w)
     return sum(p.stat().st_size for p in root.rglob("*.wal"))
 
@@ -48,8 +49,10 @@ def test_stream_is_realistic(stream):
 
 
 @needs_tick_delta
-def test_tick_codec_is_compact_and_exact(stream, tmp_path):
-    size = write(stream, tmp_path, CODEC_TICK_DELTA)
+@pytest.mark.parametrize("level", [1, KITE_WAL_LEVEL])
+def test_tick_codec_is_compact_and_exact(stream, tmp_path, level):
+    """At level 1 and at the level Kite capture writes (below zero: cheaper to read)."""
+    size = write(stream, tmp_path, CODEC_TICK_DELTA, level)
     per_tick = size / stream.ticks
     zstd_per_tick = plain_zstd_bytes(stream.payloads) / stream.ticks
     assert per_tick <= 25.0, f"{per_tick:.1f} B/tick"
