@@ -311,6 +311,31 @@ cdef extern from *:
     #define td_store_full_simd(out, c) do { } while (0)   /* never called: td_simd is 0 */
     #endif
 
+    /* bits[b] = how many of the m bytes at p have bit b set: the values each mask slot
+       of a kind holds. 16 bytes at a time in byte lanes (GCC vectors: SSE2 on x86-64),
+       each lane summed before it can overflow (255 steps). */
+    static void td_bit_counts(const uint8_t* p, uint64_t m, uint64_t* bits) {
+        uint64_t i = 0;
+        int b, lane;
+        for (b = 0; b < 8; b++) bits[b] = 0;
+    #ifdef TD_LE_GNUC
+        typedef uint8_t td_b16 __attribute__((vector_size(16)));
+        while (i + 16 <= m) {
+            td_b16 acc[8], v;
+            uint64_t stop = m - i > 16 * 255 ? i + 16 * 255 : m;
+            for (b = 0; b < 8; b++) acc[b] = (td_b16){0};
+            for (; i + 16 <= stop; i += 16) {
+                memcpy(&v, p + i, 16);
+                for (b = 0; b < 8; b++) acc[b] += (v >> b) & 1;
+            }
+            for (b = 0; b < 8; b++)
+                for (lane = 0; lane < 16; lane++) bits[b] += acc[b][lane];
+        }
+    #endif
+        for (; i < m; i++)
+            for (b = 0; b < 8; b++) bits[b] += (p[i] >> b) & 1;
+    }
+
     /* Mask slots of a full packet: the word of each bit, 0 = padding. */
     static const uint8_t TD_FULL_SLOTS[56] = {
         1, 2, 3, 4, 5, 6, 7, 8,
@@ -614,24 +639,44 @@ cdef extern from *:
         17, 63, 48, 18, 64, 49, 19, 65, 50, 20, 66, 51, 21, 67, 52,
         27, 68, 53, 28, 69, 54, 29, 70, 55, 30, 71, 56, 31, 72, 57};
 
+    /* The row image word each mask slot's residual goes to (TD_ROW_DEST of its word; 0 for
+       padding slots, which never reach it), filled at import. */
+    static uint8_t TD_ROW_DEST_OF_SLOT[56];
+    /* The depth price slots p0..p9: without them every depth price moves with the last price. */
+    #define TD_FULL_PRICE_BITS (0x3FFULL << 40)
+    static int td_row_init(void) {
+        int s;
+        for (s = 0; s < 56; s++)
+            TD_ROW_DEST_OF_SLOT[s] = TD_FULL_SLOTS[s] ? TD_ROW_DEST[TD_FULL_SLOTS[s]] : 0;
+        return 0;
+    }
+    /* unpack_ticks' read pointers of the full kind's columns, by mask slot (``rp`` by word):
+       a set bit then finds its column without looking up its word. */
+    static void td_full_slot_pointers(const uint32_t** rps, const uint32_t* const* rp) {
+        int s;
+        for (s = 0; s < 56; s++) rps[s] = TD_FULL_SLOTS[s] ? rp[TD_FULL_SLOTS[s]] : NULL;
+    }
+
     /* Decode a non-first full packet into the key's row state ``st``; ``gl_ts`` the
-       exchange time of the block's previous full packet (0 if none). */
+       exchange time of the block's previous full packet (0 if none); ``rps`` the read
+       pointers by slot (td_full_slot_pointers). */
     static void td_full_next_row(uint32_t* st, uint32_t gl_ts, const uint8_t* mk,
-                                 uint64_t ms, const uint32_t** rp, uint32_t q) {
+                                 uint64_t ms, const uint32_t** rps, uint32_t q) {
         uint32_t* sp = st + TD_ROW_SPECIALS;
-        uint64_t m, mq;
+        uint64_t m, mq, prices;
         uint32_t acc, ts;
         int k;
         m = td_full_mask(mk, ms, &mq);
+        prices = m & TD_FULL_PRICE_BITS;
         while (m) {                         /* only the set bits: most residuals are zero */
-            int w2 = TD_FULL_SLOTS[td_ctz64(m)];
+            int s = td_ctz64(m);
             m &= m - 1;
-            st[TD_ROW_DEST[w2]] += *rp[w2]++;
+            st[TD_ROW_DEST_OF_SLOT[s]] += *rps[s]++;
         }
         while (mq) {                        /* quantities, in lots: times the quantum */
-            int w2 = TD_FULL_SLOTS[td_ctz64(mq)];
+            int s = td_ctz64(mq);
             mq &= mq - 1;
-            st[TD_ROW_DEST[w2]] += *rp[w2]++ * q;
+            st[TD_ROW_DEST_OF_SLOT[s]] += *rps[s]++ * q;
         }
         st[1] += sp[0];                     /* last price */
         st[4] += sp[2];                     /* volume */
@@ -645,10 +690,15 @@ cdef extern from *:
             st[11] += sp[3];
         }
         /* depth price: its residual is the change of the gap to the level before */
-        acc = sp[0];
-        for (k = 0; k < 5; k++) { acc += sp[5 + k]; st[22 + k] += acc; }
-        acc = sp[0];
-        for (k = 0; k < 5; k++) { acc += sp[10 + k]; st[32 + k] += acc; }
+        if (prices) {
+            acc = sp[0];
+            for (k = 0; k < 5; k++) { acc += sp[5 + k]; st[22 + k] += acc; }
+            acc = sp[0];
+            for (k = 0; k < 5; k++) { acc += sp[10 + k]; st[32 + k] += acc; }
+        } else if (sp[0] != 0) {            /* the gaps held: the book moved with the price */
+            acc = sp[0];
+            for (k = 0; k < 5; k++) { st[22 + k] += acc; st[32 + k] += acc; }
+        }
         for (k = 0; k < 10; k++) ((uint16_t*)(st + 37))[k] = (uint16_t)st[TD_ROW_ORDERS + k];
         sq_zero(sp, 16 * 4);
     }
@@ -711,7 +761,10 @@ cdef extern from *:
     void td_full_first_row(uint8_t* out, const uint8_t* src, int64_t cap, const uint8_t* gl,
                            uint32_t tok, uint32_t q, uint32_t* st) noexcept nogil
     void td_full_next_row(uint32_t* st, uint32_t gl_ts, const uint8_t* mk, uint64_t ms,
-                          const uint32_t** rp, uint32_t q) noexcept nogil
+                          const uint32_t** rps, uint32_t q) noexcept nogil
+    void td_full_slot_pointers(const uint32_t** rps, const uint32_t** rp) noexcept nogil
+    int td_row_init()
+    void td_bit_counts(const uint8_t* p, uint64_t m, uint64_t* bits) noexcept nogil
     enum: TD_ROW_STATE
     void td_full_next_dec_ssse3(uint8_t* out, uint32_t* st, const uint8_t* gl,
                                 const uint8_t* mk, uint64_t ms, const uint32_t** rp,
@@ -720,6 +773,7 @@ cdef extern from *:
     int td_simd_init()
 
 cdef int _simd_available = td_simd_init()
+td_row_init()
 
 
 def _use_simd(bint on):
@@ -1267,26 +1321,6 @@ cdef const uint32_t[::1] _as_lengths(obj) except *:
     return v
 
 
-cdef void _mask_histogram(const uint8_t* masks, uint64_t m, uint64_t* hist) noexcept nogil:
-    """hist[v] = how many of the m mask bytes are v. Four part-histograms: consecutive mask
-    bytes are mostly equal, and one table would serialise on adding to the same counter."""
-    cdef uint32_t part[4][256]
-    cdef uint64_t i = 0
-    cdef int v
-    memset(part, 0, sizeof(part))
-    while i + 4 <= m:
-        part[0][masks[i]] += 1
-        part[1][masks[i + 1]] += 1
-        part[2][masks[i + 2]] += 1
-        part[3][masks[i + 3]] += 1
-        i += 4
-    while i < m:
-        part[0][masks[i]] += 1
-        i += 1
-    for v in range(256):
-        hist[v] = <uint64_t>part[0][v] + part[1][v] + part[2][v] + part[3][v]
-
-
 cdef struct Block:
     # Where each section of a checked tick-delta block lies, and its counts.
     const uint8_t* tags
@@ -1379,7 +1413,7 @@ cdef int _read_block(const uint8_t[::1] buf, const uint32_t[::1] lens, Block* bk
         f[kkind[i]] += 1
     cdef uint64_t* counts = bk.counts
     cdef uint64_t m, need
-    cdef uint64_t hist[256]
+    cdef uint64_t bits[8]
     for k in range(NKIND):
         if f[k] > n[k]:
             raise ValueError("more keys of a kind than packets of that kind")
@@ -1399,16 +1433,13 @@ cdef int _read_block(const uint8_t[::1] buf, const uint32_t[::1] lens, Block* bk
         for w in range(MAXW):
             counts[k * MAXW + w] = 0
         for j in range(MB[k]):
-            _mask_histogram(bk.masks[k] + j * m, m, hist)
-            for i in range(256):
-                if hist[i] == 0:
-                    continue
-                for s in range(8):
-                    if i & (1 << s):
-                        w = SLOT[k][j * 8 + s]
-                        if w == 0:
-                            raise ValueError("a padding bit of a mask is set")
-                        counts[k * MAXW + w] += hist[i]
+            td_bit_counts(bk.masks[k] + j * m, m, bits)
+            for s in range(8):
+                if bits[s]:
+                    w = SLOT[k][j * 8 + s]
+                    if w == 0:
+                        raise ValueError("a padding bit of a mask is set")
+                    counts[k * MAXW + w] += bits[s]
         for w in range(1, KW[k]):
             need = counts[k * MAXW + w] * 4
             if <uint64_t>(size - off) < need:
@@ -1587,6 +1618,13 @@ cdef int _unpack_body(const Block* bk, const uint32_t* lens, Py_ssize_t n_payloa
     cdef int idw = bk.idw
     cdef bint to_rows = dst.to_rows
     cdef uint8_t* o = dst.bytes
+    # dst's arrays in locals: stores through them would make the compiler reload dst
+    cdef TickRow* rows = dst.rows
+    cdef int64_t* rec_out = dst.rec
+    cdef int64_t* wall_out = dst.wall
+    cdef uint32_t* conn_out = dst.conn
+    cdef const int64_t* wall_in = dst.wall_in
+    cdef const uint32_t* conn_in = dst.conn_in
     cdef int k
     cdef uint32_t** last = <uint32_t**>carve(&arena, (n_keys + 1) * sizeof(uint32_t*))
     cdef uint32_t* state = <uint32_t*>carve(&arena, (bk.words + 1) * 4)
@@ -1623,12 +1661,16 @@ cdef int _unpack_body(const Block* bk, const uint32_t* lens, Py_ssize_t n_payloa
     cdef uint8_t* pk
     cdef const uint8_t* src
     cdef uint32_t plen
+    cdef uint64_t nm[NKIND]      # non-first packets of each kind
     for k in range(NKIND):
         glob[k] = NULL
         fi[k] = 0
         ni[k] = 0
+        nm[k] = n[k] - f[k]
     for w in range(NKIND * MAXW):
         rp[w] = cols[w]
+    cdef const uint32_t* rps[56]
+    td_full_slot_pointers(rps, &rp[4 * MAXW])
     for i in range(n_payloads):
         L = lens[i]
         if tags[i] == 0:
@@ -1712,11 +1754,11 @@ cdef int _unpack_body(const Block* bk, const uint32_t* lens, Py_ssize_t n_payloa
                         td_put32(pk + 4 * w, cur[w])
                     memcpy(last[kid], cur, nw * 4)
                 if to_rows and k == 4:
-                    memcpy(dst.rows + row, last[kid], sizeof(TickRow))
+                    memcpy(rows + row, last[kid], sizeof(TickRow))
                 elif to_rows:
-                    fill_row(dst.rows + row, pk, KIND_OF_CODE[k], <uint16_t>plen)
+                    fill_row(rows + row, pk, KIND_OF_CODE[k], <uint16_t>plen)
             else:
-                m = n[k] - f[k]
+                m = nm[k]
                 if ni[k] >= m:
                     err = 6
                     break
@@ -1725,8 +1767,8 @@ cdef int _unpack_body(const Block* bk, const uint32_t* lens, Py_ssize_t n_payloa
                 if k == 4:      # its mask bytes read in place, planes m apart
                     if to_rows:
                         td_full_next_row(last[kid], td_be32(glob[k] + 60) if glob[k] else 0,
-                                         bk.masks[k] + idx, m, &rp[k * MAXW], quanta[kid])
-                        memcpy(dst.rows + row, last[kid], sizeof(TickRow))
+                                         bk.masks[k] + idx, m, rps, quanta[kid])
+                        memcpy(rows + row, last[kid], sizeof(TickRow))
                         td_put32(pk + 60, last[kid][15])    # what rule G reads next
                     elif td_simd:
                         td_full_next_dec_ssse3(pk, last[kid], glob[k], bk.masks[k] + idx, m,
@@ -1758,11 +1800,11 @@ cdef int _unpack_body(const Block* bk, const uint32_t* lens, Py_ssize_t n_payloa
                             td_put32(pk + 4 * w, cur[w])
                         memcpy(last[kid], cur, nw * 4)
                     if to_rows:
-                        fill_row(dst.rows + row, pk, KIND_OF_CODE[k], <uint16_t>plen)
+                        fill_row(rows + row, pk, KIND_OF_CODE[k], <uint16_t>plen)
             if to_rows:
-                dst.rec[row] = i
-                dst.wall[row] = dst.wall_in[i]
-                dst.conn[row] = dst.conn_in[i]
+                rec_out[row] = i
+                wall_out[row] = wall_in[i]
+                conn_out[row] = conn_in[i]
                 row += 1
             else:
                 o += 2 + plen

@@ -464,6 +464,23 @@ def test_unpack_reasons():
             impl.unpack(packed, lengths + 1)
 
 
+@pytest.mark.parametrize("at", [3, 20, 35])
+def test_a_set_padding_bit_in_a_mask_is_refused(at):
+    """Mask bytes are counted 16 at a time, then one by one: a padding bit anywhere fails."""
+    full = next(p for p in REAL_PACKETS if len(p) == 184)
+    parts = [frame_of(*[full] * 41)]          # one key: its first packet, then 40 masks
+    lengths = lens_of(parts)
+    packed = bytearray(td.pack(b"".join(parts), lengths))
+    masks = 36 + 1 + 41 + 1 + 4 + 4 + 4 * 45  # header, tag, ids, kind, token, quantum, firsts
+    packed[masks + 40 + at] |= 0x80           # mask byte 1, bit 7 (slot 15): padding
+    for unpack in (td.unpack, ref.unpack):
+        with pytest.raises(ValueError, match="padding bit"):
+            unpack(bytes(packed), lengths)
+    with pytest.raises(ValueError, match="padding bit"):
+        td.unpack_ticks(bytes(packed), lengths, np.ones(1, np.uint8), np.zeros(1, np.int64),
+                        np.zeros(1, np.uint32))
+
+
 # ---------------------------------------------------------------------------------------
 # the compression it buys
 # ---------------------------------------------------------------------------------------
