@@ -17,6 +17,7 @@ from libc.string cimport memcpy, memset
 from tick_row cimport *
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 
+cimport cython
 cimport numpy as cnp
 import numpy as np
 
@@ -111,6 +112,8 @@ cdef cnp.ndarray _doubled(cnp.ndarray a):
     return out
 
 
+# final: its cdef methods are called directly (the per-row _find inlined), not via a vtable
+@cython.final
 cdef class KiteBooks:
     """Latest state per instrument token, updated from TICK_DTYPE rows."""
 
