@@ -65,9 +65,10 @@ def key_dictionary(keys):
 def expand_keys(const uint64_t[::1] table, const uint8_t[::1] planes, Py_ssize_t m):
     """The instrument keys a block's key dictionary stands for: ``table[id]`` for each of
     the ``m`` ids stored as ``len(planes) // m`` byte planes, most significant plane first.
-    Raises ValueError naming the largest id when one is past the table. The plain twin
-    (decode_body's fallback) builds the ids with numpy and takes them: one pass here, four
-    there, for a key per tick on replay's path."""
+    Raises ValueError when the table is not strictly ascending (the writer never makes one)
+    and naming the largest id when one is past the table. The plain twin (decode_body's
+    fallback) checks the table and builds the ids with numpy and takes them: one pass here,
+    five there, for a key per tick on replay's path."""
     cdef Py_ssize_t n = table.shape[0], width, i, p
     cdef uint32_t idx, top = 0
     if m < 0 or (m == 0 and planes.shape[0]) or (m and planes.shape[0] % m):
@@ -75,6 +76,9 @@ def expand_keys(const uint64_t[::1] table, const uint8_t[::1] planes, Py_ssize_t
     width = planes.shape[0] // m if m else 1
     if width < 1 or width > 4:
         raise ValueError(f"key ids of {width} bytes")
+    for i in range(1, n):
+        if table[i] <= table[i - 1]:
+            raise ValueError("instrument key dictionary is not ascending and distinct")
     out_a = np.empty(m, dtype=np.uint64)
     cdef uint64_t[::1] out = out_a
     if m == 0:
