@@ -684,13 +684,19 @@ cdef extern from *:
     /* The depth price slots p0..p9: without them every depth price moves with the last price. */
     #define TD_FULL_PRICE_BITS (0x3FFULL << 40)
     static int td_row_init(void) {
-        int s;
-        for (s = 0; s < 56; s++)
+        int s, seen[46] = {0};
+        for (s = 0; s < 56; s++) {
             TD_ROW_DEST_OF_SLOT[s] = TD_FULL_SLOTS[s] ? TD_ROW_DEST[TD_FULL_SLOTS[s]] : 0;
+            seen[TD_FULL_SLOTS[s]]++;
+        }
+        for (s = 1; s < 46; s++)            /* each word in exactly one slot: see below */
+            if (seen[s] != 1) return -1;
         return 0;
     }
     /* unpack_ticks' read pointers of the full kind's columns, by mask slot (``rp`` by word):
-       a set bit then finds its column without looking up its word. */
+       a set bit then finds its column without looking up its word. Each slot's pointer is
+       its word's column (td_row_init checks that no word has two slots), and it is the one
+       that moves: the full kind's ``rp`` stays at the columns' heads. */
     static void td_full_slot_pointers(const uint32_t** rps, const uint32_t* const* rp) {
         int s;
         for (s = 0; s < 56; s++) rps[s] = TD_FULL_SLOTS[s] ? rp[TD_FULL_SLOTS[s]] : NULL;
@@ -813,7 +819,8 @@ cdef extern from *:
     int td_simd_init()
 
 cdef int _simd_available = td_simd_init()
-td_row_init()
+if td_row_init() != 0:
+    raise ImportError("tick_delta: a full packet's word has no mask slot, or two")
 
 
 def _use_simd(bint on):
