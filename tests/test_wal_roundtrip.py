@@ -853,6 +853,25 @@ def test_decoded_uint32_columns_are_aligned_whatever_the_key_planes_leave():
     assert got.inst_keys.tolist() == [7, 9, 7] and bytes(got.payloads) == b"abc"
 
 
+@pytest.mark.parametrize("flags", [fmt.FLAG_INSTRUMENTS | fmt.FLAG_KEY_DICT,
+                                   fmt.FLAG_INSTRUMENTS],    # version 1 blocks: plain keys
+                         ids=["key dictionary", "plain keys"])
+def test_decoded_columns_are_aligned_in_a_body_at_an_odd_address(flags):
+    """A body handed over as a view at an odd address still decodes to aligned columns."""
+    cols = fmt.Columns(kind=np.full(2, Kind.BINARY, np.uint8), version=np.ones(2, np.uint8),
+                       conn=np.array([3, 4], np.uint32), wall_ns=np.array([T0, T0 + 1]),
+                       mono_ns=np.array([5, 6]), length=np.array([1, 2], np.uint32),
+                       payloads=b"abc", inst_count=np.array([1, 2], np.uint32),
+                       inst_keys=np.array([7, 9, 7], dtype=np.uint64),
+                       has_instruments=bool(flags & fmt.FLAG_KEY_DICT))
+    raw = fmt.encode_body(cols, fmt.CODEC_PLAIN)
+    got = fmt.decode_body(memoryview(bytearray(b"\0" + raw))[1:], 2, fmt.CODEC_PLAIN, flags)
+    for name in ("wall_ns", "mono_ns", "conn", "length", "inst_count", "inst_keys"):
+        column = getattr(got, name)
+        assert column.flags.aligned, name
+        assert column.tolist() == getattr(cols, name).tolist(), name
+
+
 def _frames_and_controls(root, n=400):
     """A WAL of real Kite frames with text records among them, in small blocks."""
     from shrivenq.kite import KIND_FULL

@@ -391,7 +391,7 @@ def decode_body(raw: bytes, records: int, codec: int, flags: int,
                 raise ValueError(f"instrument key id {int(ids.max())} past the {distinct} keys")
             keys = table.take(ids)
     else:
-        keys = take("<u8", m)
+        keys = _aligned(take("<u8", m))
     u32 = _aligned(take("<u4", 3 * n)).reshape(3, n)
     conn, length, inst_count = u32
     kind, version = take("u1", 2 * n).reshape(2, n)
