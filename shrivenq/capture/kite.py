@@ -38,10 +38,11 @@ _BINARY = int(Kind.BINARY)   # a plain int: no enum attribute lookup on the appe
 
 VENUE = "kite"
 # The ticks WAL's zstd level. Below zero zstd stores literals without Huffman coding and
-# looks for fewer matches: replay decompresses a full-mode tick in about 170 fewer
-# instructions than at level 1 (206 against 378 on the replay bench's day), for a log 8-10%
-# larger (19.4 against 18.0 bytes a tick on the realistic stream). Replay speed is what this
-# log is read for; compression is faster too. Segments written at level 1 read the same.
+# looks for fewer matches: replay decompresses a full-mode tick in about 120 fewer
+# instructions than at level 1 (213 against 331, 30 against 50 ns, on the replay bench's
+# day: benches/kite_wal_levels.py), for a log 8-10% larger (19.4 against 18.0 bytes a tick
+# on the realistic stream). Replay speed is what this log is read for; compression is
+# faster too. Segments written at level 1 read the same.
 WAL_LEVEL = -1
 
 
