@@ -8,7 +8,7 @@ machine; runs of whole processes (compare_builds.py) do not.
     .venv/bin/python benches/ab_kite_replay.py /tmp/before [--pairs 60] [--same-wal]
 
 Each build writes its own copy of the replay bench's 150,000-tick day (its own
-``bench_replay._write_session``, so at the zstd level its capture writes) and replays it on
+``replay_instructions.write_day``, so at the zstd level its capture writes) and replays it on
 one thread (``workers=1``). ``--same-wal``: both replay the day this tree writes (the code's
 difference alone). Prints each build's median and quartiles in ticks/s and the median and
 quartiles of the per-pair ratio (this tree over the other).
@@ -31,11 +31,8 @@ WRITE = """
 import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
-from bench_replay import START, _write_session
-from shrivenq.sim.stream import kite_stream
-stream = kite_stream()
-print(_write_session(Path(sys.argv[1]), stream, minutes=10, per_minute=stream.frames // 10,
-                     start_ns=START))
+from replay_instructions import write_day
+print(write_day(Path(sys.argv[1])))
 """
 
 # Reads a line per replay wanted, answers with the replay's ticks/s.

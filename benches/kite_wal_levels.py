@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
+import pickle
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,22 +56,13 @@ def raw_bodies(root: Path) -> list[bytes]:
 
 
 def instructions(bodies: list[bytes], ticks: int, tmp: Path) -> float:
-    import pickle
+    from replay_instructions import callgrind_counts
     data = tmp / "bodies.pickle"
     data.write_bytes(pickle.dumps(bodies))
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONHASHSEED="0")
-    totals = []
-    for passes in (1, 3):
-        out = tmp / f"callgrind.{passes}"
-        subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                        sys.executable, "-c", DECOMPRESS, str(data), str(passes)],
-                       check=True, env=env, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
-        text = subprocess.run(["callgrind_annotate", "--auto=no", str(out)], check=True,
-                              capture_output=True, text=True).stdout
-        totals.append(int(re.search(r"([\d,]+)\s+(?:\([^)]*\)\s+)?PROGRAM TOTALS",
-                                    text).group(1).replace(",", "")))
-    return (totals[1] - totals[0]) / 2 / ticks
+    one, three = (callgrind_counts([sys.executable, "-c", DECOMPRESS, str(data), str(passes)],
+                                   tmp / f"callgrind.{passes}")["PROGRAM TOTALS"]
+                  for passes in (1, 3))
+    return (three - one) / 2 / ticks
 
 
 def main() -> None:

@@ -47,10 +47,14 @@ def write_day(root: Path) -> int:
 
 
 def profile(root: Path, replays: int, out: Path) -> dict[str, int]:
+    return callgrind_counts([sys.executable, "-c", REPLAY, str(root), str(replays)], out)
+
+
+def callgrind_counts(command: list[str], out: Path) -> dict[str, int]:
+    """Instructions by function (and "PROGRAM TOTALS") of ``command`` under callgrind."""
     # One BLAS thread: numpy's idle BLAS workers spin and add noise to the count.
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-    subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                    sys.executable, "-c", REPLAY, str(root), str(replays)],
+    subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *command],
                    check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     text = subprocess.run(["callgrind_annotate", "--auto=no", str(out)], check=True,
                           capture_output=True, text=True).stdout
