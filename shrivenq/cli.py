@@ -202,7 +202,8 @@ def sim_binance(
         port=port, rest_port=rest_port, market=market, seed=seed, interval=interval), None)
 
 
-wal_app = typer.Typer(help="The write-ahead log: inspect and verify what was captured.",
+wal_app = typer.Typer(help="The write-ahead log: inspect, verify and compact what was "
+                           "captured.",
                       no_args_is_help=True, add_completion=False)
 app.add_typer(wal_app, name="wal")
 
@@ -243,7 +244,7 @@ def wal_inspect(directory: str = typer.Argument("data", help="a data root, venue
         if s.state == "unreadable":
             typer.echo(f"shrivenq wal inspect: {s.problems[0]}", err=True)
             continue
-        state = s.state + (" (live)" if s.live else "")
+        state = s.state + (" (live)" if s.live else "") + (", compacted" if s.compacted else "")
         typer.echo(f"{s.path}  {state}  {s.size:,} B  {s.blocks} blocks  {s.records:,} records  "
                    f"{_ts(s.first_wall_ns)} .. {_ts(s.last_wall_ns)} UTC  "
                    f"ratio {s.ratio:.1f}x  {len(s.instruments)} instruments")
@@ -301,6 +302,58 @@ def wal_verify(directory: str = typer.Argument("data", help="a data root, venue,
     raise typer.Exit(1)
 
 
+@wal_app.command("compact")
+def wal_compact(directory: str = typer.Argument("data", help="a data root, venue, day or "
+                                                              "stream directory, or one "
+                                                              "segment file"),
+                level: Optional[int] = typer.Option(
+                    None, help="zstd level (default: the level each segment was written at, "
+                               "else 1)")) -> None:
+    """Rewrite closed segments into large blocks: the same records, byte for byte (checked
+    before a segment is replaced), about a third of the size and several times faster to
+    replay. Capture does this itself unless run with --no-compact; this is for logs it did
+    not finish (a crash, --no-compact, older builds). Safe while capture runs. Exit 1 if a
+    segment could not be compacted."""
+    from shrivenq.errors import ShrivenqError
+    from shrivenq.progress import ProgressLine
+    from shrivenq.wal.compact import compact
+    if level is not None and not -(1 << 17) <= level <= 22:
+        _fail("compact", ValueError(f"--level {level}: a zstd level is from -131072 to 22"))
+    try:
+        with ProgressLine() as line:
+            reports = compact(directory, level=level, progress=lambda seg, segs, blk, blks:
+                              line.show(f"segment {seg + 1}/{segs}: block {blk:,}/{blks:,}"))
+    except ShrivenqError as err:
+        _fail("compact", err)
+    if not reports:
+        typer.echo(f"{directory}: no WAL segments", err=True)
+        raise typer.Exit(1)
+    done = [r for r in reports if r.compacted]
+    for r in reports:
+        if r.compacted:
+            typer.echo(f"compacted: {r}")
+        elif r.failed:
+            typer.echo(f"problem: {r}", err=True)
+        elif r.skipped not in ("already compacted", "its blocks are large already"):
+            typer.echo(f"skipped: {r}")
+    before = sum(r.bytes_before for r in done)
+    after = sum(r.bytes_after for r in done)
+    why: dict[str, int] = {}
+    for r in reports:
+        if not r.compacted:
+            reason = "failed" if r.failed else r.skipped
+            why[reason] = why.get(reason, 0) + 1
+    line = f"{len(done)} of {len(reports)} segments compacted"
+    if done:
+        line += f": {before:,} -> {after:,} bytes"
+    if why:
+        line += f"; {len(reports) - len(done)} left as they are (" + ", ".join(
+            f"{reason}: {count}" for reason, count in why.items()) + ")"
+    typer.echo(line)
+    if any(r.failed for r in reports):
+        raise typer.Exit(1)
+
+
 capture_app = typer.Typer(help="Record a market feed into the WAL.", no_args_is_help=True,
                           add_completion=False)
 app.add_typer(capture_app, name="capture")
@@ -333,6 +386,10 @@ def capture_run(
                                      "block)."),
     fsync: str = typer.Option("interval:1000",
                               help="every-block, interval:MS, on-rotate or never."),
+    compact: bool = typer.Option(True, "--compact/--no-compact",
+                                 help="Rewrite each closed ticks segment into large blocks "
+                                 "(about a third of the size, several times faster to "
+                                 "replay); the last one when capture stops."),
     metrics_port: Optional[int] = typer.Option(None, help="Kite: serve /metrics and /health "
                                                "on this port (0-65535)."),
     watchdog: Optional[float] = typer.Option(None, help="Reconnect after this many silent "
@@ -349,6 +406,7 @@ def capture_run(
         exchange=exchange, market=market, symbols=_split(symbols), tokens=_split(tokens), mode=mode, data_dir=data_dir,
         cache_dir=cache_dir, duration=duration, until=until, sim=sim, sim_rate=sim_rate,
         snapshot_interval=snapshot_interval, segment_size=segment_size, fsync=fsync,
+        compact=compact,
         metrics_port=metrics_port, watchdog=watchdog, snapshot_limit=snapshot_limit,
         quiet=quiet)
     _exit_with("capture run", run_capture, req)

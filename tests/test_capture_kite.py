@@ -5,6 +5,7 @@ before anything is written; SIGINT closes the WAL cleanly."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import subprocess
 import sys
@@ -17,12 +18,13 @@ from typer.testing import CliRunner
 
 from shrivenq.books import KiteBooks
 from shrivenq.books.snapshot import decode_kite_snapshot
+from shrivenq.capture import kite as kite_capture
 from shrivenq.capture.kite import KiteCapture, KiteCaptureSettings
 from shrivenq.cli import app
 from shrivenq.errors import AuthError
 from shrivenq.kite import parse_frame_lenient
 from shrivenq.sim.kite_server import DEMO_ACCESS_TOKEN, DEMO_API_KEY, KiteSimServer
-from shrivenq.wal import Kind, read_wal, verify
+from shrivenq.wal import Kind, inspect, read_wal, verify
 from shrivenq.wal.records import session_names
 
 NIFTY, BANKNIFTY = 256265, 260105
@@ -134,6 +136,42 @@ def test_a_rejected_token_stops_with_auth_error_and_a_cleanly_closed_wal(tmp_pat
     assert report.clean and all(s.state == "closed" for s in report.segments)
     kinds = [Kind(k).name for k in ticks_of(tmp_path).kind]
     assert kinds == ["SESSION_START", "SNAPSHOT_MARK", "SESSION_STOP"]
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_capture_compacts_each_ticks_segment_it_closes_unless_told_not_to(tmp_path, compact,
+                                                                         monkeypatch):
+    # Blocks sealed every 0.1 s rather than every second: a short capture has many.
+    monkeypatch.setattr(kite_capture, "WalWriter",
+                        functools.partial(kite_capture.WalWriter, flush_interval=0.1))
+
+    async def main():
+        async with KiteSimServer(rate=200, record=True, frame_interval=0.01) as sim:
+            capture = KiteCapture(settings(tmp_path, sim, duration=2.5, segment_bytes=3_000,
+                                           compact=compact))
+            summary = await capture.run()
+            return summary, sim.connections[0].sent_binary()
+
+    summary, sent = asyncio.run(main())
+    assert binary_payloads(ticks_of(tmp_path)) == sent
+    segments = [s for s in inspect(tmp_path) if s.stream == "ticks"]
+    assert len(segments) >= 3 and all(s.state == "closed" for s in segments)
+    if compact:     # a segment of one block has nothing to gain; every other one is compacted
+        assert all(s.compacted or s.blocks == 1 for s in segments)
+        assert sum(s.compacted for s in segments) >= 2
+    else:
+        assert not any(s.compacted for s in segments)
+        assert sum(s.blocks > 1 for s in segments) >= 2
+    # The summary's bytes on disk are the block bytes on disk, after compaction.
+    assert summary.wal_bytes == sum(s.stored_bytes for s in inspect(tmp_path))
+    assert verify(tmp_path).clean
+    # Compacting everything afterwards (the snapshots too) changes nothing replay sees.
+    before = cli("replay", "--data-dir", str(tmp_path), "--verify")
+    assert cli("wal", "compact", str(tmp_path)).exit_code == 0
+    assert all(s.compacted or s.blocks == 1 for s in inspect(tmp_path))
+    after = cli("replay", "--data-dir", str(tmp_path), "--verify")
+    assert before.exit_code == after.exit_code == 0 and before.output == after.output
+    assert "verified: all" in after.output
 
 
 # --- the command line ----------------------------------------------------------------------

@@ -76,6 +76,7 @@ class BinanceCaptureSettings:
     snapshot_limit: int = 1000
     segment_bytes: int = 100_000_000
     fsync: str = "interval:1000"
+    compact: bool = True                   # compact each closed ticks segment (wal.compact)
     watchdog: float = 30.0
     max_age: float = DEFAULT_MAX_AGE       # proactive reconnect before Binance's 24 h cut
     weight_share: float = 0.5              # of the IP's REST weight per minute we may use
@@ -247,7 +248,8 @@ class BinanceCapture(CaptureSession):
                 raise ConfigError(f"--symbols: {exc.reason} on Binance {self.market}") from None
             raise
         self.ticks = WalWriter(s.data_dir, self.venue, "ticks", tz=UTC, fsync=s.fsync,
-                               segment_bytes=s.segment_bytes, level=WAL_LEVEL)
+                               segment_bytes=s.segment_bytes, level=WAL_LEVEL,
+                               compact=s.compact)
         for report in self.ticks.recovery:
             log.warning("recovered after an unclean stop: %s", report)
         reason = "stopped"
@@ -315,7 +317,7 @@ class BinanceCapture(CaptureSession):
             session=self.session, market=self.market,
             seconds=time.monotonic() - self.started_mono, symbols=len(self.symbols),
             connections=len(self.plans), records=st.written_records if st else 0,
-            wal_bytes=st.bytes_written if st else 0, payload_bytes=st.payload_bytes if st else 0,
+            wal_bytes=st.bytes_on_disk if st else 0, payload_bytes=st.payload_bytes if st else 0,
             messages=self.books.counters.as_dict(),
             sync={sym: s.counters.as_dict() for sym, s in self.books.syncs.items()},
             feed_gaps=list(self.feed_gaps), book_gaps=list(self.book_gaps),

@@ -72,6 +72,7 @@ class KiteCaptureSettings:
     snapshot_interval: float = 60.0
     segment_bytes: int = 100_000_000
     fsync: str = "interval:1000"
+    compact: bool = True                   # compact each closed ticks segment (wal.compact)
     watchdog: float = 5.0
     session_note: list[str] = field(default_factory=list)   # what was asked, for the record
     names: dict[int, str] = field(default_factory=dict)     # token -> tradingsymbol, recorded
@@ -86,7 +87,7 @@ class CaptureSummary:
     instruments: int
     connections: int
     records: int                  # records of the ticks stream written to disk
-    wal_bytes: int                # block bytes written to disk (ticks + snapshots)
+    wal_bytes: int                # block bytes on disk, after compaction (ticks + snapshots)
     payload_bytes: int            # the raw bytes those blocks hold
     gaps: list[dict] = field(default_factory=list)
     stop_reason: str = ""
@@ -283,7 +284,10 @@ class KiteCapture(CaptureSession):
     def _open_wal(self) -> None:
         s = self.settings
         common = dict(tz=IST, fsync=s.fsync, segment_bytes=s.segment_bytes)
-        self.ticks = WalWriter(s.data_dir, VENUE, "ticks", level=WAL_LEVEL, **common)
+        # Ticks blocks are sealed every second for durability, which leaves about one packet
+        # per instrument a block; compaction re-blocks each closed segment (wal/compact.py).
+        self.ticks = WalWriter(s.data_dir, VENUE, "ticks", level=WAL_LEVEL,
+                               compact=s.compact, **common)
         try:
             self.snapshots = WalWriter(s.data_dir, VENUE, "snapshots", **common)
         except BaseException:
@@ -374,7 +378,7 @@ class KiteCapture(CaptureSession):
             counters=self.recorder.counters, instruments=len(self.settings.token_modes),
             connections=len(self.feed.shards),
             records=self.ticks.stats.written_records if self.ticks else 0,
-            wal_bytes=sum(st.bytes_written for st in stats),
+            wal_bytes=sum(st.bytes_on_disk for st in stats),
             payload_bytes=sum(st.payload_bytes for st in stats),
             gaps=list(self.recorder.gaps), stop_reason=reason,
             unwritten=(self.ticks.stats.appended_records - self.ticks.stats.written_records

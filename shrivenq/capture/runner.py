@@ -75,6 +75,7 @@ class CaptureRequest:
     snapshot_interval: float | None = None  # Kite; None: 60.0
     segment_size: str = "100MB"
     fsync: str = "interval:1000"
+    compact: bool = True
     metrics_port: int | None = None
     watchdog: float | None = None  # None: 5 s for Kite, 30 s for Binance
     snapshot_limit: int | None = None  # Binance; None: 1000
@@ -239,7 +240,7 @@ def run_capture(req: CaptureRequest, out: TextIO | None = None) -> int:
     settings = KiteCaptureSettings(
         token_modes=token_modes, data_dir=req.data_dir, api_key=api_key,
         access_token=access_token, duration=duration, snapshot_interval=req.snapshot_interval,
-        segment_bytes=segment_bytes, fsync=req.fsync,
+        segment_bytes=segment_bytes, fsync=req.fsync, compact=req.compact,
         watchdog=5.0 if req.watchdog is None else req.watchdog,
         session_note=[f"mode={req.mode}", *list(names.values())[:50]],
         names={t: n for t, n in names.items() if n != str(t)})
@@ -281,7 +282,7 @@ def _run_binance(req: CaptureRequest, out: TextIO) -> int:
     settings = BinanceCaptureSettings(
         symbols=[s.upper() for s in req.symbols], data_dir=req.data_dir, market=req.market,
         duration=duration, snapshot_limit=limit, segment_bytes=parse_size(req.segment_size),
-        fsync=req.fsync, session_note=[])
+        fsync=req.fsync, compact=req.compact, session_note=[])
     if req.watchdog is not None:
         settings.watchdog = req.watchdog
     return run_binance_capture(settings, sim=req.sim, out=out,

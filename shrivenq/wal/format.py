@@ -450,6 +450,12 @@ class Footer:
     closed_ns: int = 0
     recovered: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Set when compaction rewrote the segment (wal/compact.py): the blocks and stored bytes
+    # it had, and when.
+    compacted: dict[str, Any] | None = None
+    # The zstd level the writer was set to (None in footers of older builds and of
+    # recovery): what compaction compresses at unless told otherwise.
+    level: int | None = None
     # The segment's format version (its header's): a version 1 segment repaired by this
     # code keeps saying 1, so the builds that wrote it can still read it.
     format: int = FORMAT_VERSION
@@ -473,6 +479,9 @@ class Footer:
             "index": np.ascontiguousarray(self.index, dtype=INDEX_DTYPE).tobytes(),
             "closed_ns": self.closed_ns,
             "recovered": self.recovered,
+            # Only when set, so that a footer without it packs as it always did.
+            **({"compacted": self.compacted} if self.compacted is not None else {}),
+            **({"level": self.level} if self.level is not None else {}),
         }, use_bin_type=True)
 
 
@@ -487,6 +496,11 @@ def unpack_footer(body: bytes) -> Footer:
     counts = np.frombuffer(m["instrument_counts"], dtype="<u8")
     if len(keys) != len(counts):
         raise ValueError("footer instrument keys and counts differ in length")
+    level, compacted = m.get("level"), m.get("compacted")
+    if level is not None and (type(level) is not int or not -(1 << 17) <= level <= 22):
+        raise ValueError(f"footer level {level!r} is not a zstd level")
+    if compacted is not None and not isinstance(compacted, dict):
+        raise ValueError("footer compacted entry is not a map")
     index = np.frombuffer(m["index"], dtype=INDEX_DTYPE)
     if len(index) != m["blocks"]:
         raise ValueError("footer index length differs from its block count")
@@ -494,7 +508,8 @@ def unpack_footer(body: bytes) -> Footer:
                   m["first_mono_ns"], m["last_mono_ns"], m["payload_bytes"], m["stored_bytes"],
                   {int(k): int(v) for k, v in m["kinds"].items()},
                   dict(zip(keys.tolist(), counts.tolist())), index, m.get("closed_ns", 0),
-                  m.get("recovered"), format=int(m.get("format", 1)))
+                  m.get("recovered"), format=int(m.get("format", 1)),
+                  compacted=compacted, level=level)
 
 
 # ---------------------------------------------------------------------------- blocks

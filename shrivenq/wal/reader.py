@@ -32,7 +32,8 @@ from shrivenq.errors import ConfigError, WalCorruptError, WalError, WalIOError
 from shrivenq.wal import format as fmt
 from shrivenq.wal import layout
 from shrivenq.wal.records import CONTROL_KINDS
-from shrivenq.wal.segment import BlockRef, Problem, Segment, open_segment, read_block
+from shrivenq.wal.segment import (
+    BlockRef, Problem, Segment, open_segment, open_segment_held, read_block)
 
 #: One row per record, as ``RecordBatch.records`` returns them.
 RECORD_DTYPE = np.dtype([("kind", "u1"), ("version", "u1"), ("conn", "<u4"),
@@ -346,14 +347,21 @@ class WalReader:
         for path in self.segment_paths:
             yield open_segment(path)
 
-    def _opened(self) -> Iterator[tuple[Path, Segment | WalError]]:
-        """Each segment path with its Segment, or the error opening it raised. A directory's
-        newest segment that is gone by the time it is opened is left out: a writer's
-        recovery or a repair removed what a crash left while creating it (it held nothing)."""
+    def _opened(self, fds: dict[Path, int]) -> Iterator[tuple[Path, Segment | WalError]]:
+        """Each segment path with its Segment, or the error opening it raised; the file it
+        classified stays open in ``fds`` for its blocks to be read from (compaction may
+        replace the path meanwhile). A directory's newest segment that is gone by the time
+        it is opened is left out: a writer's recovery or a repair removed what a crash left
+        while creating it (it held nothing)."""
         newest = layout.newest_in_dirs(self.segment_paths)
         for path in self.segment_paths:
             try:
-                yield path, open_segment(path)
+                seg, fd = open_segment_held(path)
+                old = fds.pop(path, None)
+                if old is not None:
+                    os.close(old)
+                fds[path] = fd
+                yield path, seg
             except WalIOError as err:
                 if path in newest and not path.exists():
                     continue
@@ -361,7 +369,8 @@ class WalReader:
             except WalError as err:
                 yield path, err
 
-    def _segments_checked(self) -> Iterator[tuple[Path, Segment | None, list[Problem]]]:
+    def _segments_checked(self, fds: dict[Path, int]
+                          ) -> Iterator[tuple[Path, Segment | None, list[Problem]]]:
         """Each segment path, its Segment (None if the file is not one) and the losses found
         before and in it that its blocks do not show: segments missing from the numbering
         before it, the file itself unreadable, and its end lost while later segments exist
@@ -371,7 +380,7 @@ class WalReader:
         newest = layout.newest_in_dirs(self.segment_paths)
         # One segment file named: no numbering to check.
         holes = {} if self.path.is_file() else layout.numbering_holes(self.segment_paths)
-        opened = self._opened()
+        opened = self._opened(fds)
         current = next(opened, None)
         before_ns: int | None = None      # the last record time of the segments read so far
         while current is not None:
@@ -421,10 +430,10 @@ class WalReader:
     def __iter__(self) -> Iterator[RecordBatch]:
         return self.batches()
 
-    def _plan(self) -> Iterator[tuple]:
+    def _plan(self, fds: dict[Path, int]) -> Iterator[tuple]:
         """(segment, item, is_problem) in read order; blocks outside the time range are
-        dropped here without being read."""
-        for path, seg, found in self._segments_checked():
+        dropped here without being read. Each segment's file stays open in ``fds``."""
+        for path, seg, found in self._segments_checked(fds):
             if seg is None:
                 for p in found:
                     yield path, p, True
@@ -487,7 +496,7 @@ class WalReader:
 
         try:
             if self.workers == 1:
-                for seg, item, is_problem in self._plan():
+                for seg, item, is_problem in self._plan(fds):
                     if is_problem:
                         self._problem(item)
                         continue
@@ -497,7 +506,7 @@ class WalReader:
                 return
             with ThreadPoolExecutor(self.workers, thread_name_prefix="wal-read") as pool:
                 pending: deque = deque()
-                plan = self._plan()
+                plan = self._plan(fds)
                 while True:
                     while len(pending) < 2 * self.workers:
                         try:

@@ -142,18 +142,29 @@ def _resync(fd: int, start: int, size: int) -> tuple[int, fmt.Frame] | None:
 def open_segment(path: Path | str) -> Segment:
     """Read and classify a segment file (see the module docstring). Raises WalFormatError for
     a file that is not a segment or is too new, WalIOError if it cannot be read."""
+    seg, fd = open_segment_held(path)
+    os.close(fd)
+    return seg
+
+
+def open_segment_held(path: Path | str) -> tuple[Segment, int]:
+    """``open_segment``, and the descriptor it read, left open for reading the blocks: the
+    blocks are then read from the very file classified, even if compaction replaces the
+    segment meanwhile. The caller closes the descriptor."""
     path = Path(path)
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as exc:
         raise WalIOError(path, exc.strerror or str(exc)) from None
     try:
-        return _classify(fd, path)
-    finally:
+        return classify(fd, path), fd
+    except BaseException:
         os.close(fd)
+        raise
 
 
-def _classify(fd: int, path: Path) -> Segment:
+def classify(fd: int, path: Path) -> Segment:
+    """The Segment of the file open at ``fd`` (``path`` names it in what it reports)."""
     size = os.fstat(fd).st_size
     head = _pread(fd, fmt.HEADER_SIZE, 0)
     if size < fmt.HEADER_SIZE and _is_header_prefix(head):

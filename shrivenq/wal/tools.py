@@ -12,7 +12,8 @@ import zstandard
 from shrivenq.errors import WalCorruptError, WalError, WalFormatError
 from shrivenq.wal import layout
 from shrivenq.wal.segment import (
-    FooterAccumulator, RepairReport, Segment, open_segment, read_block, repair_segment)
+    FooterAccumulator, RepairReport, Segment, open_segment, open_segment_held, read_block,
+    repair_segment)
 
 
 @dataclass
@@ -33,6 +34,7 @@ class SegmentSummary:
     problems: list[str] = field(default_factory=list)
     live: bool = False          # a writer holds the stream right now
     later: bool = False         # later segments exist in its directory
+    compacted: bool = False     # rewritten into large blocks (wal.compact)
 
     @property
     def ratio(self) -> float:
@@ -69,7 +71,7 @@ def _newest(paths: list[Path]) -> set[Path]:
 
 
 def _summarise(seg: Segment, decode: bool, newest: set[Path] | None = None,
-               later: bool = False) -> SegmentSummary:
+               later: bool = False, fd: int | None = None) -> SegmentSummary:
     venue, stream = layout.stream_key(seg.path)
     s = SegmentSummary(seg.path, venue, stream, seg.state, seg.size, len(seg.blocks),
                        seg.records, problems=[str(p) for p in seg.problems], later=later)
@@ -87,6 +89,7 @@ def _summarise(seg: Segment, decode: bool, newest: set[Path] | None = None,
             s.problems.append(f"{seg.path}: torn tail of {seg.size - seg.good_end} bytes "
                               f"after byte {seg.good_end}")
     f = seg.footer
+    s.compacted = f is not None and f.compacted is not None
     if f is not None and not decode:
         s.first_wall_ns, s.last_wall_ns = f.first_wall_ns, f.last_wall_ns
         s.payload_bytes, s.stored_bytes = f.payload_bytes, f.stored_bytes
@@ -94,7 +97,9 @@ def _summarise(seg: Segment, decode: bool, newest: set[Path] | None = None,
         return s
     acc = FooterAccumulator()
     dctx = zstandard.ZstdDecompressor()
-    fd = os.open(seg.path, os.O_RDONLY)
+    own = fd is None
+    if own:
+        fd = os.open(seg.path, os.O_RDONLY)
     try:
         for ref in seg.blocks:
             try:
@@ -107,7 +112,8 @@ def _summarise(seg: Segment, decode: bool, newest: set[Path] | None = None,
                 continue
             acc.add(ref.offset, ref.frame.size, cols)
     finally:
-        os.close(fd)
+        if own:
+            os.close(fd)
     s.first_wall_ns, s.last_wall_ns = acc.first_wall, acc.last_wall
     s.payload_bytes, s.stored_bytes = acc.payload_bytes, acc.stored_bytes
     s.kinds, s.instruments = acc.kinds, acc.instruments
@@ -142,13 +148,17 @@ def _summaries(path, decode: bool, progress=None) -> list[SegmentSummary]:
     last_in_dir = layout.newest_in_dirs(paths)
     for p in paths:
         try:
-            seg = open_segment(p)
+            # The blocks are read from the file classified, even if compaction replaces it.
+            seg, fd = open_segment_held(p)
         except WalError as err:
             venue, stream = layout.stream_key(p)
             out.append(SegmentSummary(p, venue, stream, "unreadable", problems=[str(err)]))
         else:
-            out.append(_summarise(seg, decode=decode, newest=newest,
-                                  later=p not in last_in_dir))
+            try:
+                out.append(_summarise(seg, decode=decode, newest=newest,
+                                      later=p not in last_in_dir, fd=fd))
+            finally:
+                os.close(fd)
         if p in holes:
             # Listed first: the loss comes before this segment's own records.
             out[-1].problems.insert(0, f"{p.parent}: {layout.describe_hole(p, *holes[p])}"

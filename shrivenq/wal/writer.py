@@ -46,6 +46,7 @@ import zstandard
 from shrivenq.errors import ConfigError, WalError, WalFormatError, WalIOError, WalLockedError
 from shrivenq.wal import format as fmt
 from shrivenq.wal import layout
+from shrivenq.wal.compact import Compactor
 from shrivenq.wal.records import RECORD_VERSION
 from shrivenq.wal.segment import (
     FooterAccumulator, RepairReport, footer_bytes, fsync_dir, open_segment, repair_segment)
@@ -96,6 +97,13 @@ class WriterStats:
     queue_full_waits: int = 0
     queue_full_seconds: float = 0.0
     fast_blocks: int = 0          # compressed at FAST_LEVEL because the writer was behind
+    segments_compacted: int = 0   # by the writer's compactor (``compact``)
+    compaction_saved_bytes: int = 0   # block frame bytes compaction took off those segments
+
+    @property
+    def bytes_on_disk(self) -> int:
+        """Block frames on disk now: written, less what compaction saved."""
+        return self.bytes_written - self.compaction_saved_bytes
 
 
 _DEFAULT_VERSIONS = np.array([RECORD_VERSION.get(k, 1) for k in range(256)], dtype=np.uint8)
@@ -104,7 +112,8 @@ _DEFAULT_VERSIONS = np.array([RECORD_VERSION.get(k, 1) for k in range(256)], dty
 # A writer with a zstd level above FAST_LEVEL compresses at FAST_LEVEL while at least
 # BEHIND_BLOCKS sealed blocks wait behind the one it is compressing: a higher level costs
 # the writer thread 5-10x the time (level 9 about 44 MB/s here, level 1 about 400), and it must
-# never be what makes capture wait. The level is not recorded: zstd reads any level alike.
+# never be what makes capture wait. zstd reads any level alike; the footer records ``level``
+# only for compaction to compress at.
 FAST_LEVEL = 1
 BEHIND_BLOCKS = 2
 MIN_LEVEL = -(1 << 17)      # zstd's fastest (ZSTD_minCLevel); 0 is its default, 3
@@ -218,14 +227,17 @@ class WalWriter:
     ``codec``: None for the best available (tick_delta when built, else plain).
     ``level``: the zstd level while the writer keeps up; behind (``BEHIND_BLOCKS`` sealed
     blocks waiting), it compresses at ``FAST_LEVEL`` until it has caught up
-    (``stats.fast_blocks`` counts those blocks).
+    (``stats.fast_blocks`` counts those blocks). Each segment's footer records ``level``.
+    ``compact``: a background thread compacts each segment the writer closes (and each one
+    recovery closed) into large blocks (``wal.compact``): a writer that seals small blocks
+    for durability leaves a log that is compact and fast to replay. ``close`` waits for it.
     """
 
     def __init__(self, root, venue: str, stream: str = "ticks", tz=layout.UTC, *,
                  fsync="interval:1000", block_bytes: int = DEFAULT_BLOCK_BYTES,
                  flush_interval: float = 1.0, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
                  queue_blocks: int = 64, codec: int | None = None, level: int = 1,
-                 on_durable=None, recover: bool = True):
+                 on_durable=None, recover: bool = True, compact: bool = False):
         if not venue or "/" in venue or venue.startswith("."):
             raise ConfigError(f"venue {venue!r} is not a directory name")
         if stream not in ("ticks", "snapshots") and ("/" in stream or not stream):
@@ -282,6 +294,14 @@ class WalWriter:
         except BaseException:
             os.close(self._lock_fd)
             raise
+        self.compactor: Compactor | None = None
+        self._own_segments: set[Path] = set()
+        if compact:
+            self.compactor = Compactor(self.level, name=f"wal-compact-{venue}-{stream}",
+                                       on_done=self._compacted)
+            for report in self.recovery:
+                if report.action == "footer rebuilt":
+                    self.compactor.submit(report.path)
 
         self._mutex = threading.RLock()
         self._cv = threading.Condition(self._mutex)   # same lock: hold either, hold both
@@ -483,6 +503,8 @@ class WalWriter:
             os.close(self._lock_fd)
         except OSError:
             pass
+        if self.compactor is not None:
+            self.compactor.close()
         if self._error is not None:
             raise self._error
 
@@ -499,6 +521,12 @@ class WalWriter:
                 log.error("WAL close after an error: %s", err)
 
     # ------------------------------------------------------------------ internals
+
+    def _compacted(self, report) -> None:     # the compactor's thread
+        if report.path not in self._own_segments:   # one recovery closed: not in the stats
+            return
+        self.stats.segments_compacted += 1
+        self.stats.compaction_saved_bytes += report.stored_before - report.stored_after
 
     def _run_deferred(self) -> None:
         work, self._deferred = self._deferred, None
@@ -722,6 +750,7 @@ class WalWriter:
             return
         self._seg = None
         footer = seg.acc.footer()
+        footer.level = self.level
         offset = seg.end
         seg.write(footer_bytes(footer, offset, seg.blocks))
         os.fsync(seg.fd)
@@ -729,6 +758,9 @@ class WalWriter:
         self.stats.fsyncs += 1
         os.close(seg.fd)
         self._publish_durable(self._written)
+        if self.compactor is not None:
+            self._own_segments.add(seg.path)
+            self.compactor.submit(seg.path)
 
     def _fail(self, exc: BaseException) -> None:
         if isinstance(exc, WalError):

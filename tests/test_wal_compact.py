@@ -1,0 +1,261 @@
+"""Compaction (wal/compact.py): a closed segment rewritten into large blocks holds the same
+records, byte for byte, is smaller, and is only ever put in place whole and checked."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+
+import msgpack
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from shrivenq.cli import app
+from shrivenq.sim.stream import kite_stream
+from shrivenq.wal import IST, Kind, WalReader, WalWriter, inspect, open_segment, read_wal, verify
+from shrivenq.wal import compact as C
+from shrivenq.wal import format as fmt
+
+T0 = 1_763_610_300_000_000_000          # 2025-11-20 09:15 IST
+
+
+def write_capture_like(root, frames=3000, per_block=40, **kw):
+    """Kite frames as capture writes them: a small block every ``per_block`` frames (capture
+    seals one a second), with instrument keys, text and control records among them."""
+    s = kite_stream()
+    offsets = np.concatenate(([0], np.cumsum(s.lengths)[:-1]))
+    key_at = np.concatenate(([0], np.cumsum(s.inst_counts))).astype(np.int64)
+    kw.setdefault("segment_bytes", 150_000)
+    with WalWriter(root, "kite", "ticks", tz=IST, level=-1, **kw) as w:
+        for i in range(frames):
+            o, n = int(offsets[i]), int(s.lengths[i])
+            w.append(Kind.BINARY, s.payloads[o:o + n], T0 + i * 10**6, 5 + i, conn=i % 2,
+                     instruments=s.inst_keys[key_at[i]:key_at[i + 1]])
+            if i % 500 == 7:
+                w.append(Kind.TEXT, b'{"type":"order"}', T0 + i * 10**6, 5 + i)
+                w.append(Kind.SNAPSHOT_MARK, msgpack.packb({"session": "s", "snapshot": i}),
+                         T0 + i * 10**6, 5 + i)
+            if i % per_block == per_block - 1:
+                w.flush()
+    return w
+
+
+def records(path):
+    batch = read_wal(path)
+    return [(int(batch.kind[i]), int(batch.version[i]), int(batch.conn[i]),
+             int(batch.wall_ns[i]), int(batch.mono_ns[i]), batch.payload(i),
+             tuple(batch.instruments(i).tolist())) for i in range(len(batch))]
+
+
+def segment_paths(root):
+    return sorted((root / "kite").rglob("ticks/*.wal"))
+
+
+def test_compaction_keeps_every_record_and_makes_the_log_smaller(tmp_path):
+    write_capture_like(tmp_path)
+    before = records(tmp_path)
+    paths = segment_paths(tmp_path)
+    footers = [open_segment(p).footer for p in paths]
+    sizes = [p.stat().st_size for p in paths]
+    assert len(paths) >= 3
+
+    reports = C.compact(tmp_path)
+
+    assert [r.path for r in reports] == paths and all(r.compacted for r in reports)
+    assert records(tmp_path) == before
+    for p, old, size, r in zip(paths, footers, sizes, reports):
+        seg = open_segment(p)
+        new = seg.footer
+        assert len(seg.blocks) < old.blocks and p.stat().st_size < size
+        assert (r.blocks_before, r.blocks_after, r.bytes_before, r.bytes_after) == (
+            old.blocks, len(seg.blocks), size, p.stat().st_size)
+        assert (new.records, new.kinds, new.instruments, new.payload_bytes) == (
+            old.records, old.kinds, old.instruments, old.payload_bytes)
+        assert (new.first_wall_ns, new.last_wall_ns, new.closed_ns) == (
+            old.first_wall_ns, old.last_wall_ns, old.closed_ns)
+        assert new.compacted["blocks"] == old.blocks and new.level == old.level == -1
+        assert (r.stored_before, r.stored_after) == (old.stored_bytes, new.stored_bytes)
+    assert verify(tmp_path).clean
+    assert all(s.compacted for s in inspect(tmp_path))
+    assert not list(tmp_path.rglob("*.compacting"))
+
+
+def test_a_compacted_segment_is_left_alone_the_second_time(tmp_path):
+    write_capture_like(tmp_path, frames=600)
+    C.compact(tmp_path)
+    data = [p.read_bytes() for p in segment_paths(tmp_path)]
+    reports = C.compact(tmp_path)
+    assert all(not r.compacted and r.skipped == "already compacted" for r in reports)
+    assert [p.read_bytes() for p in segment_paths(tmp_path)] == data
+
+
+def test_damaged_and_unclosed_segments_are_left_exactly_as_they_are(tmp_path):
+    write_capture_like(tmp_path, frames=1500)
+    first = segment_paths(tmp_path)[0]
+    seg = open_segment(first)
+    damaged = bytearray(first.read_bytes())
+    damaged[seg.blocks[1].offset + fmt.FRAME_SIZE + 3] ^= 0x40   # inside block 1's body
+    first.write_bytes(bytes(damaged))
+    second = segment_paths(tmp_path)[1]
+    footer_damaged = bytearray(second.read_bytes())
+    footer_damaged[-fmt.TRAILER_SIZE - 5] ^= 0x40                 # inside the footer
+    second.write_bytes(bytes(footer_damaged))
+    assert open_segment(second).state == "corrupt"
+    # A writer that is still appending: its segment has no footer.
+    w = WalWriter(tmp_path / "live", "kite", "ticks", tz=IST, block_bytes=500)
+    try:
+        for i in range(50):
+            w.append(Kind.TEXT, b"x" * 100, T0 + i, i)
+        w.flush()
+        live = segment_paths(tmp_path / "live")[0]
+        live_bytes = live.read_bytes()
+        report, = C.compact(tmp_path / "live")
+        assert not report.compacted and "open segment" in report.skipped
+        assert live.read_bytes() == live_bytes
+    finally:
+        w.close()
+    # The footer is good, so the damage shows only when the block is read: found, reported.
+    report = C.compact(first)[0]
+    assert report.failed and "block 1" in report.skipped and "checksum" in report.skipped
+    assert first.read_bytes() == bytes(damaged)
+    report = C.compact(second)[0]
+    assert not report.compacted and "corrupt segment" in report.skipped
+    assert second.read_bytes() == bytes(footer_damaged)
+    assert not list(tmp_path.rglob("*.compacting"))
+
+
+def test_a_copy_that_reads_back_different_is_never_put_in_place(tmp_path, monkeypatch):
+    write_capture_like(tmp_path, frames=600)
+    path = segment_paths(tmp_path)[0]
+    original = path.read_bytes()
+    merge = C._merge
+
+    def corrupting_merge(parts):
+        cols = merge(parts)
+        payloads = bytearray(cols.payloads)
+        payloads[len(payloads) // 2] ^= 1          # a bug that changes one payload byte
+        cols.payloads = bytes(payloads)
+        return cols
+
+    monkeypatch.setattr(C, "_merge", corrupting_merge)
+    report = C.compact(path)[0]
+    assert report.failed and "differs in payloads" in report.skipped
+    assert path.read_bytes() == original
+    assert not list(tmp_path.rglob("*.compacting"))
+
+
+def test_a_leftover_temporary_file_is_never_read_and_is_overwritten(tmp_path):
+    write_capture_like(tmp_path, frames=600)
+    path = segment_paths(tmp_path)[0]
+    leftover = path.with_name(f".{path.name}.compacting")
+    leftover.write_bytes(path.read_bytes()[:5000])         # what a crash mid-way leaves
+    before = records(tmp_path)
+    assert verify(tmp_path).clean and len(verify(tmp_path).segments) == 1
+    assert C.compact(path)[0].compacted
+    assert records(tmp_path) == before and not leftover.exists()
+
+
+def test_two_compactions_never_write_the_same_copy(tmp_path):
+    write_capture_like(tmp_path, frames=600)
+    path = segment_paths(tmp_path)[0]
+    original = path.read_bytes()
+    fd = os.open(path.with_name(f".{path.name}.compacting"), os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)                  # another compactor is at work
+        report = C.compact(path)[0]
+    finally:
+        os.close(fd)
+    assert not report.compacted and "another compaction" in report.skipped
+    assert path.read_bytes() == original
+
+
+def test_a_compaction_that_finds_the_segment_compacted_meanwhile_leaves_it(tmp_path,
+                                                                             monkeypatch):
+    write_capture_like(tmp_path, frames=600)
+    path = segment_paths(tmp_path)[0]
+    before = records(tmp_path)
+    held = C.open_segment_held
+    theirs = []
+
+    def opened_then_compacted_elsewhere(p):
+        old = held(p)                   # this compaction has the old file open ...
+        monkeypatch.setattr(C, "open_segment_held", held)
+        assert C.compact_segment(p).compacted          # ... when another one finishes
+        theirs.append(path.read_bytes())
+        return old
+
+    monkeypatch.setattr(C, "open_segment_held", opened_then_compacted_elsewhere)
+    report = C.compact_segment(path)
+    assert not report.compacted and "meanwhile" in report.skipped
+    assert path.read_bytes() == theirs[0] and records(tmp_path) == before
+    assert not list(tmp_path.rglob("*.compacting"))
+
+
+def test_a_reader_part_way_through_reads_the_files_it_opened_whole(tmp_path):
+    write_capture_like(tmp_path, frames=1500)
+    before = records(tmp_path)
+    assert len(segment_paths(tmp_path)) >= 2
+    reader = WalReader(tmp_path / "kite", "ticks", workers=1)
+    batches = iter(reader)
+    first = next(batches)          # the next segment is already opened by then
+    assert all(r.compacted for r in C.compact(tmp_path))
+    rest = list(batches)
+    assert not reader.skipped
+    got = [first, *rest]
+    assert sum(len(b) for b in got) == len(before)
+    assert [b.payload(i) for b in got for i in range(len(b))] == [r[5] for r in before]
+
+
+def test_a_writer_with_compact_compacts_each_segment_it_closes(tmp_path):
+    w = write_capture_like(tmp_path / "compacted", frames=1500, compact=True)
+    paths = segment_paths(tmp_path / "compacted")
+    footers = [open_segment(p).footer for p in paths]
+    assert len(paths) >= 2 and all(f.compacted is not None for f in footers)
+    assert w.stats.segments_compacted == len(paths)
+    assert w.stats.bytes_on_disk == sum(f.stored_bytes for f in footers)
+    assert w.stats.bytes_on_disk < w.stats.bytes_written
+    plain = write_capture_like(tmp_path / "plain", frames=1500)
+    assert records(tmp_path / "compacted") == records(tmp_path / "plain")
+    assert plain.stats.segments_compacted == 0
+    assert all(open_segment(p).footer.compacted is None
+               for p in segment_paths(tmp_path / "plain"))
+
+
+def test_footer_fields_from_disk_are_checked():
+    good = fmt.Footer(0, 0, None, None, None, None, 0, 0, {}, {},
+                      np.zeros(0, dtype=fmt.INDEX_DTYPE), level=3, compacted={"blocks": 2})
+    back = fmt.unpack_footer(good.pack())
+    assert (back.level, back.compacted) == (3, {"blocks": 2})
+    m = msgpack.unpackb(good.pack(), strict_map_key=False)
+    for key, value in (("level", "fast"), ("level", 99), ("compacted", [1])):
+        with pytest.raises(ValueError, match=key):
+            fmt.unpack_footer(msgpack.packb({**m, key: value}))
+
+
+def cli(*args):
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_cli_compacts_and_reports_what_it_did(tmp_path):
+    write_capture_like(tmp_path, frames=1500)
+    before = records(tmp_path)
+    n = len(segment_paths(tmp_path))
+    result = cli("wal", "compact", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert sum(line.startswith("compacted: ") for line in result.output.splitlines()) == n
+    assert f"{n} of {n} segments compacted" in result.output
+    assert records(tmp_path) == before
+    again = cli("wal", "compact", tmp_path)
+    assert again.exit_code == 0 and f"0 of {n} segments compacted; {n} left" in again.output
+    shown = cli("wal", "inspect", tmp_path)
+    assert shown.output.count("closed, compacted") == n
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--level", "40"], "--level 40"),
+    ([], "no such file"),
+])
+def test_cli_compact_refuses_bad_arguments_clearly(tmp_path, args, words):
+    result = cli("wal", "compact", tmp_path / "nothing-here", *args)
+    assert result.exit_code == 1 and words in result.output
