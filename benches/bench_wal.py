@@ -183,3 +183,47 @@ def test_single_append_cost(benchmark, stream, tmp_path):
     per = benchmark.stats.stats.median / stream.frames
     print(f"\nsingle append(): {per * 1e6:.2f} us per message ({stream.ticks / stream.frames:.1f}"
           f" ticks each), queue-full waits {w.stats.queue_full_waits}")
+
+
+# Capture seals a block a second; at one tick per instrument a second over the stream's 200
+# instruments that is about 250 full-mode ticks, 48 kB of payloads.
+CAPTURE_BLOCK_BYTES = 48_000
+COMPACT_VS_READ = 3.0       # compaction (read, re-block, compress, read back) vs one read
+
+
+def test_compaction_vs_reading_the_segment(benchmark, stream, tmp_path):
+    """Compacting a segment as capture writes it (a small block a second) into 4 MiB blocks:
+    it reads the segment, writes the copy and reads that back, so it should cost a few reads
+    of the segment. Gate: against WalReader reading the same segment, in the same run. The
+    size and replay gains are bench_replay's."""
+    from shrivenq.wal.compact import compact_segment
+    w = WalWriter(tmp_path / "written", "kite", "ticks", tz=IST, level=-1,
+                  block_bytes=CAPTURE_BLOCK_BYTES, segment_bytes=1 << 30)
+    stream.append_to(w)
+    w.close()
+    segment, = (tmp_path / "written").rglob("*.wal")
+    rounds, read_samples, reports = [], [], []
+
+    def setup():   # a fresh copy to compact; the baseline read timed between the rounds
+        read_samples.append(median_seconds(
+            lambda: sum(len(b) for b in WalReader(segment, workers=1)), 1))
+        copy = tmp_path / f"round{len(rounds)}.wal"
+        shutil.copyfile(segment, copy)
+        rounds.append(copy)
+        return (copy,), {}
+
+    def compact(path):
+        reports.append(compact_segment(path))
+
+    benchmark.pedantic(compact, setup=setup, rounds=5, iterations=1)
+    assert all(r.compacted and r.records == stream.frames for r in reports)
+    compact_s = benchmark.stats.stats.median
+    read_s = statistics.median(read_samples)
+    ratio = compact_s / read_s
+    r = reports[-1]
+    print(f"\ncompaction of a segment of one-second blocks: {stream.ticks / compact_s / 1e6:.2f}M"
+          f" ticks/s ({r.bytes_before / stream.ticks:.1f} -> {r.bytes_after / stream.ticks:.1f}"
+          f" B/tick, {r.blocks_before} -> {r.blocks_after} blocks); reading it "
+          f"{stream.ticks / read_s / 1e6:.2f}M ticks/s; {ratio:.1f}x a read (target "
+          f"{COMPACT_VS_READ}x)")
+    assert ratio <= COMPACT_VS_READ * 2, f"compaction costs {ratio:.1f} reads of the segment"

@@ -2,9 +2,10 @@
 move with this shared machine's speed, for telling whether a change to the replay path is
 real.
 
-    .venv/bin/python benches/replay_instructions.py [--top 12]
+    .venv/bin/python benches/replay_instructions.py [--top 12] [--uncompacted]
 
-Writes the replay bench's 150,000-tick day (bench_replay._write_session) to a temporary
+Writes the replay bench's 150,000-tick day as capture leaves it (bench_replay._write_session:
+a block a second, compacted unless --uncompacted) to a temporary
 directory, then runs one process that replays it once and one that replays it three times,
 both under ``valgrind --tool=callgrind``; the difference, halved, is one replay with the
 imports and first-call costs cancelled. Prints the total and the top functions (exclusive
@@ -37,13 +38,15 @@ print(ticks)
 LINE = re.compile(r"\s*([\d,]+)\s+(?:\([^)]*\)\s+)?(\S.*)$")
 
 
-def write_day(root: Path) -> int:
+def write_day(root: Path, compact: bool = True) -> int:
+    """The replay bench's day as capture leaves it: a block a second, each ticks segment
+    compacted when closed (``compact``) or not (capture --no-compact, or still running)."""
     sys.path.insert(0, str(HERE))
     from bench_replay import START, _write_session
     from shrivenq.sim.stream import kite_stream
     stream = kite_stream()
     return _write_session(root, stream, minutes=10, per_minute=stream.frames // 10,
-                          start_ns=START)
+                          start_ns=START, compact=compact)
 
 
 def profile(root: Path, replays: int, out: Path) -> dict[str, int]:
@@ -71,19 +74,23 @@ def callgrind_counts(command: list[str], out: Path) -> dict[str, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--uncompacted", action="store_true",
+                        help="replay the day as written, before compaction")
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_annotate") is None:
         sys.exit("needs valgrind (apt install valgrind)")
     tmp = Path(tempfile.mkdtemp(prefix="replay-instr-"))
     try:
-        ticks = write_day(tmp / "day")
+        ticks = write_day(tmp / "day", compact=not args.uncompacted)
         one = profile(tmp / "day", 1, tmp / "cg.1")
         three = profile(tmp / "day", 3, tmp / "cg.3")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     per_tick = {k: (v - one.get(k, 0)) / 2 / ticks for k, v in three.items()}
     total = per_tick.pop("PROGRAM TOTALS")
-    print(f"Kite replay, one thread, {ticks} full-mode ticks: {total:.0f} instructions a tick")
+    shape = "one-second blocks as written" if args.uncompacted else "compacted"
+    print(f"Kite replay, one thread, {ticks} full-mode ticks ({shape}): {total:.0f} "
+          "instructions a tick")
     for name, n in sorted(per_tick.items(), key=lambda kv: -kv[1])[:args.top]:
         print(f"{n:8.1f}  {name[:110]}")
 
