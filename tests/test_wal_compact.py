@@ -222,6 +222,21 @@ def test_a_writer_with_compact_compacts_each_segment_it_closes(tmp_path):
                for p in segment_paths(tmp_path / "plain"))
 
 
+def test_a_compaction_that_fails_costs_the_writer_nothing_but_space(tmp_path, monkeypatch,
+                                                                     caplog):
+    def full_disk(path, **kw):
+        raise C.WalIOError(path, "No space left on device")
+
+    monkeypatch.setattr(C, "compact_segment", full_disk)
+    w = write_capture_like(tmp_path / "a", frames=1500, compact=True)
+    paths = segment_paths(tmp_path / "a")
+    assert len(w.compactor.errors) == len(paths) and "No space left" in w.compactor.errors[0]
+    assert "stays as written" in caplog.text
+    assert w.stats.segments_compacted == 0 and w.stats.bytes_on_disk == w.stats.bytes_written
+    write_capture_like(tmp_path / "b", frames=1500)
+    assert records(tmp_path / "a") == records(tmp_path / "b") and verify(tmp_path / "a").clean
+
+
 def test_footer_fields_from_disk_are_checked():
     good = fmt.Footer(0, 0, None, None, None, None, 0, 0, {}, {},
                       np.zeros(0, dtype=fmt.INDEX_DTYPE), level=3, compacted={"blocks": 2})

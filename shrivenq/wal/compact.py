@@ -308,16 +308,21 @@ class Compactor:
         self.level, self.block_bytes, self.on_done = level, block_bytes, on_done
         self.reports: list[CompactReport] = []
         self.errors: list[str] = []
+        self._pending = 0           # submitted and not finished
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def submit(self, path: Path | str) -> None:
+        self._pending += 1
         self._queue.put(Path(path))
 
     def close(self) -> None:
         """Compact what was submitted, then stop. Safe to call twice."""
         if self._thread.is_alive():
+            if self._pending:
+                log.info("compacting %d WAL segment(s) before stopping; interrupting leaves "
+                         "them as written, whole", self._pending)
             self._queue.put(None)
             self._thread.join()
 
@@ -329,6 +334,8 @@ class Compactor:
                 self.errors.append(f"{path}: {exc}")
                 log.warning("compacting %s failed; it stays as written: %s", path, exc)
                 continue
+            finally:
+                self._pending -= 1
             self.reports.append(report)
             if report.compacted:
                 log.info("compacted %s", report)
