@@ -156,6 +156,24 @@ def test_a_leftover_temporary_file_is_never_read_and_is_overwritten(tmp_path):
     assert records(tmp_path) == before and not leftover.exists()
 
 
+def test_a_nearly_full_disk_is_left_to_the_live_writer(tmp_path, monkeypatch):
+    write_capture_like(tmp_path, frames=600)
+    path = segment_paths(tmp_path)[0]
+    original = path.read_bytes()
+    real = os.statvfs(tmp_path)
+
+    class NearlyFull:
+        f_frsize = real.f_frsize
+        f_bavail = (len(original) + C.FREE_RESERVE_BYTES - 1) // real.f_frsize
+
+    monkeypatch.setattr(C.os, "statvfs", lambda p: NearlyFull)
+    report = C.compact(path)[0]
+    assert not report.compacted and "not enough free disk" in report.skipped
+    assert path.read_bytes() == original and not list(tmp_path.rglob("*.compacting"))
+    NearlyFull.f_bavail += 2 * len(original) // real.f_frsize + 1
+    assert C.compact(path)[0].compacted
+
+
 def test_two_compactions_never_write_the_same_copy(tmp_path):
     write_capture_like(tmp_path, frames=600)
     path = segment_paths(tmp_path)[0]

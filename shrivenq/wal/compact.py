@@ -56,6 +56,10 @@ COMPACT_BLOCK_BYTES = 4 << 20
 # it would gain little.
 _WORTHWHILE = 0.5
 
+# Free disk space compaction leaves beyond its copy (at most the segment's size): the live
+# writer on the same disk must never run out of room because of a compaction.
+FREE_RESERVE_BYTES = 256 << 20
+
 _COLUMNS = ("kind", "version", "conn", "wall_ns", "mono_ns", "length", "inst_count",
             "inst_keys")
 _DTYPES = {"kind": "u1", "version": "u1", "conn": "<u4", "wall_ns": "<i8", "mono_ns": "<i8",
@@ -137,7 +141,10 @@ def compact_segment(path: Path | str, *, level: int | None = None,
         report = CompactReport(path, False, why, records=seg.records,
                                blocks_before=len(seg.blocks), bytes_before=seg.size,
                                stored_before=seg.footer.stored_bytes if seg.footer else 0)
+        if not why:
+            why = _short_of_space(path, seg.size)
         if why:
+            report.skipped = why
             return report
         tmp = path.with_name(f".{path.name}.compacting")
         try:
@@ -196,6 +203,18 @@ def _why_not(seg: Segment, block_bytes: int) -> str:
     if (len(seg.blocks) == 1
             or seg.footer.payload_bytes >= _WORTHWHILE * block_bytes * len(seg.blocks)):
         return "its blocks are large already"
+    return ""
+
+
+def _short_of_space(path: Path, size: int) -> str:
+    try:
+        st = os.statvfs(path.parent)
+    except OSError as exc:
+        raise WalIOError(path.parent, exc.strerror or str(exc)) from None
+    free = st.f_bavail * st.f_frsize
+    if free < size + FREE_RESERVE_BYTES:
+        return (f"not enough free disk: {free:,} bytes free, the copy needs up to {size:,} and "
+                f"{FREE_RESERVE_BYTES:,} are kept for the live writer")
     return ""
 
 
