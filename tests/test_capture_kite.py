@@ -321,6 +321,14 @@ def test_metrics_and_health_endpoints_report_the_live_capture(tmp_path):
             await task
             status, body = await asyncio.to_thread(get, base + "/health")
             assert status == 503 and json.loads(body)["connected"] is False
+            # Stopped: the last ticks segment is compacted (if it has more than one block).
+            status, text = await asyncio.to_thread(get, base + "/metrics")
+            st = capture.ticks.stats
+            assert "shrivenq_wal_compaction_failures_total 0.0" in text
+            assert (f"shrivenq_wal_compacted_segments_total {float(st.segments_compacted)}"
+                    in text)
+            assert (f"shrivenq_wal_compaction_saved_bytes_total "
+                    f"{float(st.compaction_saved_bytes)}" in text)
             assert (await asyncio.to_thread(get, base + "/nope"))[0] == 404
             await metrics.stop()
 

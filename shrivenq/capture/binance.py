@@ -347,7 +347,7 @@ class BinanceStatus:
                 f"{synced}/{len(capture.symbols)} books in sync · "
                 f"{self.rate.update(c.messages):,.0f} messages/s · {c.messages:,} messages · "
                 f"gaps {len(capture.feed_gaps)} feed, {len(capture.book_gaps)} book · "
-                f"WAL {fmt_bytes(capture.ticks.stats.bytes_written)}")
+                f"WAL {fmt_bytes(capture.ticks.stats.bytes_on_disk)}")
 
 
 def format_summary(s: BinanceCaptureSummary, data_dir: Path) -> str:

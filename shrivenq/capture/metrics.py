@@ -65,6 +65,16 @@ class _CaptureCollector:
                                       "Blocks compressed at zstd level 1 because the WAL "
                                       "writer was behind",
                                       value=st.fast_blocks)
+            yield CounterMetricFamily("shrivenq_wal_compacted_segments",
+                                      "Ticks WAL segments compacted after they were closed",
+                                      value=st.segments_compacted)
+            yield CounterMetricFamily("shrivenq_wal_compaction_saved_bytes",
+                                      "Bytes compaction took off the ticks WAL",
+                                      value=st.compaction_saved_bytes)
+            compactor = cap.ticks.compactor
+            yield CounterMetricFamily("shrivenq_wal_compaction_failures",
+                                      "Compactions that failed (each segment stays as written)",
+                                      value=len(compactor.errors) if compactor else 0)
 
 
 def health_of(capture) -> dict:

@@ -162,12 +162,12 @@ class KiteStatus:
         c = capture.recorder.counters
         h = health_of(capture)
         st = capture.ticks.stats
-        ratio = st.payload_bytes / st.bytes_written if st.bytes_written else 0
+        ratio = st.payload_bytes / st.bytes_on_disk if st.bytes_on_disk else 0
         colour = "green" if h["connected"] else "red"
         return (f"[{colour}]●[/] kite {h['connections_up']}/{h['connections']} conn · "
                 f"{len(capture.settings.token_modes)} instruments · "
                 f"{self.rate.update(c.ticks):,.0f} ticks/s · {c.ticks:,} ticks · gaps {c.gaps} · "
-                f"WAL {fmt_bytes(st.bytes_written)} ({ratio:.1f}x) · queue {h['queue_depth']}")
+                f"WAL {fmt_bytes(st.bytes_on_disk)} ({ratio:.1f}x) · queue {h['queue_depth']}")
 
 
 def format_summary(s: CaptureSummary, data_dir: Path) -> str:
