@@ -240,6 +240,24 @@ def test_a_writer_with_compact_compacts_each_segment_it_closes(tmp_path):
                for p in segment_paths(tmp_path / "plain"))
 
 
+def test_a_writer_compacts_the_segment_its_recovery_closed(tmp_path):
+    write_capture_like(tmp_path, frames=600, segment_bytes=1 << 30)
+    before = records(tmp_path)
+    path, = segment_paths(tmp_path)
+    seg = open_segment(path)
+    with open(path, "r+b") as f:          # what a crash between two blocks leaves
+        f.truncate(seg.blocks[-1].offset + seg.blocks[-1].frame.size)
+    assert open_segment(path).state == "open"
+    w = WalWriter(tmp_path, "kite", "ticks", tz=IST, compact=True)
+    w.close()
+    footer = open_segment(path).footer
+    assert [r.action for r in w.recovery] == ["footer rebuilt"]
+    assert footer.compacted is not None and footer.recovered is not None
+    assert records(tmp_path) == before and verify(tmp_path).clean
+    # Space saved on a segment an earlier writer wrote is not this writer's to report.
+    assert w.stats.segments_compacted == 0 and w.stats.compaction_saved_bytes == 0
+
+
 def test_a_compaction_that_fails_costs_the_writer_nothing_but_space(tmp_path, monkeypatch,
                                                                      caplog):
     def full_disk(path, **kw):
