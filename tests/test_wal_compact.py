@@ -129,16 +129,16 @@ def test_a_copy_that_reads_back_different_is_never_put_in_place(tmp_path, monkey
     write_capture_like(tmp_path, frames=600)
     path = segment_paths(tmp_path)[0]
     original = path.read_bytes()
-    merge = C._merge
+    concat = fmt.concat_columns
 
-    def corrupting_merge(parts):
-        cols = merge(parts)
+    def corrupting_concat(parts):
+        cols = concat(parts)
         payloads = bytearray(cols.payloads)
         payloads[len(payloads) // 2] ^= 1          # a bug that changes one payload byte
         cols.payloads = bytes(payloads)
         return cols
 
-    monkeypatch.setattr(C, "_merge", corrupting_merge)
+    monkeypatch.setattr(fmt, "concat_columns", corrupting_concat)
     report = C.compact(path)[0]
     assert report.failed and "differs in payloads" in report.skipped
     assert path.read_bytes() == original

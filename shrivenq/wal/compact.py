@@ -109,19 +109,6 @@ class _Digest:
         return out + (["records"] if self.records != other.records else [])
 
 
-def _merge(parts: list[fmt.Columns]) -> fmt.Columns:
-    if len(parts) == 1:
-        return parts[0]
-    c = parts[0]
-    merged = fmt.Columns(*(np.concatenate([getattr(p, f) for p in parts]) for f in
-                           ("kind", "version", "conn", "wall_ns", "mono_ns", "length")),
-                         b"".join(p.payloads for p in parts),
-                         np.concatenate([p.inst_count for p in parts]),
-                         np.concatenate([p.inst_keys for p in parts]))
-    merged.has_instruments = c.has_instruments
-    return merged
-
-
 def compact_segment(path: Path | str, *, level: int | None = None,
                     block_bytes: int = COMPACT_BLOCK_BYTES,
                     progress: Callable[[int, int], None] | None = None) -> CompactReport:
@@ -238,7 +225,7 @@ def _rewrite(fd: int, seg: Segment, out: int, level: int, block_bytes: int,
         nonlocal end, parts, pending
         if not parts:
             return
-        cols = _merge(parts)
+        cols = fmt.concat_columns(parts)
         body, raw_len = fmt.compress_block(cols, codec, cctx)
         frame = fmt.block_frame(cols, codec, len(acc.rows), acc.records, body, raw_len) + body
         _write_all(out, frame, end)

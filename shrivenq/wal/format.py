@@ -212,6 +212,19 @@ class Columns:
         return len(self.kind)
 
 
+def concat_columns(parts: list[Columns]) -> Columns:
+    """Several blocks' records as one, in order (``has_instruments`` from the first)."""
+    if len(parts) == 1:
+        return parts[0]
+    c = Columns(*(np.concatenate([getattr(p, f) for p in parts]) for f in
+                  ("kind", "version", "conn", "wall_ns", "mono_ns", "length")),
+                b"".join(p.payloads for p in parts),
+                np.concatenate([p.inst_count for p in parts]),
+                np.concatenate([p.inst_keys for p in parts]))
+    c.has_instruments = parts[0].has_instruments
+    return c
+
+
 def key_id_width(distinct: int) -> int:
     """Bytes of each key id (a byte plane each) for ``distinct`` keys: 1 up to 256, ..."""
     width = 1

@@ -176,15 +176,8 @@ def _columns_from_rows(rows: list[tuple]) -> fmt.Columns:
 
 
 def _merge(parts: list, has_inst: bool) -> fmt.Columns:
-    cols = [_columns_from_rows(p) if isinstance(p, list) else p for p in parts]
-    if len(cols) == 1:
-        c = cols[0]
-    else:
-        c = fmt.Columns(*(np.concatenate([getattr(x, f) for x in cols]) for f in
-                          ("kind", "version", "conn", "wall_ns", "mono_ns", "length")),
-                        b"".join(x.payloads for x in cols),
-                        np.concatenate([x.inst_count for x in cols]),
-                        np.concatenate([x.inst_keys for x in cols]))
+    c = fmt.concat_columns([_columns_from_rows(p) if isinstance(p, list) else p
+                            for p in parts])
     c.has_instruments = has_inst
     return c
 
