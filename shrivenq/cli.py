@@ -450,7 +450,8 @@ def replay(
     def run(request: ReplayRequest) -> int:
         summary = io.StringIO()     # printed once the progress line is gone
         with ProgressLine() as line:
-            code = run_replay(request, out=summary, progress=ReplayProgress(line))
+            code = run_replay(request, out=summary, progress=ReplayProgress(
+                line, binance=request.exchange == "binance"))
         typer.echo(summary.getvalue(), nl=False)
         return code
 

@@ -68,21 +68,24 @@ def _count(n: float) -> str:
 class ReplayProgress:
     """The callback ``run_replay`` takes: ``(ticks so far, receive time of the last one,
     start_ns, end_ns)``, drawn as "replay: 11:02:13 IST, 12.3M ticks, 3.1M ticks/s[, 42%]":
-    the share of start_ns..end_ns passed, when the range has an end."""
+    the share of start_ns..end_ns passed, when the range has an end. ``binance``: Binance
+    replay's, which counts stream messages and keeps UTC."""
 
-    def __init__(self, line: ProgressLine):
+    def __init__(self, line: ProgressLine, binance: bool = False):
         self.line = line
         self.began = line.clock()
+        self.unit, self.zone, self.offset_ns = (("messages", "UTC", 0) if binance
+                                                else ("ticks", "IST", IST_OFFSET_NS))
 
     def __call__(self, ticks: int, wall_ns: int, start_ns: int | None = None,
                  end_ns: int | None = None) -> None:
         if not self.line.enabled:
             return
         elapsed = self.line.clock() - self.began
-        at = time.strftime("%H:%M:%S", time.gmtime((wall_ns + IST_OFFSET_NS) // 1_000_000_000))
-        text = f"replay: {at} IST, {_count(ticks)} ticks"
+        at = time.strftime("%H:%M:%S", time.gmtime((wall_ns + self.offset_ns) // 1_000_000_000))
+        text = f"replay: {at} {self.zone}, {_count(ticks)} {self.unit}"
         if elapsed > 0:
-            text += f", {_count(ticks / elapsed)} ticks/s"
+            text += f", {_count(ticks / elapsed)} {self.unit}/s"
         if start_ns is not None and end_ns is not None and end_ns > start_ns:
             share = (wall_ns - start_ns) / (end_ns - start_ns)
             text += f", {min(max(share, 0.0), 1.0):.0%}"

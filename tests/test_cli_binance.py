@@ -3,10 +3,13 @@ recorded; options that are Kite's, or not built for Binance yet, are refused cle
 
 from __future__ import annotations
 
+import io
+
 import pytest
 from typer.testing import CliRunner
 
 from shrivenq.cli import app
+from shrivenq.replay.runner import ReplayRequest, run_replay
 
 
 def cli(*args):
@@ -27,6 +30,16 @@ def test_capture_then_replay_rebuilds_synced_books(tmp_path):
     assert all(float(r[4]) < float(r[5]) for r in rows)   # best bid below best ask
     typo = cli("replay", "--exchange", "binance", "--data-dir", tmp_path, "--symbols", "BTCUSTD")
     assert typo.exit_code == 1 and "BTCUSTD" in typo.output and "closest: BTCUSDT" in typo.output
+    # Progress, as the CLI draws it on a terminal: messages so far and how far in time.
+    calls = []
+    out = io.StringIO()
+    code = run_replay(ReplayRequest(exchange="binance", data_dir=tmp_path), out=out,
+                      progress=lambda *a: calls.append(a))
+    assert code == 0 and out.getvalue() in replay.output
+    counts = [c[0] for c in calls]
+    times = [c[1] for c in calls]
+    assert calls and counts == sorted(counts) and times == sorted(times)
+    assert all(c[2] == calls[0][1] and c[3] is None for c in calls)   # from the first message
 
 
 @pytest.mark.parametrize("args,words", [

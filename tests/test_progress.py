@@ -74,6 +74,17 @@ def test_replay_without_an_end_shows_no_share():
     assert text == "replay: 09:15:00 IST, 5000 ticks, 5000 ticks/s"
 
 
+def test_binance_replay_progress_counts_messages_in_utc():
+    stream, clock = Terminal(), Clock()
+    start = to_ns(dt.datetime(2026, 11, 20, 9, 15, tzinfo=IST))      # 03:45 UTC
+    with ProgressLine(stream, clock=clock) as line:
+        progress = ReplayProgress(line, binance=True)
+        clock.now += 2.0
+        progress(40_000, start, start, None)
+        text = stream.getvalue().split("\r")[1]
+    assert text == "replay: 03:45:00 UTC, 40k messages, 20k messages/s"
+
+
 def test_cli_output_to_a_pipe_holds_no_progress(tmp_path):
     result = CliRunner().invoke(app, ["wal", "verify", str(tmp_path)])
     assert "\r" not in result.output

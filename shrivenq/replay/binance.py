@@ -104,12 +104,15 @@ def replay_records(records: Iterable) -> BinanceReplay:
     return rp
 
 
-def replay_wal(path, **reader_kw) -> BinanceReplay:
-    """Replay the ticks stream under ``path`` (a venue directory, a day, a segment)."""
+def replay_wal(path, progress=None, **reader_kw) -> BinanceReplay:
+    """Replay the ticks stream under ``path`` (a venue directory, a day, a segment).
+    ``progress(records so far, receive time of the batch's last)`` after each batch."""
     rp = BinanceReplay()
     text = int(Kind.TEXT)
     reader = WalReader(path, "ticks", **reader_kw)
     for batch in reader.batches():
+        if progress is not None and len(batch):
+            progress(rp.records, int(batch.wall_ns[-1]))
         data = batch.data   # the block's payloads, in place: the compiled loop reads views
         kinds, offsets, lengths = batch.kind, batch.offset, batch.length
         n = len(kinds)

@@ -67,11 +67,11 @@ def run_replay(req: ReplayRequest, out: TextIO | None = None,
                progress: Progress | None = None) -> int:
     """Replay as ``req`` asks, print the summary to ``out``, return the exit code.
     ``progress(ticks so far, receive time of the last, start_ns, end_ns)`` is called once
-    per batch read (Kite; a few thousand ticks each); start_ns is the first tick's time
-    when ``req`` gives no start, end_ns None when it gives no end."""
+    per batch read (a few thousand ticks, or Binance stream messages, each); start_ns is the
+    first one's time when ``req`` gives no start, end_ns None when it gives no end."""
     out = out or sys.stdout
     if req.exchange == "binance":
-        return _run_binance(req, out)
+        return _run_binance(req, out, progress)
     if req.exchange != "kite":
         raise ConfigError(f"--exchange {req.exchange!r} is not one of kite, binance")
     start_ns = to_ns(parse_datetime(req.start, "--start")) if req.start else None
@@ -187,7 +187,7 @@ def format_result(res: ReplayResult, names: dict[int, str], writer: BookWriter |
     return "\n".join(lines)
 
 
-def _run_binance(req: ReplayRequest, out: TextIO) -> int:
+def _run_binance(req: ReplayRequest, out: TextIO, progress: Progress | None = None) -> int:
     """Binance books rebuilt from the recorded stream messages and REST snapshots, through the
     same sync machine as capture. No snapshots are stored for Binance yet, so replay always
     starts at a session's start, and there is nothing to --verify against."""
@@ -208,7 +208,15 @@ def _run_binance(req: ReplayRequest, out: TextIO) -> int:
     if not vdir.is_dir():
         raise ReplayError(f"no Binance {req.market} data under {req.data_dir} (expected {vdir})")
     end_ns = to_ns(parse_datetime(req.end, "--end", UTC)) if req.end else None
-    replay = replay_wal(vdir, end_ns=end_ns, on_corrupt="skip" if req.skip_corrupt else "raise")
+    first: list[int] = []
+
+    def report(records: int, wall_ns: int) -> None:
+        if not first:
+            first.append(wall_ns)
+        progress(records, wall_ns, first[0], end_ns)
+
+    replay = replay_wal(vdir, end_ns=end_ns, on_corrupt="skip" if req.skip_corrupt else "raise",
+                        progress=report if progress is not None else None)
     books = replay.books
     if books is None or not books.syncs:
         raise ReplayError(f"no Binance capture session in {vdir}")
