@@ -3,8 +3,9 @@
 A writer seals a block every ``flush_interval`` (capture: 1 s) so that a crash loses at most
 that much. At Kite's one tick per instrument per second, such a block holds about one packet
 per instrument, and tick_delta, which codes a packet against the same instrument's previous
-packet *in its block*, has nothing to code against: the log is 2.4x larger and replay 4.5x
-slower than with 1 MiB blocks (docs/PERFORMANCE.md). Nothing is ever appended to a closed
+packet *in its block*, has nothing to code against: on the replay bench's day the log is
+2.7x the size of the compacted one and replay takes 4.4x its instructions
+(docs/PERFORMANCE.md). Nothing is ever appended to a closed
 segment, so its records can be re-blocked once it is closed: the same records in the same
 order, every byte the same, in blocks of ``block_bytes`` of payloads.
 
@@ -48,8 +49,9 @@ from shrivenq.wal.segment import (
 log = logging.getLogger("shrivenq.wal")
 
 # Payload bytes per compacted block: 4 MiB holds about 22,000 full-mode Kite ticks. Larger
-# blocks decode in fewer instructions a tick (837 against 917 at 1 MiB) and compress 10%
-# better; durability no longer limits their size, and a seek reads at most one more block.
+# blocks decode in fewer instructions a tick (about 835 against 917 at 1 MiB, 821 at 8 MiB)
+# and compress better; durability no longer limits their size, and a seek reads at most
+# one more block.
 COMPACT_BLOCK_BYTES = 4 << 20
 
 # A segment whose blocks already average this share of block_bytes is left alone: rewriting
