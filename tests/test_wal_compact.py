@@ -174,6 +174,88 @@ def test_a_nearly_full_disk_is_left_to_the_live_writer(tmp_path, monkeypatch):
     assert C.compact(path)[0].compacted
 
 
+def test_a_compactor_that_locked_a_copy_another_one_gave_up_leaves_the_name_alone(
+        tmp_path, monkeypatch):
+    """B opens the temporary name while A holds it; A fails and unlinks it; C creates its
+    own copy there. B's lock then succeeds on A's orphan: B must not rename C's file."""
+    write_capture_like(tmp_path, frames=600)
+    path = segment_paths(tmp_path)[0]
+    tmp = path.with_name(f".{path.name}.compacting")
+    original = path.read_bytes()
+    real_open = os.open
+
+    def open_then_others_move_on(p, flags, mode=0o777):
+        fd = real_open(p, flags, mode)
+        if p == tmp:
+            os.unlink(tmp)                        # A gives up ...
+            tmp.write_bytes(b"C's copy, half written")     # ... and C starts
+        return fd
+
+    monkeypatch.setattr(C.os, "open", open_then_others_move_on)
+    report = C.compact_segment(path)
+    assert not report.compacted and "another compaction" in report.skipped
+    assert path.read_bytes() == original and tmp.read_bytes() == b"C's copy, half written"
+
+
+def test_a_version_1_segment_is_left_readable_by_the_builds_that_wrote_it(tmp_path):
+    from test_wal_roundtrip import GOLDEN_V1_SEGMENT
+    seg = tmp_path / "kite" / "2025-11-20" / "ticks" / "000001.wal"
+    seg.parent.mkdir(parents=True)
+    seg.write_bytes(GOLDEN_V1_SEGMENT)
+    report = C.compact_segment(seg, block_bytes=1 << 30)
+    assert not report.compacted and "format version 1" in report.skipped
+    assert seg.read_bytes() == GOLDEN_V1_SEGMENT
+
+
+def test_footer_keys_of_a_later_build_are_kept(tmp_path):
+    write_capture_like(tmp_path, frames=600)
+    path = segment_paths(tmp_path)[0]
+    seg = open_segment(path)
+    footer = seg.footer
+    footer.extra = {"session_id": "later-build", "weights": [1, 2]}
+    end = seg.blocks[-1].offset + seg.blocks[-1].frame.size
+    with open(path, "r+b") as f:           # the same segment, as a later build closed it
+        f.truncate(end)
+        f.seek(end)
+        f.write(C.footer_bytes(footer, end, len(seg.blocks)))
+    assert open_segment(path).footer.extra == footer.extra
+    assert C.compact_segment(path).compacted
+    after = open_segment(path).footer
+    assert after.extra == {"session_id": "later-build", "weights": [1, 2]}
+    assert after.compacted is not None
+
+
+def test_blocks_that_cannot_merge_leave_the_segment_as_written(tmp_path):
+    """Blocks alternating between records with instrument keys and without cannot merge
+    (a block has keys for all its records or none): the copy would gain nothing."""
+    root = tmp_path
+    with WalWriter(root, "kite", "ticks", tz=IST) as w:
+        for i in range(40):
+            w.append(Kind.BINARY, b"\x00\x01" + bytes(30), T0 + i, i,
+                     instruments=[256265] if i % 2 else None)
+            w.flush()
+    path = segment_paths(root)[0]
+    original = path.read_bytes()
+    report = C.compact_segment(path)
+    assert not report.compacted and "cannot be merged" in report.skipped
+    assert path.read_bytes() == original and not list(root.rglob("*.compacting"))
+
+
+def test_a_directory_that_will_not_fsync_after_the_rename_is_still_compacted(
+        tmp_path, monkeypatch, caplog):
+    write_capture_like(tmp_path, frames=600)
+    before = records(tmp_path)
+    path = segment_paths(tmp_path)[0]
+
+    def failing_fsync_dir(p):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(C, "fsync_dir", failing_fsync_dir)
+    report = C.compact_segment(path)
+    assert report.compacted and open_segment(path).footer.compacted is not None
+    assert "fsyncing its directory failed" in caplog.text and records(tmp_path) == before
+
+
 def test_two_compactions_never_write_the_same_copy(tmp_path):
     write_capture_like(tmp_path, frames=600)
     path = segment_paths(tmp_path)[0]
@@ -223,6 +305,29 @@ def test_a_reader_part_way_through_reads_the_files_it_opened_whole(tmp_path):
     got = [first, *rest]
     assert sum(len(b) for b in got) == len(before)
     assert [b.payload(i) for b in got for i in range(len(b))] == [r[5] for r in before]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_read_holds_a_few_segment_files_open_not_all(tmp_path, workers):
+    """Holding each classified file open for compaction's sake must not hold them all: a
+    read of the last part of many segments (or all of them) keeps two or three open."""
+    write_capture_like(tmp_path, frames=3000, segment_bytes=20_000)
+    paths = segment_paths(tmp_path)
+    assert len(paths) >= 25
+    last = open_segment(paths[-1])
+
+    def open_files():
+        return len(os.listdir("/proc/self/fd"))
+
+    base = open_files()
+    for start in (None, last.footer.first_wall_ns):
+        peak, n = 0, 0
+        reader = WalReader(tmp_path / "kite", "ticks", start_ns=start, workers=workers)
+        for batch in reader:
+            peak, n = max(peak, open_files() - base), n + len(batch)
+        assert n and peak <= 2 + 2 * workers, (start, peak)
+        assert open_files() == base
+    assert n == last.records
 
 
 def test_a_writer_with_compact_compacts_each_segment_it_closes(tmp_path):

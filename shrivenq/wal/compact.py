@@ -141,20 +141,20 @@ def compact_segment(path: Path | str, *, level: int | None = None,
         except OSError as exc:
             raise WalIOError(tmp, exc.strerror or str(exc)) from None
         try:
-            try:
-                fcntl.flock(out, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                report.skipped = "another compaction is writing it"
+            why = _claim(out, tmp, fd, path)
+            if why:
+                report.skipped = why
                 return report
-            if os.stat(path).st_ino != os.fstat(fd).st_ino:
-                # Another compaction put its copy in place after this one opened the old.
-                os.unlink(tmp)
-                report.skipped = "compacted meanwhile by another compaction"
-                return report
+            if level is None:
+                level = seg.footer.level if seg.footer.level is not None else 1
             try:
-                if level is None:
-                    level = seg.footer.level if seg.footer.level is not None else 1
                 blocks, size, stored = _rewrite(fd, seg, out, level, block_bytes, progress)
+                if size >= seg.size:
+                    # Blocks that cannot merge (alternating codecs, or records with and
+                    # without instrument keys) gain nothing: keep the segment as written.
+                    os.unlink(tmp)
+                    report.skipped = "its blocks cannot be merged into fewer, smaller ones"
+                    return report
                 os.fsync(out)
                 # Still the file that was classified? Only a repair or another compaction
                 # could have replaced it, and the lock rules out the second.
@@ -168,7 +168,6 @@ def compact_segment(path: Path | str, *, level: int | None = None,
                 except OSError:
                     pass
                 raise
-            fsync_dir(path.parent)
         except OSError as exc:
             raise WalIOError(getattr(exc, "filename", None) or tmp,
                              exc.strerror or str(exc)) from None
@@ -176,15 +175,45 @@ def compact_segment(path: Path | str, *, level: int | None = None,
             os.close(out)
     finally:
         os.close(fd)
+    try:
+        fsync_dir(path.parent)
+    except OSError as exc:      # the rename happened: either file is whole, the report true
+        log.warning("%s compacted, but fsyncing its directory failed: %s", path, exc)
     report.compacted, report.blocks_after, report.bytes_after = True, blocks, size
     report.stored_after = stored
     report.seconds = time.monotonic() - start
     return report
 
 
+def _claim(out: int, tmp: Path, fd: int, path: Path) -> str:
+    """Lock the temporary file ``out`` for this compaction; "" if it is this compaction's to
+    write, else why the segment is left to another one."""
+    try:
+        fcntl.flock(out, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return "another compaction is writing it"
+    try:
+        here = os.stat(tmp).st_ino
+    except FileNotFoundError:
+        here = None
+    if here != os.fstat(out).st_ino:
+        # The file locked is one another compaction has unlinked (it failed, or put it in
+        # place) after this one opened it: the name is someone else's now.
+        return "another compaction is writing it"
+    if os.stat(path).st_ino != os.fstat(fd).st_ino:
+        # Another compaction put its copy in place after this one opened the old.
+        os.unlink(tmp)
+        return "compacted meanwhile by another compaction"
+    return ""
+
+
 def _why_not(seg: Segment, block_bytes: int) -> str:
     if seg.header is None or seg.state != "closed" or seg.footer is None or seg.problems:
         return f"{seg.state} segment; only closed, undamaged segments are compacted"
+    if seg.header.version < fmt.FORMAT_VERSION or seg.footer.format < fmt.FORMAT_VERSION:
+        # Its blocks would be rewritten in this version's layout (keys as a dictionary),
+        # which the builds that wrote it cannot read.
+        return f"format version {seg.header.version} segment, kept readable by its builds"
     if seg.footer.compacted is not None:
         return "already compacted"
     if not seg.blocks:
@@ -214,8 +243,8 @@ def _rewrite(fd: int, seg: Segment, out: int, level: int, block_bytes: int,
     os.ftruncate(out, 0)
     dctx = zstandard.ZstdDecompressor()
     cctx = zstandard.ZstdCompressor(level=level)
-    header = seg.header.pack()
-    os.pwrite(out, header, 0)
+    header = os.pread(fd, fmt.HEADER_SIZE, 0)      # as it was, byte for byte
+    _write_all(out, header, 0)
     end = len(header)
     acc = FooterAccumulator()
     before = _Digest()
@@ -254,6 +283,7 @@ def _rewrite(fd: int, seg: Segment, out: int, level: int, block_bytes: int,
     old = seg.footer
     footer = acc.footer(old.recovered)
     footer.closed_ns, footer.format, footer.level = old.closed_ns, old.format, old.level
+    footer.extra = old.extra        # keys a later build wrote, kept for it
     footer.compacted = {"blocks": len(seg.blocks), "stored_bytes": old.stored_bytes,
                         "level": level, "compacted_ns": time.time_ns()}
     tail = footer_bytes(footer, end, len(acc.rows))
@@ -317,12 +347,14 @@ class Compactor:
         self.reports: list[CompactReport] = []
         self.errors: list[str] = []
         self._pending = 0           # submitted and not finished
+        self._lock = threading.Lock()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def submit(self, path: Path | str) -> None:
-        self._pending += 1
+        with self._lock:
+            self._pending += 1
         self._queue.put(Path(path))
 
     def close(self) -> None:
@@ -343,7 +375,8 @@ class Compactor:
                 log.warning("compacting %s failed; it stays as written: %s", path, exc)
                 continue
             finally:
-                self._pending -= 1
+                with self._lock:
+                    self._pending -= 1
             self.reports.append(report)
             if report.compacted:
                 log.info("compacted %s", report)

@@ -462,6 +462,8 @@ class Footer:
     index: np.ndarray                   # INDEX_DTYPE
     closed_ns: int = 0
     recovered: dict[str, Any] | None = None
+    # Keys this build does not know (a later build's), kept as they were when the footer is
+    # rewritten (compaction).
     extra: dict[str, Any] = field(default_factory=dict)
     # Set when compaction rewrote the segment (wal/compact.py): the blocks and stored bytes
     # it had, and when.
@@ -477,6 +479,7 @@ class Footer:
         keys = np.array(sorted(self.instruments), dtype="<u8")
         counts = np.array([self.instruments[int(k)] for k in keys], dtype="<u8")
         return msgpack.packb({
+            **self.extra,
             "format": self.format,
             "blocks": self.blocks,
             "records": self.records,
@@ -498,6 +501,12 @@ class Footer:
         }, use_bin_type=True)
 
 
+_FOOTER_KEYS = frozenset((
+    "format", "blocks", "records", "first_wall_ns", "last_wall_ns", "first_mono_ns",
+    "last_mono_ns", "payload_bytes", "stored_bytes", "kinds", "instrument_keys",
+    "instrument_counts", "index", "closed_ns", "recovered", "compacted", "level"))
+
+
 def unpack_footer(body: bytes) -> Footer:
     """Raises ValueError if the map is not a footer; WalFormatError if it is too new."""
     m = msgpack.unpackb(body, raw=False, strict_map_key=False)
@@ -517,12 +526,13 @@ def unpack_footer(body: bytes) -> Footer:
     index = np.frombuffer(m["index"], dtype=INDEX_DTYPE)
     if len(index) != m["blocks"]:
         raise ValueError("footer index length differs from its block count")
+    extra = {k: v for k, v in m.items() if k not in _FOOTER_KEYS}
     return Footer(m["blocks"], m["records"], m["first_wall_ns"], m["last_wall_ns"],
                   m["first_mono_ns"], m["last_mono_ns"], m["payload_bytes"], m["stored_bytes"],
                   {int(k): int(v) for k, v in m["kinds"].items()},
                   dict(zip(keys.tolist(), counts.tolist())), index, m.get("closed_ns", 0),
                   m.get("recovered"), format=int(m.get("format", 1)),
-                  compacted=compacted, level=level)
+                  extra=extra, compacted=compacted, level=level)
 
 
 # ---------------------------------------------------------------------------- blocks

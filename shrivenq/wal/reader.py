@@ -347,9 +347,9 @@ class WalReader:
         for path in self.segment_paths:
             yield open_segment(path)
 
-    def _opened(self, fds: dict[Path, int]) -> Iterator[tuple[Path, Segment | WalError]]:
+    def _opened(self, files: "_HeldFiles") -> Iterator[tuple[Path, Segment | WalError]]:
         """Each segment path with its Segment, or the error opening it raised; the file it
-        classified stays open in ``fds`` for its blocks to be read from (compaction may
+        classified is held in ``files`` for its blocks to be read from (compaction may
         replace the path meanwhile). A directory's newest segment that is gone by the time
         it is opened is left out: a writer's recovery or a repair removed what a crash left
         while creating it (it held nothing)."""
@@ -357,10 +357,7 @@ class WalReader:
         for path in self.segment_paths:
             try:
                 seg, fd = open_segment_held(path)
-                old = fds.pop(path, None)
-                if old is not None:
-                    os.close(old)
-                fds[path] = fd
+                files.hold(path, fd)
                 yield path, seg
             except WalIOError as err:
                 if path in newest and not path.exists():
@@ -369,7 +366,7 @@ class WalReader:
             except WalError as err:
                 yield path, err
 
-    def _segments_checked(self, fds: dict[Path, int]
+    def _segments_checked(self, files: "_HeldFiles"
                           ) -> Iterator[tuple[Path, Segment | None, list[Problem]]]:
         """Each segment path, its Segment (None if the file is not one) and the losses found
         before and in it that its blocks do not show: segments missing from the numbering
@@ -380,7 +377,7 @@ class WalReader:
         newest = layout.newest_in_dirs(self.segment_paths)
         # One segment file named: no numbering to check.
         holes = {} if self.path.is_file() else layout.numbering_holes(self.segment_paths)
-        opened = self._opened(fds)
+        opened = self._opened(files)
         current = next(opened, None)
         before_ns: int | None = None      # the last record time of the segments read so far
         while current is not None:
@@ -430,10 +427,11 @@ class WalReader:
     def __iter__(self) -> Iterator[RecordBatch]:
         return self.batches()
 
-    def _plan(self, fds: dict[Path, int]) -> Iterator[tuple]:
+    def _plan(self, files: "_HeldFiles") -> Iterator[tuple]:
         """(segment, item, is_problem) in read order; blocks outside the time range are
-        dropped here without being read. Each segment's file stays open in ``fds``."""
-        for path, seg, found in self._segments_checked(fds):
+        dropped here without being read. ``files`` holds each segment's file until its
+        blocks in range are read (``files.use`` for each one handed out)."""
+        for path, seg, found in self._segments_checked(files):
             if seg is None:
                 for p in found:
                     yield path, p, True
@@ -447,7 +445,10 @@ class WalReader:
                 if not is_problem and not self._block_in_range(item):
                     self.blocks_skipped_by_time += 1
                     continue
+                if not is_problem:
+                    files.use(path)
                 yield seg, item, is_problem
+            files.planned(path)
 
     def batches(self) -> Iterator[RecordBatch]:
         """One RecordBatch per block that has records passing the filters. ``skipped``,
@@ -455,20 +456,13 @@ class WalReader:
         self.skipped, self.torn = [], []
         self.blocks_read = self.blocks_skipped_by_time = 0
         local = threading.local()
-        fds: dict[Path, int] = {}
-        lock = threading.Lock()
+        files = _HeldFiles()
 
         def decode(seg: Segment, ref: BlockRef):
             dctx = getattr(local, "dctx", None)
             if dctx is None:
                 dctx = local.dctx = zstandard.ZstdDecompressor()
-            with lock:
-                fd = fds.get(seg.path)
-                if fd is None:
-                    try:
-                        fd = fds[seg.path] = os.open(seg.path, os.O_RDONLY)
-                    except OSError as exc:
-                        raise WalIOError(seg.path, exc.strerror or str(exc)) from None
+            fd = files.get(seg.path)
             prepare = self.prepare
             try:
                 cols = read_block(fd, ref, dctx, defer_unpack=prepare is not None)
@@ -496,17 +490,19 @@ class WalReader:
 
         try:
             if self.workers == 1:
-                for seg, item, is_problem in self._plan(fds):
+                for seg, item, is_problem in self._plan(files):
                     if is_problem:
                         self._problem(item)
                         continue
-                    batch = finish(seg, item, decode(seg, item))
+                    decoded = decode(seg, item)
+                    files.release(seg.path)
+                    batch = finish(seg, item, decoded)
                     if batch is not None:
                         yield batch
                 return
             with ThreadPoolExecutor(self.workers, thread_name_prefix="wal-read") as pool:
                 pending: deque = deque()
-                plan = self._plan(fds)
+                plan = self._plan(files)
                 while True:
                     while len(pending) < 2 * self.workers:
                         try:
@@ -528,12 +524,13 @@ class WalReader:
                     if fut is None:
                         self._problem(item)
                         continue
-                    batch = finish(seg, item, fut.result())
+                    decoded = fut.result()
+                    files.release(seg.path)
+                    batch = finish(seg, item, decoded)
                     if batch is not None:
                         yield batch
         finally:
-            for fd in fds.values():
-                os.close(fd)
+            files.close_all()
 
     def read(self) -> RecordBatch:
         """Everything that passes the filters as one batch."""
@@ -543,6 +540,71 @@ class WalReader:
         """One Record per record (convenient, slower: a Python object each)."""
         for batch in self.batches():
             yield from batch
+
+
+class _HeldFiles:
+    """The segment files one read holds open: each from its classification until the last of
+    its blocks in range has been decoded (at once, if none is in range), so that a read of
+    the last hour of many days holds two or three files, not one per segment. Blocks are
+    read from the file classified even if compaction replaces the path meanwhile."""
+
+    def __init__(self) -> None:
+        self._fds: dict[Path, int] = {}
+        self._pending: dict[Path, int] = {}     # blocks handed out, not yet decoded
+        self._planned: set[Path] = set()        # every block in range handed out
+        self._lock = threading.Lock()           # decoding threads call get()
+
+    def hold(self, path: Path, fd: int) -> None:
+        with self._lock:
+            old = self._fds.pop(path, None)
+            self._fds[path] = fd
+            self._pending[path] = 0
+            self._planned.discard(path)
+        if old is not None:
+            os.close(old)
+
+    def get(self, path: Path) -> int:
+        with self._lock:
+            fd = self._fds.get(path)
+        if fd is None:      # never: a block is handed out only from a held segment
+            raise WalIOError(path, "segment file is not open")
+        return fd
+
+    def use(self, path: Path) -> None:
+        with self._lock:
+            self._pending[path] += 1
+
+    def release(self, path: Path) -> None:
+        with self._lock:
+            self._pending[path] -= 1
+        self._close_if_done(path)
+
+    def planned(self, path: Path) -> None:
+        with self._lock:
+            if path not in self._fds:
+                return
+            self._planned.add(path)
+        self._close_if_done(path)
+
+    def _close_if_done(self, path: Path) -> None:
+        with self._lock:
+            if path not in self._planned or self._pending.get(path):
+                return
+            fd = self._fds.pop(path)
+            self._planned.discard(path)
+            del self._pending[path]
+        os.close(fd)
+
+    def close_all(self) -> None:
+        with self._lock:
+            fds, self._fds = list(self._fds.values()), {}
+            self._pending.clear()
+            self._planned.clear()
+        for fd in fds:
+            os.close(fd)
+
+    def __len__(self) -> int:
+        return len(self._fds)
 
 
 def read_wal(path, stream: str | None = None, **kw) -> RecordBatch:

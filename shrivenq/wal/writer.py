@@ -289,12 +289,6 @@ class WalWriter:
             raise
         self.compactor: Compactor | None = None
         self._own_segments: set[Path] = set()
-        if compact:
-            self.compactor = Compactor(self.level, name=f"wal-compact-{venue}-{stream}",
-                                       on_done=self._compacted)
-            for report in self.recovery:
-                if report.action == "footer rebuilt":
-                    self.compactor.submit(report.path)
 
         self._mutex = threading.RLock()
         self._cv = threading.Condition(self._mutex)   # same lock: hold either, hold both
@@ -317,6 +311,13 @@ class WalWriter:
         self._last_full_log = 0.0
         self._seg: _SegmentFile | None = None
         self._deferred = None            # a signal handler's work, postponed out of the lock
+        # The threads last: nothing before them can fail and leave them running.
+        if compact:
+            self.compactor = Compactor(self.level, name=f"wal-compact-{venue}-{stream}",
+                                       on_done=self._compacted)
+            for report in self.recovery:
+                if report.action == "footer rebuilt":
+                    self.compactor.submit(report.path)
         self._thread = threading.Thread(target=self._run, name=f"wal-{venue}-{stream}",
                                         daemon=True)
         self._thread.start()
