@@ -200,10 +200,16 @@ def _claim(out: int, tmp: Path, fd: int, path: Path) -> str:
         # The file locked is one another compaction has unlinked (it failed, or put it in
         # place) after this one opened it: the name is someone else's now.
         return "another compaction is writing it"
-    if os.stat(path).st_ino != os.fstat(fd).st_ino:
-        # Another compaction put its copy in place after this one opened the old.
+    try:
+        now = os.stat(path).st_ino
+    except FileNotFoundError:
+        now = None
+    if now != os.fstat(fd).st_ino:
+        # Another compaction put its copy in place after this one opened the old (or the
+        # segment was removed): nothing to do, and the claimed name is this one's to remove.
         os.unlink(tmp)
-        return "compacted meanwhile by another compaction"
+        return ("compacted meanwhile by another compaction" if now is not None else
+                "removed while being compacted")
     return ""
 
 
