@@ -256,6 +256,25 @@ def test_a_directory_that_will_not_fsync_after_the_rename_is_still_compacted(
     assert "fsyncing its directory failed" in caplog.text and records(tmp_path) == before
 
 
+def test_a_segment_that_cannot_be_looked_at_after_the_claim_leaves_no_copy(tmp_path,
+                                                                           monkeypatch):
+    write_capture_like(tmp_path, frames=600)
+    path = segment_paths(tmp_path)[0]
+    original = path.read_bytes()
+    real_stat = os.stat
+
+    def stat(p, *a, **kw):
+        if p == path:
+            raise PermissionError(13, "Permission denied", str(p))
+        return real_stat(p, *a, **kw)
+
+    monkeypatch.setattr(C.os, "stat", stat)
+    with pytest.raises(C.WalIOError, match="Permission denied"):
+        C.compact_segment(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == original and not list(tmp_path.rglob("*.compacting"))
+
+
 def test_two_compactions_never_write_the_same_copy(tmp_path):
     write_capture_like(tmp_path, frames=600)
     path = segment_paths(tmp_path)[0]

@@ -200,10 +200,14 @@ def _claim(out: int, tmp: Path, fd: int, path: Path) -> str:
         # The file locked is one another compaction has unlinked (it failed, or put it in
         # place) after this one opened it: the name is someone else's now.
         return "another compaction is writing it"
+    # The name is this compaction's from here on: whatever fails, the file goes with it.
     try:
         now = os.stat(path).st_ino
     except FileNotFoundError:
         now = None
+    except BaseException:
+        os.unlink(tmp)
+        raise
     if now != os.fstat(fd).st_ino:
         # Another compaction put its copy in place after this one opened the old (or the
         # segment was removed): nothing to do, and the claimed name is this one's to remove.
