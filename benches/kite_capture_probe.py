@@ -1,13 +1,16 @@
 """One Kite capture in a process of its own, timed per message (``benches/bench_capture.py``'s
 latency measurement; not a benchmark itself).
 
-    python benches/kite_capture_probe.py WS_ROOT DATA_DIR INSTRUMENTS WARMUP WINDOW OUT.json
+    python benches/kite_capture_probe.py WS_ROOT DATA_DIR INSTRUMENTS WARMUP WINDOW OUT.json \
+        [SEGMENT_BYTES]
 
 Captures every instrument of ``sim_master(INSTRUMENTS)`` in full mode from the Kite ticker at
 WS_ROOT (the simulator, in another process) with ``KiteCapture`` as users run it (default
 WAL settings, books kept, snapshots every 60 s) plus ``latency_samples``, for WARMUP +
 WINDOW seconds. Writes OUT.json: the receipt-to-WAL-append latencies (ns) of the messages
 received in the window, VmRSS samples (kB) taken every 0.5 s in the window, and counters.
+SEGMENT_BYTES (default capture's 100 MB): small, segments close, and are compacted, within
+the window.
 The process holds nothing but the capture (no pytest, no simulator), so its RSS is the
 capture's.
 """
@@ -31,7 +34,7 @@ def vm_kb(field: str = "VmRSS") -> int:
 
 
 def main(ws_root: str, data_dir: str, instruments: int, warmup: float, window: float,
-         out: str) -> None:
+         out: str, segment_bytes: int = 100_000_000) -> None:
     rss_start = vm_kb()
     from shrivenq.capture.kite import KiteCapture, KiteCaptureSettings
     from shrivenq.sim.kite_server import DEMO_ACCESS_TOKEN, DEMO_API_KEY, sim_master
@@ -40,7 +43,7 @@ def main(ws_root: str, data_dir: str, instruments: int, warmup: float, window: f
     settings = KiteCaptureSettings(
         token_modes={int(t): "full" for t in tokens}, data_dir=Path(data_dir),
         api_key=DEMO_API_KEY, access_token=DEMO_ACCESS_TOKEN, ws_root=ws_root,
-        duration=warmup + window, latency_samples=1 << 21)
+        duration=warmup + window, latency_samples=1 << 21, segment_bytes=segment_bytes)
     capture = KiteCapture(settings)
     rss_imported = vm_kb()
     result: dict = {}
@@ -79,10 +82,11 @@ def main(ws_root: str, data_dir: str, instruments: int, warmup: float, window: f
         rss_peak_kb=vm_kb("VmHWM"), messages=c.messages, all_ticks=c.ticks,
         heartbeats=c.heartbeats, gaps=c.gaps, malformed=c.malformed_frames,
         disconnects=c.disconnects, connections=summary.connections,
-        queue_full_waits=capture.ticks.stats.queue_full_waits, records=summary.records)
+        queue_full_waits=capture.ticks.stats.queue_full_waits, records=summary.records,
+        segments_compacted=capture.ticks.stats.segments_compacted)
     Path(out).write_text(json.dumps(result))
 
 
 if __name__ == "__main__":
     a = sys.argv[1:]
-    main(a[0], a[1], int(a[2]), float(a[3]), float(a[4]), a[5])
+    main(a[0], a[1], int(a[2]), float(a[3]), float(a[4]), a[5], *map(int, a[6:7]))
