@@ -603,9 +603,6 @@ class _HeldFiles:
         for fd in fds:
             os.close(fd)
 
-    def __len__(self) -> int:
-        return len(self._fds)
-
 
 def read_wal(path, stream: str | None = None, **kw) -> RecordBatch:
     """Shorthand for ``WalReader(path, stream, **kw).read()``."""

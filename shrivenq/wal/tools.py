@@ -70,8 +70,10 @@ def _newest(paths: list[Path]) -> set[Path]:
     return set(last.values())
 
 
-def _summarise(seg: Segment, decode: bool, newest: set[Path] | None = None,
-               later: bool = False, fd: int | None = None) -> SegmentSummary:
+def _summarise(seg: Segment, fd: int, decode: bool, newest: set[Path] | None = None,
+               later: bool = False) -> SegmentSummary:
+    """``seg`` summarised; with ``decode``, every block read (from ``fd``, the file it was
+    classified from) and checked against the footer."""
     venue, stream = layout.stream_key(seg.path)
     s = SegmentSummary(seg.path, venue, stream, seg.state, seg.size, len(seg.blocks),
                        seg.records, problems=[str(p) for p in seg.problems], later=later)
@@ -97,23 +99,16 @@ def _summarise(seg: Segment, decode: bool, newest: set[Path] | None = None,
         return s
     acc = FooterAccumulator()
     dctx = zstandard.ZstdDecompressor()
-    own = fd is None
-    if own:
-        fd = os.open(seg.path, os.O_RDONLY)
-    try:
-        for ref in seg.blocks:
-            try:
-                cols = read_block(fd, ref, dctx)
-            except WalCorruptError as err:
-                s.problems.append(str(err))
-                continue
-            except WalFormatError as err:
-                s.problems.append(f"{seg.path}: block {ref.block}: {err}")
-                continue
-            acc.add(ref.offset, ref.frame.size, cols)
-    finally:
-        if own:
-            os.close(fd)
+    for ref in seg.blocks:
+        try:
+            cols = read_block(fd, ref, dctx)
+        except WalCorruptError as err:
+            s.problems.append(str(err))
+            continue
+        except WalFormatError as err:
+            s.problems.append(f"{seg.path}: block {ref.block}: {err}")
+            continue
+        acc.add(ref.offset, ref.frame.size, cols)
     s.first_wall_ns, s.last_wall_ns = acc.first_wall, acc.last_wall
     s.payload_bytes, s.stored_bytes = acc.payload_bytes, acc.stored_bytes
     s.kinds, s.instruments = acc.kinds, acc.instruments
@@ -155,8 +150,8 @@ def _summaries(path, decode: bool, progress=None) -> list[SegmentSummary]:
             out.append(SegmentSummary(p, venue, stream, "unreadable", problems=[str(err)]))
         else:
             try:
-                out.append(_summarise(seg, decode=decode, newest=newest,
-                                      later=p not in last_in_dir, fd=fd))
+                out.append(_summarise(seg, fd, decode=decode, newest=newest,
+                                      later=p not in last_in_dir))
             finally:
                 os.close(fd)
         if p in holes:
