@@ -317,8 +317,10 @@ def wal_compact(directory: str = typer.Argument("data", help="a data root, venue
     from shrivenq.errors import ShrivenqError
     from shrivenq.progress import ProgressLine
     from shrivenq.wal.compact import compact
-    if level is not None and not -(1 << 17) <= level <= 22:
-        _fail("compact", ValueError(f"--level {level}: a zstd level is from -131072 to 22"))
+    from shrivenq.wal.format import MAX_LEVEL, MIN_LEVEL, is_level
+    if level is not None and not is_level(level):
+        _fail("compact", ValueError(f"--level {level}: a zstd level is from {MIN_LEVEL} to "
+                                    f"{MAX_LEVEL}"))
     try:
         with ProgressLine() as line:
             reports = compact(directory, level=level, progress=lambda seg, segs, blk, blks:

@@ -212,6 +212,16 @@ class Columns:
         return len(self.kind)
 
 
+# zstd's levels: its fastest (ZSTD_minCLevel) to its strongest; 0 is its default, 3.
+MIN_LEVEL = -(1 << 17)
+MAX_LEVEL = zstandard.MAX_COMPRESSION_LEVEL
+
+
+def is_level(level) -> bool:
+    """Is ``level`` a zstd compression level (an int, not a bool, in range)?"""
+    return type(level) is int and MIN_LEVEL <= level <= MAX_LEVEL
+
+
 def concat_columns(parts: list[Columns]) -> Columns:
     """Several blocks' records as one, in order (``has_instruments`` from the first)."""
     if len(parts) == 1:
@@ -519,7 +529,7 @@ def unpack_footer(body: bytes) -> Footer:
     if len(keys) != len(counts):
         raise ValueError("footer instrument keys and counts differ in length")
     level, compacted = m.get("level"), m.get("compacted")
-    if level is not None and (type(level) is not int or not -(1 << 17) <= level <= 22):
+    if level is not None and not is_level(level):
         raise ValueError(f"footer level {level!r} is not a zstd level")
     if compacted is not None and not isinstance(compacted, dict):
         raise ValueError("footer compacted entry is not a map")

@@ -116,7 +116,6 @@ _DEFAULT_VERSIONS = np.array([RECORD_VERSION.get(k, 1) for k in range(256)], dty
 # only for compaction to compress at.
 FAST_LEVEL = 1
 BEHIND_BLOCKS = 2
-MIN_LEVEL = -(1 << 17)      # zstd's fastest (ZSTD_minCLevel); 0 is its default, 3
 
 
 # How often the writer thread looks for sealed blocks while a block is open, instead of
@@ -260,9 +259,9 @@ class WalWriter:
             level = operator.index(level) if not isinstance(level, bool) else None
         except TypeError:
             level = None
-        if level is None or not MIN_LEVEL <= level <= zstandard.MAX_COMPRESSION_LEVEL:
-            raise ConfigError(f"level: a zstd level is an integer from {MIN_LEVEL} to "
-                              f"{zstandard.MAX_COMPRESSION_LEVEL}")
+        if not fmt.is_level(level):
+            raise ConfigError(f"level: a zstd level is an integer from {fmt.MIN_LEVEL} to "
+                              f"{fmt.MAX_LEVEL}")
         self.level = level
         self.on_durable = on_durable
         self.stats = WriterStats()
