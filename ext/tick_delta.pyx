@@ -587,16 +587,49 @@ cdef extern from *:
        quantities q0 .. q9 (bits 16, 18, .., 34), as TD_FULL_SLOTS places them. */
     #define TD_FULL_QTY_BITS (0x3AULL | (0x7ULL << 11) | 0x0000000555550000ULL)
 
-    /* A full packet's 7 mask bytes (``mk``, then ``ms`` apart) as the bits of its set
-       residuals: the quantity words' in *mq, the others returned. */
-    static TD_ALWAYS_INLINE uint64_t td_full_mask(const uint8_t* mk, uint64_t ms,
-                                                  uint64_t* mq) {
-        uint64_t m = 0;
-        int s;
-        for (s = 0; s < 7; s++) m |= (uint64_t)mk[s * ms] << (8 * s);
-        m &= 0x0003ff0fffff7fffULL;         /* padding bits (rejected earlier) never count */
+    /* A full packet's 7 mask bytes (byte s at bits 8s of ``raw``, td_full_masks64) as the
+       bits of its set residuals: the quantity words' in *mq, the others returned. */
+    static TD_ALWAYS_INLINE uint64_t td_full_mask(uint64_t raw, uint64_t* mq) {
+        uint64_t m = raw & 0x0003ff0fffff7fffULL;   /* padding bits (rejected earlier) never count */
         *mq = m & TD_FULL_QTY_BITS;
         return m & ~TD_FULL_QTY_BITS;
+    }
+
+    /* The full kind's mask bytes, stored as 7 planes of ``m`` bytes (plane s holds byte s of
+       every non-first packet's mask), as one u64 a packet (byte s at bits 8s): a packet's
+       mask is then one load, not seven strided ones. 16 packets at a time by interleaving
+       the planes (SSE2, every x86-64 has it), the rest one by one. */
+    static void td_full_masks64(uint64_t* out, const uint8_t* planes, uint64_t m) {
+        uint64_t i = 0;
+        int s;
+    #if defined(__SSE2__) && defined(TD_LE_GNUC)
+        const __m128i zero = _mm_setzero_si128();
+        for (; i + 16 <= m; i += 16) {
+            __m128i p[8], a[8], b[8];
+            int j;
+            for (j = 0; j < 7; j++) p[j] = _mm_loadu_si128((const __m128i*)(planes + j * m + i));
+            p[7] = zero;
+            for (j = 0; j < 4; j++) {       /* bytes (2j, 2j+1) of packets 0..7 and 8..15 */
+                a[2 * j] = _mm_unpacklo_epi8(p[2 * j], p[2 * j + 1]);
+                a[2 * j + 1] = _mm_unpackhi_epi8(p[2 * j], p[2 * j + 1]);
+            }
+            for (j = 0; j < 2; j++) {       /* bytes 0..3 (j = 0) and 4..7 (j = 1) */
+                b[4 * j + 0] = _mm_unpacklo_epi16(a[4 * j + 0], a[4 * j + 2]);   /* packets 0..3 */
+                b[4 * j + 1] = _mm_unpackhi_epi16(a[4 * j + 0], a[4 * j + 2]);   /* 4..7 */
+                b[4 * j + 2] = _mm_unpacklo_epi16(a[4 * j + 1], a[4 * j + 3]);   /* 8..11 */
+                b[4 * j + 3] = _mm_unpackhi_epi16(a[4 * j + 1], a[4 * j + 3]);   /* 12..15 */
+            }
+            for (j = 0; j < 4; j++) {       /* packets 4j..4j+3: low and high halves joined */
+                _mm_storeu_si128((__m128i*)(out + i + 4 * j), _mm_unpacklo_epi32(b[j], b[4 + j]));
+                _mm_storeu_si128((__m128i*)(out + i + 4 * j + 2), _mm_unpackhi_epi32(b[j], b[4 + j]));
+            }
+        }
+    #endif
+        for (; i < m; i++) {
+            uint64_t x = 0;
+            for (s = 0; s < 7; s++) x |= (uint64_t)planes[s * m + i] << (8 * s);
+            out[i] = x;
+        }
     }
 
     /* Decode a non-first full packet. ``mk`` its first mask byte, the other 6 at ``ms``
@@ -606,14 +639,14 @@ cdef extern from *:
        packet. ``out``: the packet big-endian (``simd`` 1: pshufb store, 0: portable).
        Inlined into the two entry points below. */
     static TD_ALWAYS_INLINE void td_full_next_dec_body(uint8_t* out, uint32_t* st,
-                                                       const uint8_t* gl, const uint8_t* mk,
-                                                       uint64_t ms, const uint32_t** rp,
+                                                       const uint8_t* gl, uint64_t mraw,
+                                                       const uint32_t** rp,
                                                        uint32_t q, int simd) {
         uint32_t d[48] TD_ALIGN16;
         uint32_t c[48] TD_ALIGN16;
         int w, k;
         uint64_t m, mq;
-        m = td_full_mask(mk, ms, &mq);
+        m = td_full_mask(mraw, &mq);
         sq_zero(d, sizeof(d));
         while (m) {                         /* only the set bits: most residuals are zero */
             int w2 = TD_FULL_SLOTS[td_ctz64(m)];
@@ -656,9 +689,8 @@ cdef extern from *:
         }
     }
     static void td_full_next_dec(uint8_t* out, uint32_t* st, const uint8_t* gl,
-                                 const uint8_t* mk, uint64_t ms, const uint32_t** rp,
-                                 uint32_t q) {
-        td_full_next_dec_body(out, st, gl, mk, ms, rp, q, 0);
+                                 uint64_t mraw, const uint32_t** rp, uint32_t q) {
+        td_full_next_dec_body(out, st, gl, mraw, rp, q, 0);
     }
 
     /* unpack_ticks keeps a full key's state as the image of its parsed row (TickRow, 180
@@ -705,13 +737,13 @@ cdef extern from *:
     /* Decode a non-first full packet into the key's row state ``st``; ``gl_ts`` the
        exchange time of the block's previous full packet (0 if none); ``rps`` the read
        pointers by slot (td_full_slot_pointers). */
-    static void td_full_next_row(uint32_t* st, uint32_t gl_ts, const uint8_t* mk,
-                                 uint64_t ms, const uint32_t** rps, uint32_t q) {
+    static void td_full_next_row(uint32_t* st, uint32_t gl_ts, uint64_t mraw,
+                                 const uint32_t** rps, uint32_t q) {
         uint32_t* sp = st + TD_ROW_SPECIALS;
         uint64_t m, mq, prices;
         uint32_t acc, ts;
         int k;
-        m = td_full_mask(mk, ms, &mq);
+        m = td_full_mask(mraw, &mq);
         prices = m & TD_FULL_PRICE_BITS;
         while (m) {                         /* only the set bits: most residuals are zero */
             int s = td_ctz64(m);
@@ -772,9 +804,8 @@ cdef extern from *:
     #ifdef TD_SSSE3
     __attribute__((target("ssse3")))
     static void td_full_next_dec_ssse3(uint8_t* out, uint32_t* st, const uint8_t* gl,
-                                       const uint8_t* mk, uint64_t ms, const uint32_t** rp,
-                                       uint32_t q) {
-        td_full_next_dec_body(out, st, gl, mk, ms, rp, q, 1);
+                                       uint64_t mraw, const uint32_t** rp, uint32_t q) {
+        td_full_next_dec_body(out, st, gl, mraw, rp, q, 1);
     }
     #else
     #define td_full_next_dec_ssse3 td_full_next_dec    /* never chosen: td_simd is 0 */
@@ -801,20 +832,20 @@ cdef extern from *:
                            const uint32_t** rp, uint32_t q) noexcept nogil
     void td_quote_first_dec(uint8_t* out, const uint8_t* src, int64_t cap,
                             uint32_t tok, uint32_t q, uint32_t* c) noexcept nogil
-    void td_full_next_dec(uint8_t* out, uint32_t* st, const uint8_t* gl, const uint8_t* mk,
-                          uint64_t ms, const uint32_t** rp, uint32_t q) noexcept nogil
+    void td_full_next_dec(uint8_t* out, uint32_t* st, const uint8_t* gl, uint64_t mraw,
+                          const uint32_t** rp, uint32_t q) noexcept nogil
     void td_full_first_row(uint8_t* out, const uint8_t* src, int64_t cap, const uint8_t* gl,
                            uint32_t tok, uint32_t q, uint32_t* st) noexcept nogil
-    void td_full_next_row(uint32_t* st, uint32_t gl_ts, const uint8_t* mk, uint64_t ms,
+    void td_full_next_row(uint32_t* st, uint32_t gl_ts, uint64_t mraw,
                           const uint32_t** rps, uint32_t q) noexcept nogil
+    void td_full_masks64(uint64_t* out, const uint8_t* planes, uint64_t m) noexcept nogil
     void td_full_slot_pointers(const uint32_t** rps, const uint32_t** rp) noexcept nogil
     int td_row_init()
     void td_from_planes(uint32_t* v, const uint8_t* o, int64_t n, int unzz) noexcept nogil
     void td_bit_counts(const uint8_t* p, uint64_t m, uint64_t* bits) noexcept nogil
     enum: TD_ROW_STATE
     void td_full_next_dec_ssse3(uint8_t* out, uint32_t* st, const uint8_t* gl,
-                                const uint8_t* mk, uint64_t ms, const uint32_t** rp,
-                                uint32_t q) noexcept nogil
+                                uint64_t mraw, const uint32_t** rp, uint32_t q) noexcept nogil
     int td_simd
     int td_simd_init()
 
@@ -1502,7 +1533,8 @@ cdef int _read_block(const uint8_t[::1] buf, const uint32_t[::1] lens, Block* bk
 
 cdef size_t _arena_size(const Block* bk) noexcept nogil:
     return (carved((bk.n_keys + 1) * sizeof(uint32_t*)) + carved((bk.words + 1) * 4)
-            + carved((bk.n_keys + 1) * 4) + carved((bk.nvals + 1) * 4) + carved(NKIND * 184))
+            + carved((bk.n_keys + 1) * 4) + carved((bk.nvals + 1) * 4) + carved(NKIND * 184)
+            + carved((bk.n[4] - bk.f[4] + 1) * 8))
 
 
 cdef struct Output:
@@ -1674,6 +1706,9 @@ cdef int _unpack_body(const Block* bk, const uint32_t* lens, Py_ssize_t n_payloa
     # Rows: each kind's packet is decoded into its own scratch (only the words it needs
     # for a full packet), which is also the previous packet of the kind (rule G).
     cdef uint8_t* scratch = <uint8_t*>carve(&arena, NKIND * 184)
+    # the full kind's masks, a u64 a packet (read in packet order, one load each)
+    cdef uint64_t* fmask = <uint64_t*>carve(&arena, (n[4] - f[4] + 1) * 8)
+    td_full_masks64(fmask, bk.masks[4], n[4] - f[4])
     cdef const uint32_t* cols[NKIND * MAXW]
     cdef int w, j, s, nw, pb, err = 0
     cdef uint64_t cc
@@ -1803,17 +1838,17 @@ cdef int _unpack_body(const Block* bk, const uint32_t* lens, Py_ssize_t n_payloa
                     break
                 idx = ni[k]
                 ni[k] += 1
-                if k == 4:      # its mask bytes read in place, planes m apart
+                if k == 4:
                     if to_rows:
                         td_full_next_row(last[kid], td_be32(glob[k] + 60) if glob[k] else 0,
-                                         bk.masks[k] + idx, m, rps, quanta[kid])
+                                         fmask[idx], rps, quanta[kid])
                         memcpy(rows + row, last[kid], sizeof(TickRow))
                         td_put32(pk + 60, last[kid][15])    # what rule G reads next
                     elif td_simd:
-                        td_full_next_dec_ssse3(pk, last[kid], glob[k], bk.masks[k] + idx, m,
+                        td_full_next_dec_ssse3(pk, last[kid], glob[k], fmask[idx],
                                                &rp[k * MAXW], quanta[kid])
                     else:
-                        td_full_next_dec(pk, last[kid], glob[k], bk.masks[k] + idx, m,
+                        td_full_next_dec(pk, last[kid], glob[k], fmask[idx],
                                          &rp[k * MAXW], quanta[kid])
                 else:
                     for j in range(MB[k]):
