@@ -428,16 +428,20 @@ def replay(
                    "clock)."),
     out: Optional[Path] = typer.Option(None, help="Write book states: .csv, .jsonl or .parquet."),
     verify: bool = typer.Option(False, "--verify", help="Check the replayed books against "
-                                "every snapshot in range; exit 4 on a difference."),
+                                "every snapshot in range; exit 4 if one differs, a marked "
+                                "snapshot is lost, or none lies in range."),
     skip_corrupt: bool = typer.Option(False, "--skip-corrupt", help="Skip (and report) "
-                                      "damaged blocks instead of stopping."),
+                                      "damaged or missing parts of the WAL instead of "
+                                      "stopping; exit 3 if anything was left out."),
     exchange: str = typer.Option("kite", help="kite or binance."),
     market: str = typer.Option("spot", help="Binance: spot or usdm."),
 ) -> None:
     """Rebuild the books from the recorded ticks, deterministically.
 
     Prints a summary per instrument (ticks, first/last time, last book, gaps); on a terminal,
-    a progress line on stderr while it works."""
+    a progress line on stderr while it works. Exit codes: 0 done; 1 an error (a bad
+    argument, no data in range, a damaged WAL); 3 done with --skip-corrupt, but parts of the
+    WAL were left out; 4 --verify failed."""
     import io
 
     from shrivenq.progress import ProgressLine, ReplayProgress

@@ -765,3 +765,193 @@ def test_on_a_terminal_the_progress_line_is_erased_before_the_summary(day):
     before, summary = text.split("symbol", 1)
     # Everything the progress line drew is overwritten by spaces and a carriage return.
     assert before.rstrip(" ").endswith("\r") and "ticks replayed" in summary
+
+
+# --- verify must never pass without checking; damage around a seek -----------------------
+
+def _marks(day) -> list[int]:
+    batch = read_wal(day / "kite", "ticks")
+    return sorted(int(w) for w in batch.wall_ns[batch.kind == Kind.SNAPSHOT_MARK])
+
+
+def test_verify_without_the_snapshots_stream_fails_and_says_why(day, tmp_path):
+    import shutil
+
+    copy, _ = _copy(day, tmp_path)
+    for stream in (copy / "kite").glob("*/snapshots"):
+        shutil.rmtree(stream)
+    result = cli("--data-dir", copy, "--verify")
+    assert result.exit_code == 4, result.output
+    assert "not in the snapshots stream" in result.output
+    assert "verified: all" not in result.output
+    # a replay that does not verify is not affected
+    assert cli("--data-dir", copy).exit_code == 0
+
+
+def test_verify_of_a_range_holding_no_snapshot_checks_nothing_and_fails(day):
+    first_mark = _marks(day)[0]
+    end = format_ns(first_mark - 1).replace(" ", "T")
+    result = cli("--data-dir", day, "--verify", "--end", end)
+    assert result.exit_code == 4 and "nothing was verified" in result.output, result.output
+    assert "ticks replayed" in result.output
+
+
+def _marked_session(root: Path, written: set[int], stop: bool) -> None:
+    """One session of 2 instruments ticking every 100 ms for 3 s, a snapshot mark at 1, 2
+    and 2.9 s, the snapshots of ``written`` stored, and a stop record if ``stop``."""
+    from shrivenq.books import KiteBooks
+    from shrivenq._ext.kite_frame import parse_many
+
+    market = KiteMarket(default_universe(2), seed=3)
+    t0 = 1_763_610_300 * 10**9
+    ticks = WalWriter(root, "kite", "ticks", IST, fsync="never")
+    snaps = WalWriter(root, "kite", "snapshots", IST, fsync="never")
+    books = KiteBooks()
+    ticks.append(*R.session_start("S", "kite", "test", []), t0, 0)
+    mark_at = {10: 0, 20: 1, 29: 2}
+    for k in range(30):
+        frame = encode_frame(market.ticks(1, KIND_FULL, instruments=[0, 1]))
+        wall = t0 + (k + 1) * 10**8
+        ticks.append(Kind.BINARY, frame, wall, 0, instruments=frame_keys(frame))
+        rows, _, _ = parse_many(np.frombuffer(frame, np.uint8), np.array([0], np.uint64),
+                                np.array([len(frame)], np.uint32))
+        books.apply(rows)
+        if k in mark_at:
+            n = mark_at[k]
+            ticks.append(*R.snapshot_mark("S", n), wall + 1, 0)
+            if n in written:
+                snaps.append(Kind.BOOK_SNAPSHOT, encode_kite_snapshot(books.state(), "S", n,
+                                                                      wall + 1), wall + 1, 0)
+    if stop:
+        ticks.append(*R.session_stop("S"), t0 + 4 * 10**9, 0)
+    ticks.close()
+    snaps.close()
+
+
+def test_a_crash_between_a_mark_and_its_snapshot_is_noted_not_failed(tmp_path):
+    _marked_session(tmp_path, written={0, 1}, stop=False)
+    result = cli("--data-dir", tmp_path, "--verify")
+    assert result.exit_code == 0, result.output
+    assert "snapshot 2 of session S" in result.output and "never written" in result.output
+    assert "verified: all 2 snapshots" in result.output
+
+
+@pytest.mark.parametrize("written,stop", [({0, 2}, False), ({0, 1}, True)])
+def test_a_snapshot_missing_before_a_later_one_or_a_clean_stop_is_lost(tmp_path, written, stop):
+    _marked_session(tmp_path, written=written, stop=stop)
+    result = cli("--data-dir", tmp_path, "--verify")
+    lost = ({0, 1, 2} - written).pop()
+    assert result.exit_code == 4, result.output
+    assert "VERIFY FAILED: 1 snapshot(s) marked" in result.output
+    assert f"snapshot {lost} of session S" in result.output
+    assert "the other 2 snapshots in range equal" in result.output
+    # the range read ending right after the lost mark still finds the later evidence
+    if not stop:
+        end = format_ns(1_763_610_300 * 10**9 + 22 * 10**8).replace(" ", "T")   # mark 1 + 0.1 s
+        assert cli("--data-dir", tmp_path, "--verify", "--end", end).exit_code == 4
+
+
+def test_a_damaged_snapshot_before_a_seek_is_skipped_on_request(day, tmp_path):
+    copy, _ = _copy(day, tmp_path)
+    start = format_ns(_marks(day)[5] + 1).replace(" ", "T")
+    whole = cli("--data-dir", day, "--start", start)
+    seeded = re.search(r"started from snapshot (\d+) ", whole.output)
+    assert whole.exit_code == 0 and seeded, whole.output
+    # damage the snapshots block holding the snapshot the seek starts from
+    seg = sorted((copy / "kite").glob("*/snapshots/*.wal"))[0]
+    at = _marks(day)[5]
+    block = next(b for b in open_segment(seg).blocks
+                 if b.frame.min_wall_ns <= at <= b.frame.max_wall_ns)
+    data = bytearray(seg.read_bytes())
+    data[block.offset + block.frame.size - 8] ^= 0x20
+    seg.write_bytes(bytes(data))
+    refused = cli("--data-dir", copy, "--start", start)
+    assert refused.exit_code == 1 and seg.name in refused.output
+    skipped = cli("--data-dir", copy, "--start", start, "--skip-corrupt")
+    assert skipped.exit_code == 3, skipped.output
+    earlier = re.search(r"started from snapshot (\d+) ", skipped.output)
+    assert earlier is None or int(earlier[1]) < int(seeded[1]), skipped.output
+    assert "SKIPPED" in skipped.output and seg.name in skipped.output
+    # the books are still right: every instrument's summary equals the undamaged replay's
+    assert skipped.output.split("ticks replayed")[0].splitlines()[1:] == \
+        whole.output.split("ticks replayed")[0].splitlines()[1:]
+
+
+def test_a_lost_seek_mark_falls_back_to_reading_from_the_start(day, tmp_path):
+    copy, segments = _copy(day, tmp_path)
+    batch = read_wal(day / "kite", "ticks")
+    marks = batch.wall_ns[batch.kind == Kind.SNAPSHOT_MARK]
+    # a mark in a segment that is neither the first nor the last
+    for seg in segments[1:-1]:
+        held = open_segment(seg).blocks
+        lo, hi = held[0].frame.min_wall_ns, held[-1].frame.max_wall_ns
+        inside = [int(m) for m in marks if lo <= m <= hi]
+        if inside:
+            break
+    else:
+        pytest.skip("no mark in a middle segment")  # the fixture's rotation makes one
+    seg.unlink()
+    start = format_ns(inside[-1] + 1).replace(" ", "T")
+    refused = cli("--data-dir", copy, "--start", start)
+    assert refused.exit_code == 1 and seg.name in refused.output
+    result = cli("--data-dir", copy, "--start", start, "--skip-corrupt")
+    assert result.exit_code == 3, result.output
+    assert "replayed from the start of the log instead" in result.output
+    assert f"{seg.name}: missing" in result.output
+    ds = shrivenq.open(copy, on_corrupt="skip")
+    with pytest.warns(shrivenq.replay.dataset.ShrivenqDataWarning):
+        rows = ds.ticks(start=inside[-1] + 1)
+    assert len(rows) > 0
+
+
+@pytest.mark.parametrize("args", [["--tokens", "99999999999"], ["--tokens=-5"],
+                                  ["--symbols", "4294967296"]])
+def test_tokens_out_of_range_are_refused_in_a_line(day, args):
+    result = cli("--data-dir", day, *args)
+    assert result.exit_code == 1 and "out of range" in result.output, result.output
+    assert "Traceback" not in result.output
+    with pytest.raises(ConfigError, match="out of range"):
+        shrivenq.open(day).ticks(tokens=2**40)
+
+
+def test_a_write_failure_on_out_is_a_line_and_the_earlier_file_stays(day, tmp_path):
+    """A real write failure (the file size limit: EFBIG, as a full disk gives ENOSPC) in a
+    separate process: one line, exit 1, the earlier --out file whole."""
+    import resource
+    import subprocess
+    import sys
+
+    out = tmp_path / "books.csv"
+    out.write_text("an earlier replay's rows\n")
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    for fmt in ("csv", "jsonl", "parquet"):
+        target = out.with_suffix(f".{fmt}")
+        if fmt != "csv":
+            target.write_text("earlier\n")
+        before = target.read_bytes()
+        proc = subprocess.run([sys.executable, "-m", "shrivenq.cli", "replay", "--data-dir",
+                               str(day), "--out", str(target)], capture_output=True, text=True,
+                              preexec_fn=limit, timeout=120)
+        assert proc.returncode == 1, proc.stderr
+        assert "writing failed" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert target.read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_mismatch_names_the_instrument_and_instruments_without_ticks_are_listed(day):
+    from shrivenq.replay.kite import _diff
+
+    replay = KiteReplay(day)
+    batches = list(replay.ticks())
+    state = np.concatenate([b.rows for b in batches])[:1].copy()
+    stored = state.copy()
+    stored["bid_quantity"][0, 0] += 1
+    token = int(state["token"][0])
+    assert _diff(state, stored, {token: "NIFTY 50"})[0].startswith(
+        f"NIFTY 50 (token {token}): bid_quantity replayed")
+    result = cli("--data-dir", day, "--symbols", "NIFTY 50", "--tokens", "12345")
+    assert result.exit_code == 0
+    assert "no ticks in range for 1 of the instruments asked for: 12345" in result.output

@@ -191,6 +191,11 @@ class Dataset:
             raise ConfigError(f"tokens {tokens!r}: give instrument tokens as integers") from None
         if symbols:
             out += self._resolve(list(symbols))
+        bad = [t for t in out if not 0 <= t < 1 << 32]
+        if bad:
+            # Kite's tokens are u32: anything else names no instrument (and numpy would
+            # overflow on it further in)
+            raise ConfigError(f"instrument token {bad[0]} is out of range (0 to {(1 << 32) - 1})")
         return out
 
     def _resolve(self, symbols: list) -> list[int]:

@@ -80,6 +80,15 @@ class Mismatch:
     details: list[str]
 
 
+class _SeedMarkLost(Exception):
+    """A pass seeded from a snapshot never found the snapshot's mark, and the read skipped
+    damaged or missing parts of the ticks stream (where the mark was)."""
+
+    def __init__(self, session: str, snapshot: int, skipped: list[str]):
+        super().__init__(session, snapshot)
+        self.session, self.snapshot, self.skipped = session, snapshot, skipped
+
+
 @dataclass
 class InstrumentSummary:
     token: int
@@ -95,6 +104,16 @@ class ReplayResult:
     gaps: list[dict] = field(default_factory=list)
     snapshots_checked: int = 0
     mismatches: list[Mismatch] = field(default_factory=list)
+    #: verify=True: whether the pass was asked to verify, and the snapshot marks read whose
+    #: snapshot record is not in the snapshots stream, as (session, snapshot, wall_ns):
+    #: ``snapshots_lost`` where the stream holds a later snapshot of the session or the
+    #: session stopped cleanly (a hole: data lost), ``snapshots_unwritten`` at the end of a
+    #: session that never stopped (a crash between the mark and its snapshot).
+    verify: bool = False
+    snapshots_lost: list[tuple[str, int, int]] = field(default_factory=list)
+    snapshots_unwritten: list[tuple[str, int, int]] = field(default_factory=list)
+    #: What the pass did differently from what was asked, and why (one line each).
+    notes: list[str] = field(default_factory=list)
     ticks: int = 0
     seeded_from: SnapshotInfo | None = None
     bad_frames: int = 0
@@ -138,20 +157,29 @@ def _has_stream(vdir: Path, stream: str) -> bool:
     return any(vdir.glob(f"*/{stream}/*.wal"))
 
 
-def _snapshot_batches(vdir: Path, start_ns: int | None = None, end_ns: int | None = None):
-    """Snapshot records with start_ns <= time <= end_ns; the WAL's index skips the rest."""
+def _snapshot_batches(vdir: Path, start_ns: int | None = None, end_ns: int | None = None,
+                      on_corrupt: str = "raise", skipped: list[str] | None = None):
+    """Snapshot records with start_ns <= time <= end_ns; the WAL's index skips the rest.
+    ``on_corrupt="skip"``: damaged parts of the snapshots stream are left out and named in
+    ``skipped``."""
     if not _has_stream(vdir, "snapshots"):
         return
-    yield from WalReader(vdir, "snapshots", start_ns=start_ns,
-                         end_ns=None if end_ns is None else end_ns + 1,
-                         kinds=[Kind.BOOK_SNAPSHOT])
+    reader = WalReader(vdir, "snapshots", start_ns=start_ns,
+                       end_ns=None if end_ns is None else end_ns + 1,
+                       kinds=[Kind.BOOK_SNAPSHOT], on_corrupt=on_corrupt)
+    try:
+        yield from reader
+    finally:
+        if skipped is not None:
+            skipped.extend(str(p) for p in reader.skipped if str(p) not in skipped)
 
 
-def snapshot_index(vdir: Path, start_ns: int | None = None, end_ns: int | None = None
+def snapshot_index(vdir: Path, start_ns: int | None = None, end_ns: int | None = None,
+                   on_corrupt: str = "raise", skipped: list[str] | None = None
                    ) -> dict[tuple[str, int], SnapshotInfo]:
     """Session, number, time and hash of every snapshot taken in [start_ns, end_ns]."""
     out: dict[tuple[str, int], SnapshotInfo] = {}
-    for batch in _snapshot_batches(vdir, start_ns, end_ns):
+    for batch in _snapshot_batches(vdir, start_ns, end_ns, on_corrupt, skipped):
         for i in range(len(batch)):
             info = _peek(batch, i)
             out[(info.session, info.snapshot)] = info
@@ -174,13 +202,15 @@ def _decode_snapshot(batch, i: int) -> KiteSnapshot:
             from None
 
 
-def latest_snapshot(vdir: Path, at_ns: int) -> KiteSnapshot | None:
-    """The latest snapshot taken at or before ``at_ns``. Looks back in widening windows, so
-    finding one near the end of a long day reads only the last few snapshots."""
+def latest_snapshot(vdir: Path, at_ns: int, on_corrupt: str = "raise",
+                    skipped: list[str] | None = None) -> KiteSnapshot | None:
+    """The latest snapshot taken at or before ``at_ns`` (with ``on_corrupt="skip"``, the
+    latest one undamaged). Looks back in widening windows, so finding one near the end of a
+    long day reads only the last few snapshots."""
     span = 5 * 60 * 10**9
     while True:
         best = None
-        for batch in _snapshot_batches(vdir, at_ns - span, at_ns):
+        for batch in _snapshot_batches(vdir, at_ns - span, at_ns, on_corrupt, skipped):
             for i in range(len(batch)):
                 if int(batch.wall_ns[i]) <= at_ns and (best is None or
                                                        batch.wall_ns[i] >= best[0].wall_ns[best[1]]):
@@ -192,8 +222,8 @@ def latest_snapshot(vdir: Path, at_ns: int) -> KiteSnapshot | None:
         span *= 8
 
 
-def load_snapshot(vdir: Path, info: SnapshotInfo) -> KiteSnapshot:
-    for batch in _snapshot_batches(vdir, info.wall_ns, info.wall_ns):
+def load_snapshot(vdir: Path, info: SnapshotInfo, on_corrupt: str = "raise") -> KiteSnapshot:
+    for batch in _snapshot_batches(vdir, info.wall_ns, info.wall_ns, on_corrupt):
         for i in range(len(batch)):
             snap = _decode_snapshot(batch, i)
             if snap.session == info.session and snap.snapshot == info.snapshot:
@@ -201,19 +231,23 @@ def load_snapshot(vdir: Path, info: SnapshotInfo) -> KiteSnapshot:
     raise ReplayError(f"snapshot {info.snapshot} of session {info.session} is not in {vdir}")
 
 
-def _diff(replayed: np.ndarray, stored: np.ndarray) -> list[str]:
-    """Which instruments and fields differ between two book states."""
+def _diff(replayed: np.ndarray, stored: np.ndarray, names: dict[int, str] | None = None
+          ) -> list[str]:
+    """Which instruments (by name where ``names`` has it, and token) and fields differ
+    between two book states."""
     out = []
     a = {int(r["token"]): r for r in replayed}
     b = {int(r["token"]): r for r in stored}
+    names = names or {}
     for token in sorted(set(a) | set(b)):
+        label = f"{names[token]} (token {token})" if names.get(token) else f"token {token}"
         if token not in a or token not in b:
-            out.append(f"token {token}: only in the {'snapshot' if token in b else 'replay'}")
+            out.append(f"{label}: only in the {'snapshot' if token in b else 'replay'}")
             continue
         fields = [name for name in TICK_DTYPE.names
                   if not np.array_equal(a[token][name], b[token][name])]
         if fields:
-            out.append(f"token {token}: " + ", ".join(
+            out.append(f"{label}: " + ", ".join(
                 f"{f} replayed {a[token][f].tolist()} stored {b[token][f].tolist()}"
                 for f in fields[:4]))
     return out
@@ -236,11 +270,12 @@ class KiteReplay:
         self.workers = workers
         self.result = ReplayResult()
 
-    def _seed(self, start_ns: int | None) -> tuple[KiteSnapshot | None, int | None]:
+    def _seed(self, start_ns: int | None, skipped: list[str]
+              ) -> tuple[KiteSnapshot | None, int | None]:
         """The latest snapshot at or before ``start_ns``, and where to start reading."""
         if start_ns is None:
             return None, None
-        seed = latest_snapshot(self.vdir, start_ns)
+        seed = latest_snapshot(self.vdir, start_ns, self.on_corrupt, skipped)
         return (seed, seed.wall_ns) if seed is not None else (None, None)
 
     def ticks(self, start_ns: int | None = None, end_ns: int | None = None,
@@ -248,13 +283,33 @@ class KiteReplay:
         """Ticks with start_ns <= receive time < end_ns (of ``tokens`` if given), in order,
         batch by batch. ``books=True`` adds each tick's book right after it. Summary,
         gaps and verification land in ``self.result`` as the pass goes."""
-        res = self.result = ReplayResult()
+        try:
+            yield from self._pass(start_ns, end_ns, tokens, verify, books, seeded=True)
+        except _SeedMarkLost as lost:
+            # on_corrupt="skip" and the part of the ticks stream holding the seed snapshot's
+            # mark is lost, so the ticks after the snapshot cannot be told apart: read from
+            # the start instead. Nothing was yielded (the pass waits for the mark first).
+            yield from self._pass(start_ns, end_ns, tokens, verify, books, seeded=False,
+                                  carried=lost.skipped, note=(
+                                      f"the mark of snapshot {lost.snapshot} of session "
+                                      f"{lost.session[:8]} (the one to start from) is in a "
+                                      "lost part of the ticks stream: replayed from the "
+                                      "start of the log instead"))
+
+    def _pass(self, start_ns: int | None, end_ns: int | None, tokens, verify: bool,
+              books: bool, seeded: bool, carried: list[str] | None = None,
+              note: str | None = None) -> Iterator[TickBatch]:
+        res = self.result = ReplayResult(verify=verify)
+        snap_skipped: list[str] = list(carried or [])
+        if note:
+            res.notes.append(note)
         token_filter = None if tokens is None else np.unique(np.asarray(tokens, dtype=np.uint32))
-        seed, read_from = self._seed(start_ns)
+        seed, read_from = self._seed(start_ns, snap_skipped) if seeded else (None, None)
         book_state = KiteBooks()
         expect: dict[tuple[str, int], SnapshotInfo] = {}
         if verify:
-            expect = snapshot_index(self.vdir, read_from, end_ns)
+            expect = snapshot_index(self.vdir, read_from, end_ns, self.on_corrupt, snap_skipped)
+        missing: list[tuple[str, int, int]] = []   # marks read without their snapshot
         waiting_for_mark = None
         if seed is not None:
             book_state.load(seed.rows)
@@ -303,7 +358,7 @@ class KiteReplay:
                             if mark == waiting_for_mark:
                                 waiting_for_mark = None
                         elif verify and (start_ns is None or wall >= start_ns):
-                            self._check(book_state, mark, wall, expect)
+                            self._check(book_state, mark, wall, expect, missing)
                     elif waiting_for_mark is None:
                         if k == Kind.SESSION_START:
                             self._harvest(book_state, token_filter)
@@ -327,7 +382,8 @@ class KiteReplay:
         except ShrivenqError:
             raise
         finally:
-            res.skipped = [str(p) for p in reader.skipped]
+            res.skipped = snap_skipped + [str(p) for p in reader.skipped
+                                          if str(p) not in snap_skipped]
             res.torn = [str(t) for t in reader.torn]
         if end_ns is not None and (down or not got_messages):
             # an outage the range ends in (a DISCONNECT without its GAP) or lies wholly in
@@ -341,9 +397,34 @@ class KiteReplay:
         if start_ns is not None and res.start_books is None:
             self._note_start(book_state, token_filter, session, stopped_at, start_ns)
         if waiting_for_mark is not None:
+            if self.on_corrupt == "skip" and res.skipped:
+                raise _SeedMarkLost(waiting_for_mark[0], waiting_for_mark[1], res.skipped)
             raise ReplayError(f"the ticks stream has no mark for snapshot {waiting_for_mark[1]} "
                               f"of session {waiting_for_mark[0]}; the WAL is incomplete")
         self._harvest(book_state, token_filter)
+        if missing:
+            self._sort_missing(missing, expect, end_ns)
+
+    def _sort_missing(self, missing: list[tuple[str, int, int]],
+                      expect: dict[tuple[str, int], SnapshotInfo], end_ns: int | None) -> None:
+        """Marks read whose snapshot is not in the snapshots stream: lost if their session
+        stopped cleanly (its last snapshot is written before the stop) or has a later
+        snapshot; else the tail of a session that died between a mark and its snapshot."""
+        res = self.result
+        later = {}
+        for session, number in expect:
+            later[session] = max(later.get(session, -1), number)
+        if end_ns is not None and any(m[0] not in res.stops and later.get(m[0], -1) < m[1]
+                                      for m in missing):
+            # the range read ends before the session did: look past it
+            for session, number in snapshot_index(self.vdir, min(m[2] for m in missing), None,
+                                                  self.on_corrupt, res.skipped):
+                later[session] = max(later.get(session, -1), number)
+        for session, number, wall in missing:
+            if session in res.stops or later.get(session, -1) > number:
+                res.snapshots_lost.append((session, number, wall))
+            else:
+                res.snapshots_unwritten.append((session, number, wall))
 
     def _gaps_past_end(self, res: ReplayResult, down: dict, start_ns: int | None, end_ns: int,
                        session: str | None) -> None:
@@ -471,16 +552,17 @@ class KiteReplay:
             s.book = state[row]
 
     def _check(self, book_state: KiteBooks, mark: tuple[str, int], wall: int,
-               expect: dict[tuple[str, int], SnapshotInfo]) -> None:
+               expect: dict[tuple[str, int], SnapshotInfo],
+               missing: list[tuple[str, int, int]]) -> None:
         res = self.result
         info = expect.get(mark)
         if info is None:
-            # A mark whose snapshot never reached disk (the process died in between).
-            log.warning("snapshot %d of session %s has a mark but no snapshot record", mark[1],
-                        mark[0])
+            # Lost, or never written (the process died in between): _sort_missing tells
+            missing.append((mark[0], mark[1], wall))
             return
         res.snapshots_checked += 1
         state = book_state.state()
         if state_hash(state) != info.hash:
-            stored = load_snapshot(self.vdir, info)
-            res.mismatches.append(Mismatch(mark[0], mark[1], wall, _diff(state, stored.rows)))
+            stored = load_snapshot(self.vdir, info, self.on_corrupt)
+            res.mismatches.append(Mismatch(mark[0], mark[1], wall,
+                                           _diff(state, stored.rows, self.names)))

@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from shrivenq.errors import ConfigError
+from shrivenq.errors import ConfigError, ReplayError
 from shrivenq.replay.kite import ReplayResult, TickBatch
 from shrivenq.timeutil import IST_OFFSET_NS, iso_ns
 
@@ -183,7 +183,8 @@ class BookWriter:
             raise ConfigError(f"--out {self.path}: unknown format {self.format or '(none)'}; "
                               f"use one of {', '.join(self.FORMATS)}")
         if not self.path.parent.is_dir():
-            raise ConfigError(f"--out {self.path}: directory {self.path.parent} does not exist")
+            what = "is not a directory" if self.path.parent.exists() else "does not exist"
+            raise ConfigError(f"--out {self.path}: {self.path.parent} {what}")
         self.rows = 0
         self._pq = None
         self._csv = None
@@ -205,6 +206,16 @@ class BookWriter:
     def write(self, rows: np.ndarray) -> None:
         if not len(rows):
             return
+        try:
+            self._write(rows)
+        except OSError as exc:      # a full disk, a quota, a vanished directory
+            raise self._failed(exc) from None
+
+    def _failed(self, exc: OSError) -> ReplayError:
+        return ReplayError(f"--out {self.path}: writing failed: {exc.strerror or exc}; "
+                           f"{self.path} was left as it was")
+
+    def _write(self, rows: np.ndarray) -> None:
         cols = _columns(rows, self.names)
         self.rows += len(rows)
         if self.format == ".parquet":
@@ -244,6 +255,11 @@ class BookWriter:
 
                 pq.write_table(pa.table({"time": pa.array([], pa.timestamp("ns", tz=PARQUET_TZ))}),
                                self._partial)
+        except OSError as exc:
+            if not complete:
+                return      # dropped anyway (finally); the error that stopped it is reported
+            complete = False
+            raise self._failed(exc) from None
         except BaseException:
             complete = False
             raise

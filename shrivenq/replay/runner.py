@@ -1,8 +1,10 @@
 """``shrivenq replay`` as a library call: check the arguments, replay, write or summarise.
 
 Exit codes: 0 done (and, with --verify, every snapshot in range matched); 1 an error (bad
-argument, no data, a damaged segment); 4 --verify found a replayed book that differs from
-the snapshot the live engine stored.
+argument, no data, a damaged segment); 3 replayed with --skip-corrupt, but damaged or
+missing parts of the WAL were left out (listed); 4 --verify failed: a replayed book differs
+from the snapshot the live engine stored, a snapshot the ticks stream marks is lost, or no
+snapshot lies in the range, so nothing was checked.
 """
 
 from __future__ import annotations
@@ -107,17 +109,27 @@ def run_replay(req: ReplayRequest, out: TextIO | None = None,
         if replay.result.ticks == 0:     # an error: an earlier --out file stays as it was
             where = (f" between {format_ns(start_ns)} and {format_ns(end_ns)} IST"
                      if start_ns or end_ns else "")
+            skipped = replay.result.skipped
             raise ReplayError(f"no ticks{where} in {ds.vdir}"
-                              + (" for those instruments" if tokens else ""))
+                              + (" for those instruments" if tokens else "")
+                              + (f"; --skip-corrupt left out {len(skipped)} damaged or missing "
+                                 f"part(s): {'; '.join(skipped[:5])}" if skipped else ""))
         complete = True
     finally:
         if writer is not None:
             writer.close(complete)
     result = replay.result
-    print(format_result(result, names, writer), file=out)
-    if result.mismatches:
+    print(format_result(result, names, writer, tokens), file=out)
+    if verify_failed(result):
         return EXIT_MISMATCH
     return EXIT_SKIPPED if result.skipped else EXIT_OK
+
+
+def verify_failed(res: ReplayResult) -> bool:
+    """A verifying pass failed: a book differs, a marked snapshot is lost, or there was
+    nothing to check (a verify that checked nothing must not read as a pass)."""
+    return res.verify and bool(res.mismatches or res.snapshots_lost
+                               or not res.snapshots_checked)
 
 
 def damage_lines(skipped: list[str], torn: list[str]) -> list[str]:
@@ -134,8 +146,9 @@ def damage_lines(skipped: list[str], torn: list[str]) -> list[str]:
     return lines
 
 
-def format_result(res: ReplayResult, names: dict[int, str], writer: BookWriter | None) -> str:
-    lines = []
+def format_result(res: ReplayResult, names: dict[int, str], writer: BookWriter | None,
+                  tokens: list[int] | None = None) -> str:
+    lines = list(res.notes)
     if res.seeded_from is not None:
         lines.append(f"started from snapshot {res.seeded_from.snapshot} of session "
                      f"{res.seeded_from.session[:8]} taken {format_ns(res.seeded_from.wall_ns)}")
@@ -155,6 +168,11 @@ def format_result(res: ReplayResult, names: dict[int, str], writer: BookWriter |
             f"  {format_ns(s.last_wall_ns):<23}{px(b['last_price']):>11}"
             f"{px(b['bid_price'][0]):>11}{px(b['ask_price'][0]):>11}{int(b['volume']):>12}"
             f"{int(b['oi']):>11}")
+    quiet = sorted(set(tokens or ()) - set(res.instruments))
+    if quiet:
+        lines.append(f"no ticks in range for {len(quiet)} of the instruments asked for: "
+                     + ", ".join(f"{names[t]} ({t})" if names.get(t) else str(t)
+                                 for t in quiet[:10]) + (" ..." if len(quiet) > 10 else ""))
     lines.append(f"{res.ticks:,} ticks replayed")
     if res.bad_frames:
         lines.append(f"{res.bad_frames} malformed frame(s): their good packets were replayed")
@@ -173,18 +191,42 @@ def format_result(res: ReplayResult, names: dict[int, str], writer: BookWriter |
     lines += damage_lines(res.skipped, res.torn)
     if writer is not None:
         lines.append(f"wrote {writer.rows:,} book rows to {writer.path}")
-    if res.snapshots_checked or res.mismatches:
-        if res.mismatches:
-            lines.append(f"VERIFY FAILED: {len(res.mismatches)} of {res.snapshots_checked} "
-                         "snapshots differ from the replayed books:")
-            for m in res.mismatches[:10]:
-                lines.append(f"  snapshot {m.snapshot} of session {m.session[:8]} at "
-                             f"{format_ns(m.wall_ns)}:")
-                lines += [f"    {d}" for d in m.details[:10]]
-        else:
-            lines.append(f"verified: all {res.snapshots_checked} snapshots in range equal the "
-                         "replayed books")
+    if res.verify:
+        lines += _verify_lines(res)
     return "\n".join(lines)
+
+
+def _verify_lines(res: ReplayResult) -> list[str]:
+    lines = []
+    for session, number, wall in res.snapshots_unwritten:
+        lines.append(f"note: snapshot {number} of session {session[:8]} at {format_ns(wall)} "
+                     "was marked but never written: the session ended without a stop "
+                     "record (a crash) right after")
+    if res.mismatches:
+        lines.append(f"VERIFY FAILED: {len(res.mismatches)} of {res.snapshots_checked} "
+                     "snapshots differ from the replayed books:")
+        for m in res.mismatches[:10]:
+            lines.append(f"  snapshot {m.snapshot} of session {m.session[:8]} at "
+                         f"{format_ns(m.wall_ns)}:")
+            lines += [f"    {d}" for d in m.details[:10]]
+    if res.snapshots_lost:
+        lost = res.snapshots_lost
+        lines.append(f"VERIFY FAILED: {len(lost)} snapshot(s) marked in the ticks stream are "
+                     "not in the snapshots stream (lost or damaged), so the books could not "
+                     "be checked there:")
+        lines += [f"  snapshot {n} of session {s[:8]} at {format_ns(w)}" for s, n, w in lost[:10]]
+        if len(lost) > 10:
+            lines.append(f"  ... and {len(lost) - 10} more")
+    if not res.snapshots_checked and not res.mismatches and not res.snapshots_lost:
+        lines.append("VERIFY FAILED: no snapshot in range to check the replayed books "
+                     "against; nothing was verified")
+    elif not res.mismatches and not res.snapshots_lost:
+        lines.append(f"verified: all {res.snapshots_checked} snapshots in range equal the "
+                     "replayed books")
+    elif not res.mismatches and res.snapshots_checked:
+        lines.append(f"the other {res.snapshots_checked} snapshots in range equal the "
+                     "replayed books")
+    return lines
 
 
 def _run_binance(req: ReplayRequest, out: TextIO, progress: Progress | None = None) -> int:
