@@ -3,8 +3,14 @@ measures a trader reads off them."""
 
 from __future__ import annotations
 
+import doctest
+import struct
+from pathlib import Path
+
+import msgpack
 import numpy as np
 import pytest
+import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,6 +18,7 @@ from shrivenq.books import (
     ASK, BID, KiteBooks, L2Ladder, imbalance, microprice, mid, spread, state_hash,
 )
 from shrivenq.books.reference import ReferenceKiteBooks, ReferenceLadder
+from shrivenq.books.snapshot import encode_kite_snapshot
 from shrivenq.kite import TICK_DTYPE, parse_frame
 from shrivenq.kite.wire import encode_frame
 from shrivenq.sim.market import KiteMarket, default_universe
@@ -275,3 +282,93 @@ def test_apply_depth_checks_both_sides_before_changing_either():
     with pytest.raises(TypeError, match="C-contiguous"):
         ladder.apply(BID, np.arange(10, dtype=np.int64)[::2], np.ones(5, dtype=np.int64))
     assert ladder.state_bytes() == before
+
+
+# --- state_hash: the definition, pinned ----------------------------------------------------
+
+# The documented row layout (docs/BOOKS.md): TICK_DTYPE's columns in order, packed, all
+# little-endian, 180 bytes a row. Written out here independently of TICK_DTYPE.
+ROW_LAYOUT = [
+    ("token", "I"), ("last_price", "i"), ("last_quantity", "I"), ("average_price", "i"),
+    ("volume", "I"), ("total_buy_quantity", "I"), ("total_sell_quantity", "I"),
+    ("open", "i"), ("high", "i"), ("low", "i"), ("close", "i"), ("last_trade_time", "I"),
+    ("oi", "I"), ("oi_day_high", "I"), ("oi_day_low", "I"), ("exchange_timestamp", "I"),
+    ("change", "i"), ("bid_quantity", "5I"), ("bid_price", "5i"), ("ask_quantity", "5I"),
+    ("ask_price", "5i"), ("bid_orders", "5H"), ("ask_orders", "5H"), ("divisor", "I"),
+    ("fields", "H"), ("packet_length", "H"), ("segment", "B"), ("kind", "B"), ("mode", "B"),
+    ("tradable", "B"),
+]
+ROW_STRUCT = struct.Struct("<" + "".join(code for _, code in ROW_LAYOUT))
+
+# Two full-mode books, every column set; negative prices, u32 values above 2**31 and u16
+# order counts, so that a change of sign, width or byte order shows. Token order reversed.
+FIXED_BOOKS = [
+    dict(token=738561, last_price=245_065, last_quantity=12, average_price=244_980,
+         volume=3_000_000_123, total_buy_quantity=410_000, total_sell_quantity=395_500,
+         open=243_000, high=246_100, low=242_750, close=244_000, last_trade_time=1_763_610_312,
+         oi=0, oi_day_high=0, oi_day_low=0, exchange_timestamp=1_763_610_313, change=-1_505,
+         bid_quantity=[10, 20, 30, 40, 2**32 - 1], bid_price=[245_060, 245_055, 245_050,
+                                                           245_045, -5],
+         ask_quantity=[11, 21, 31, 41, 51], ask_price=[245_070, 245_075, 245_080, 245_085,
+                                                      245_090],
+         bid_orders=[1, 2, 3, 4, 65_535], ask_orders=[5, 6, 7, 8, 9], divisor=100, fields=63,
+         packet_length=184, segment=1, kind=5, mode=2, tradable=1),
+    dict(token=408065, last_price=-5, last_quantity=1, average_price=150_025, volume=7,
+         total_buy_quantity=2**31, total_sell_quantity=1, open=150_000, high=151_000,
+         low=149_000, close=150_500, last_trade_time=1_763_610_300, oi=2**32 - 2,
+         oi_day_high=2**32 - 1, oi_day_low=3, exchange_timestamp=1_763_610_301,
+         change=-(2**31), bid_quantity=[1, 0, 0, 0, 0], bid_price=[-10, 0, 0, 0, 0],
+         ask_quantity=[2, 0, 0, 0, 0], ask_price=[2**31 - 1, 0, 0, 0, 0],
+         bid_orders=[1, 0, 0, 0, 0], ask_orders=[300, 0, 0, 0, 0], divisor=100, fields=63,
+         packet_length=184, segment=1, kind=5, mode=2, tradable=1),
+]
+# xxh3-64 (seed 0) of the two rows above, in token order. A new definition of state_hash
+# (layout, order, hash function, seed) changes every stored snapshot's hash: it must be a
+# new snapshot format version, not a silent change that makes --verify fail on old captures.
+FIXED_BOOKS_HASH = 0x70FFE96EF5D35734
+
+
+def _canonical_bytes(books) -> bytes:
+    """The documented definition, by hand: each row's columns packed little-endian in the
+    documented order, rows in ascending token order."""
+    out = b""
+    for book in sorted(books, key=lambda b: b["token"]):
+        values = []
+        for name, code in ROW_LAYOUT:
+            values.extend(book[name] if code.startswith("5") else [book[name]])
+        out += ROW_STRUCT.pack(*values)
+    return out
+
+
+def _rows(books) -> np.ndarray:
+    rows = np.zeros(len(books), dtype=TICK_DTYPE)
+    for i, book in enumerate(books):
+        for name, value in book.items():
+            rows[name][i] = value
+    return rows
+
+
+def test_state_hash_follows_its_documented_definition_and_is_pinned():
+    assert ROW_STRUCT.size == TICK_DTYPE.itemsize == 180
+    canonical = _canonical_bytes(FIXED_BOOKS)
+    expected = xxhash.xxh3_64_intdigest(canonical, seed=0)
+    rows = _rows(FIXED_BOOKS)                       # 738561 before 408065: not token order
+    assert state_hash(rows) == expected
+    assert state_hash(rows[::-1].copy()) == expected
+    # The books give the same state (a full packet sets every column) and so the same hash,
+    # and a snapshot stores it.
+    books = KiteBooks()
+    books.apply(rows)
+    assert books.state().tobytes() == canonical
+    assert state_hash(books.state()) == expected
+    stored = msgpack.unpackb(encode_kite_snapshot(rows, "s", 0, 1), raw=False)
+    assert stored["hash"] == expected and stored["rows"] == canonical
+    # Pinned, so that a change of definition cannot pass unnoticed on every machine at once.
+    assert expected == FIXED_BOOKS_HASH
+
+
+def test_the_example_in_the_books_documentation_runs():
+    """docs/BOOKS.md's example, outputs and state hash included, as a doctest."""
+    result = doctest.testfile(str(Path(__file__).parent.parent / "docs" / "BOOKS.md"),
+                              module_relative=False, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 20 and result.failed == 0

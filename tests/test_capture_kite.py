@@ -76,7 +76,20 @@ def test_capture_stores_every_message_byte_for_byte_and_snapshots_match_the_tick
     assert summary.counters.ticks == sum(len(parse_frame_lenient(p)[0]) for p in sent)
     # Each snapshot equals the books rebuilt from the ticks stream up to its mark.
     snaps = [decode_kite_snapshot(p) for p in read_wal(tmp_path / "kite", "snapshots").payloads()]
-    assert len(snaps) >= 4 and [s.snapshot for s in snaps] == list(range(len(snaps)))
+    assert [s.snapshot for s in snaps] == list(range(len(snaps)))
+    # One snapshot every 0.3 s while capturing, then one at the clean shutdown: the last
+    # mark is the record right before the session stop (the log's last), so after every
+    # tick and the unsubscribe.
+    marks = np.flatnonzero(batch.kind == Kind.SNAPSHOT_MARK)
+    assert len(marks) == len(snaps)
+    stop_at = len(batch) - 1
+    assert batch.kind[stop_at] == Kind.SESSION_STOP and marks[-1] == stop_at - 1
+    # The others were taken on the interval: each at least 0.3 s after the one before (the
+    # first, after the session start), so no more than the 1.5 s capture holds, and at least
+    # one before the shutdown.
+    started = batch.mono_ns[np.flatnonzero(batch.kind == Kind.SESSION_START)[0]]
+    interval = np.diff(np.concatenate([[started], batch.mono_ns[marks[:-1]]]))
+    assert len(interval) >= 1 and (interval >= 299_000_000).all()   # 1 ms for clock reads
     books, seen = KiteBooks(), []
     for j in range(len(batch)):
         if batch.kind[j] == Kind.BINARY:

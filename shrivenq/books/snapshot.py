@@ -75,7 +75,9 @@ def _unpack(payload: bytes) -> dict:
     if not isinstance(doc, dict):
         raise WalFormatError("book snapshot is not a msgpack map")
     version = doc.get("v")
-    if not isinstance(version, int) or version > SNAPSHOT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise WalFormatError(f"book snapshot has no valid version (v = {version!r})")
+    if version > SNAPSHOT_VERSION:
         raise WalFormatError(f"book snapshot version {version!r} is newer than this reader "
                              f"(knows up to {SNAPSHOT_VERSION}); upgrade shrivenq")
     if doc.get("format") != KITE_FORMAT:

@@ -35,7 +35,7 @@ class Kind(IntEnum):
     SESSION_START = 22  # control: a capture session began
     SESSION_STOP = 23   # control: a capture session ended
     SNAPSHOT_MARK = 24  # control: a book snapshot was taken here (its position in this stream)
-    BOOK_SNAPSHOT = 32  # an order-book snapshot (the snapshots stream); payload is opaque
+    BOOK_SNAPSHOT = 32  # a book snapshot (snapshots stream): docs/WAL_FORMAT.md "Book snapshots"
 
 
 #: Kind values reserved for control records (msgpack maps). Readers that filter by
