@@ -955,3 +955,29 @@ def test_a_mismatch_names_the_instrument_and_instruments_without_ticks_are_liste
     result = cli("--data-dir", day, "--symbols", "NIFTY 50", "--tokens", "12345")
     assert result.exit_code == 0
     assert "no ticks in range for 1 of the instruments asked for: 12345" in result.output
+
+
+def test_sampled_books_taken_during_an_outage_are_marked_feed_down(day):
+    """A sample inside a recorded outage carries the last book received before it: it is
+    marked, per instrument by the connection its latest tick came on, and nothing else is."""
+    ds = shrivenq.open(day)
+    with pytest.warns(shrivenq.replay.dataset.ShrivenqDataWarning):
+        ticks = ds.ticks()
+        sampled = ds.books(every="10ms")
+    gaps = ds.gaps
+    assert len(gaps) == 1 and gaps[0]["to_ns"] > gaps[0]["from_ns"]
+    by_token = {}
+    for token in np.unique(ticks["token"]).tolist():
+        mine = ticks[ticks["token"] == token]
+        by_token[token] = (mine["wall_ns"], mine["conn"])
+    expected = []
+    for row in sampled:
+        times, conns = by_token[int(row["token"])]
+        k = int(np.searchsorted(times, row["wall_ns"], side="right")) - 1
+        conn = int(conns[k])
+        expected.append(any(g["conn"] == conn and g["from_ns"] <= row["wall_ns"] < g["to_ns"]
+                            for g in gaps))
+    assert sampled["feed_down"].tolist() == expected
+    assert 0 < sum(expected) < len(expected)
+    # per-tick book rows are never marked: a tick was received
+    assert not ds.books()["feed_down"].any()

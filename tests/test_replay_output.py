@@ -25,6 +25,7 @@ def random_rows(seed: int, n: int) -> np.ndarray:
     rows["wall_ns"][:4] = edges[:n]      # int64's ends: the top wraps when shifted to IST
     rows["token"] = rng.choice([256265, 260105, 2**32 - 1, 0, 12345], n)
     rows["divisor"] = rng.choice([0, 1, 100, 10_000, 10_000_000, 2**32 - 1], n)
+    rows["feed_down"] = rng.random(n) < 0.2
     for name in ("last_price", "bid_price", "ask_price"):
         rows[name] = rng.integers(-2**31, 2**31, rows[name].shape)
     for name in ("last_quantity", "volume", "oi", "bid_quantity", "ask_quantity"):

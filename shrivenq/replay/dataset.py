@@ -307,7 +307,8 @@ class Dataset:
         """Book states (BOOK_DTYPE): after every tick, or sampled ``every`` ('1s', '5m', a
         timedelta or ns) at start, start+every, ... (without a start, on the IST clock from
         the first tick: whole seconds, whole minutes), each instrument's book as it stood,
-        also in a range where it never ticks."""
+        also in a range where it never ticks. ``feed_down`` marks a sample taken while the
+        connection the instrument's ticks came on was down (its book may be stale)."""
         start_ns, end_ns = self._range(start, end)
         replay = self._replay()
         batches = self._batches(replay, start_ns, end_ns, self.tokens_for(symbols, tokens),

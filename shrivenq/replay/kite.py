@@ -114,6 +114,9 @@ class ReplayResult:
     snapshots_unwritten: list[tuple[str, int, int]] = field(default_factory=list)
     #: What the pass did differently from what was asked, and why (one line each).
     notes: list[str] = field(default_factory=list)
+    #: As the pass goes: connections lost and not yet back (conn -> (since, reason)), for a
+    #: sampler to tell a stale book; once an outage's GAP record is read it is in ``gaps``.
+    conn_down: dict[int, tuple[int, str]] = field(default_factory=dict)
     ticks: int = 0
     seeded_from: SnapshotInfo | None = None
     bad_frames: int = 0
@@ -317,7 +320,7 @@ class KiteReplay:
             res.seeded_from = SnapshotInfo(seed.session, seed.snapshot, seed.wall_ns, seed.hash)
         session = seed.session if seed is not None else None
         stopped_at = None     # wall time of the current session's stop record, once read
-        down: dict[int, tuple[int, str]] = {}   # conn -> (disconnect time, reason), no GAP yet
+        down = res.conn_down                    # conn -> (disconnect time, reason), no GAP yet
         got_messages = False                    # any message received in the range
         # Rows are filtered by instrument after decoding: the reader's instrument filter
         # would cut the batches down and leave the blocks to the slower unpack-and-parse

@@ -20,7 +20,7 @@ from shrivenq.replay.kite import ReplayResult, TickBatch
 from shrivenq.timeutil import IST_OFFSET_NS, iso_ns
 
 BOOK_DTYPE = np.dtype([
-    ("wall_ns", "<i8"), ("token", "<u4"), ("divisor", "<u4"),
+    ("wall_ns", "<i8"), ("token", "<u4"), ("divisor", "<u4"), ("feed_down", "?"),
     ("last_price", "<i4"), ("last_quantity", "<u4"), ("volume", "<u4"), ("oi", "<u4"),
     ("bid_price", "<i4", (5,)), ("bid_quantity", "<u4", (5,)), ("bid_orders", "<u2", (5,)),
     ("ask_price", "<i4", (5,)), ("ask_quantity", "<u4", (5,)), ("ask_orders", "<u2", (5,)),
@@ -28,12 +28,29 @@ BOOK_DTYPE = np.dtype([
 
 
 def book_rows(books: np.ndarray, wall_ns: np.ndarray) -> np.ndarray:
-    """BOOK_DTYPE rows from per-tick book states (TICK_DTYPE) and their times."""
+    """BOOK_DTYPE rows from per-tick book states (TICK_DTYPE) and their times (a tick was
+    received: ``feed_down`` is False)."""
     out = np.empty(len(books), dtype=BOOK_DTYPE)
     out["wall_ns"] = wall_ns
-    for name in BOOK_DTYPE.names[1:]:
-        out[name] = books[name]
+    out["feed_down"] = False
+    for name in BOOK_DTYPE.names:
+        if name not in ("wall_ns", "feed_down"):
+            out[name] = books[name]
     return out
+
+
+def conns_down_at(at: int, res: ReplayResult | None) -> set[int]:
+    """The connections down at ``at`` as far as the replay has read: recorded outages
+    (GAP records, and outages still open at the end of the read) and connections lost and
+    not yet back."""
+    if res is None:
+        return set()
+    down = {conn for conn, (since, _) in res.conn_down.items() if since <= at}
+    for gap in res.gaps:
+        lo, hi = gap.get("from_ns"), gap.get("to_ns")
+        if isinstance(lo, int) and lo <= at and (hi is None or at < hi):
+            down.add(gap.get("conn"))
+    return down
 
 
 def grid_start(first_ns: int, every_ns: int) -> int:
@@ -56,6 +73,11 @@ def sample(batches: Iterable[TickBatch], start_ns: int | None, end_ns: int | Non
     ``start_books`` are the books as they stood at the start, so a range in which an
     instrument never ticks still samples its book.
 
+    ``feed_down`` marks a sample taken while the connection the instrument's latest tick
+    came on was down (``conns_down_at``): its book is the last one received before the
+    outage, not the market's. A book seeded from the start books, whose connection is not
+    known, is marked while any connection is down.
+
     Books belong to their capture session, as in replay, which starts each session with
     none: a session's books are sampled up to its stop record (up to its last tick if it has
     none and another session follows), never after, and none of them in a later session.
@@ -64,13 +86,18 @@ def sample(batches: Iterable[TickBatch], start_ns: int | None, end_ns: int | Non
     if every_ns <= 0:
         raise ConfigError("the sampling interval must be positive")
     latest: dict[int, np.ndarray] = {}
+    conn_of: dict[int, int] = {}        # token -> connection of its latest tick (-1: unknown)
     boundary = start_ns
     last_tick = start_ns
     end = end_ns if end_ns is not None else 2**63 - 1
 
     def emit(at: int) -> np.ndarray:
-        rows = np.array([latest[t] for t in sorted(latest)], dtype=BOOK_DTYPE)
+        tokens = sorted(latest)
+        rows = np.array([latest[t] for t in tokens], dtype=BOOK_DTYPE)
         rows["wall_ns"] = at
+        down = conns_down_at(at, result())
+        if down:
+            rows["feed_down"] = [conn_of[t] in down or (conn_of[t] < 0) for t in tokens]
         return rows
 
     session = None
@@ -87,6 +114,7 @@ def sample(batches: Iterable[TickBatch], start_ns: int | None, end_ns: int | Non
             session = res.start_session
             for row in book_rows(initial, np.full(len(initial), start_ns)):
                 latest[int(row["token"])] = row
+                conn_of[int(row["token"])] = -1
 
     seeded = False
     for batch in batches:
@@ -103,21 +131,25 @@ def sample(batches: Iterable[TickBatch], start_ns: int | None, end_ns: int | Non
                     yield emit(boundary)
                     boundary += every_ns
                 latest.clear()
+                conn_of.clear()
             session = batch.session
         rows = book_rows(batch.books, batch.wall_ns)
+        conns, tokens = batch.conn.tolist(), rows["token"].tolist()
         last_tick = max(last_tick, int(rows["wall_ns"][-1]))
         i = 0
         while boundary < end and i < len(rows):
             j = int(np.searchsorted(rows["wall_ns"], boundary, side="right"))
-            for row in rows[i:j]:
-                latest[int(row["token"])] = row
+            for k in range(i, j):
+                latest[tokens[k]] = rows[k]
+                conn_of[tokens[k]] = conns[k]
             i = j
             if i < len(rows):  # the next tick is past the boundary: the boundary is complete
                 if latest:
                     yield emit(boundary)
                 boundary += every_ns
-        for row in rows[i:]:
-            latest[int(row["token"])] = row
+        for k in range(i, len(rows)):
+            latest[tokens[k]] = rows[k]
+            conn_of[tokens[k]] = conns[k]
     if not seeded:
         if start_ns is None:
             return
@@ -150,6 +182,7 @@ def _columns(rows: np.ndarray, names: dict[int, str]) -> dict[str, np.ndarray]:
     div = rows["divisor"].astype(np.float64)
     div[div == 0] = 1.0
     cols = {"time": time, "wall_ns": wall, "token": tokens, "symbol": symbols,
+            "feed_down": rows["feed_down"],
             "last_price": rows["last_price"].astype(np.float64) / div,
             "last_quantity": rows["last_quantity"].astype(np.int64),
             "volume": rows["volume"].astype(np.int64), "oi": rows["oi"].astype(np.int64)}

@@ -11,13 +11,14 @@ from shrivenq.timeutil import iso_ns
 
 def reference_rows(rows: np.ndarray, names: dict[int, str]) -> list[dict]:
     """The rows ``replay --out`` writes, as dicts: time (ISO 8601, IST), wall_ns, token,
-    symbol, last price (divided by the divisor, 1 where it is 0), quantities, then five
+    symbol, feed_down (the book may be stale: see ``output.sample``), last price (divided by the divisor, 1 where it is 0), quantities, then five
     levels a side of price and quantity."""
     out = []
     for r in rows:
         div = float(r["divisor"]) or 1.0
         row = {"time": iso_ns(int(r["wall_ns"])), "wall_ns": int(r["wall_ns"]),
                "token": int(r["token"]), "symbol": names.get(int(r["token"]), ""),
+               "feed_down": bool(r["feed_down"]),
                "last_price": int(r["last_price"]) / div,
                "last_quantity": int(r["last_quantity"]), "volume": int(r["volume"]),
                "oi": int(r["oi"])}
