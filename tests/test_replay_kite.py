@@ -796,36 +796,63 @@ def test_verify_of_a_range_holding_no_snapshot_checks_nothing_and_fails(day):
     assert "ticks replayed" in result.output
 
 
-def _marked_session(root: Path, written: set[int], stop: bool) -> None:
-    """One session of 2 instruments ticking every 100 ms for 3 s, a snapshot mark at 1, 2
-    and 2.9 s, the snapshots of ``written`` stored, and a stop record if ``stop``."""
-    from shrivenq.books import KiteBooks
-    from shrivenq._ext.kite_frame import parse_many
+T0 = 1_763_610_300 * 10**9      # 2025-11-20 09:15 IST
 
-    market = KiteMarket(default_universe(2), seed=3)
-    t0 = 1_763_610_300 * 10**9
-    ticks = WalWriter(root, "kite", "ticks", IST, fsync="never")
-    snaps = WalWriter(root, "kite", "snapshots", IST, fsync="never")
-    books = KiteBooks()
-    ticks.append(*R.session_start("S", "kite", "test", []), t0, 0)
-    mark_at = {10: 0, 20: 1, 29: 2}
-    for k in range(30):
-        frame = encode_frame(market.ticks(1, KIND_FULL, instruments=[0, 1]))
-        wall = t0 + (k + 1) * 10**8
-        ticks.append(Kind.BINARY, frame, wall, 0, instruments=frame_keys(frame))
-        rows, _, _ = parse_many(np.frombuffer(frame, np.uint8), np.array([0], np.uint64),
-                                np.array([len(frame)], np.uint32))
-        books.apply(rows)
-        if k in mark_at:
-            n = mark_at[k]
-            ticks.append(*R.snapshot_mark("S", n), wall + 1, 0)
-            if n in written:
-                snaps.append(Kind.BOOK_SNAPSHOT, encode_kite_snapshot(books.state(), "S", n,
-                                                                      wall + 1), wall + 1, 0)
-    if stop:
-        ticks.append(*R.session_stop("S"), t0 + 4 * 10**9, 0)
-    ticks.close()
-    snaps.close()
+
+class _Log:
+    """A hand-made Kite log: sessions of 2 instruments, with snapshot marks and snapshots
+    written or left out at will (what crashes and lost segments leave)."""
+
+    def __init__(self, root: Path):
+        from shrivenq.books import KiteBooks
+
+        self.ticks = WalWriter(root, "kite", "ticks", IST, fsync="never")
+        self.snaps = WalWriter(root, "kite", "snapshots", IST, fsync="never")
+        self.market = KiteMarket(default_universe(2), seed=3)
+        self.books = KiteBooks()
+
+    def session(self, name: str, t0: int, marks: dict[int, int], written: set[int],
+                marked: set[int] | None = None, stop: bool = True, count: int = 30,
+                spacing: int = 10**8) -> int:
+        """``count`` ticks from t0 ``spacing`` apart; after tick k of ``marks`` snapshot
+        marks[k]: its mark if in ``marked`` (default all), its snapshot if in ``written``.
+        Returns the time of the session's last record."""
+        from shrivenq._ext.kite_frame import parse_many
+
+        self.books.clear()
+        self.ticks.append(*R.session_start(name, "kite", "test", []), t0, 0)
+        wall = t0
+        for k in range(count):
+            frame = encode_frame(self.market.ticks(1, KIND_FULL, instruments=[0, 1]))
+            wall = t0 + (k + 1) * spacing
+            self.ticks.append(Kind.BINARY, frame, wall, 0, instruments=frame_keys(frame))
+            rows, _, _ = parse_many(np.frombuffer(frame, np.uint8), np.array([0], np.uint64),
+                                    np.array([len(frame)], np.uint32))
+            self.books.apply(rows)
+            if k in marks:
+                n = marks[k]
+                if marked is None or n in marked:
+                    self.ticks.append(*R.snapshot_mark(name, n), wall + 1, 0)
+                if n in written:
+                    self.snaps.append(Kind.BOOK_SNAPSHOT, encode_kite_snapshot(
+                        self.books.state(), name, n, wall + 1), wall + 1, 0)
+        if stop:
+            wall += spacing
+            self.ticks.append(*R.session_stop(name), wall, 0)
+        return wall
+
+    def close(self):
+        self.ticks.close()
+        self.snaps.close()
+
+
+def _marked_session(root: Path, written: set[int], stop: bool, marked: set[int] | None = None,
+                    spacing: int = 10**8) -> None:
+    """One session "S" of 30 ticks (100 ms apart by default), snapshot marks after ticks
+    10, 20 and 29 (numbers 0, 1, 2)."""
+    log = _Log(root)
+    log.session("S", T0, {10: 0, 20: 1, 29: 2}, written, marked, stop, spacing=spacing)
+    log.close()
 
 
 def test_a_crash_between_a_mark_and_its_snapshot_is_noted_not_failed(tmp_path):
@@ -847,7 +874,7 @@ def test_a_snapshot_missing_before_a_later_one_or_a_clean_stop_is_lost(tmp_path,
     assert "the other 2 snapshots in range equal" in result.output
     # the range read ending right after the lost mark still finds the later evidence
     if not stop:
-        end = format_ns(1_763_610_300 * 10**9 + 22 * 10**8).replace(" ", "T")   # mark 1 + 0.1 s
+        end = format_ns(T0 + 22 * 10**8).replace(" ", "T")   # mark 1 + 0.1 s
         assert cli("--data-dir", tmp_path, "--verify", "--end", end).exit_code == 4
 
 
@@ -877,7 +904,7 @@ def test_a_damaged_snapshot_before_a_seek_is_skipped_on_request(day, tmp_path):
         whole.output.split("ticks replayed")[0].splitlines()[1:]
 
 
-def test_a_lost_seek_mark_falls_back_to_reading_from_the_start(day, tmp_path):
+def test_a_lost_seek_mark_falls_back_to_an_earlier_snapshot(day, tmp_path):
     copy, segments = _copy(day, tmp_path)
     batch = read_wal(day / "kite", "ticks")
     marks = batch.wall_ns[batch.kind == Kind.SNAPSHOT_MARK]
@@ -891,17 +918,28 @@ def test_a_lost_seek_mark_falls_back_to_reading_from_the_start(day, tmp_path):
     else:
         pytest.skip("no mark in a middle segment")  # the fixture's rotation makes one
     seg.unlink()
-    start = format_ns(inside[-1] + 1).replace(" ", "T")
+    at = inside[-1] + 1
+    start = format_ns(at).replace(" ", "T")
     refused = cli("--data-dir", copy, "--start", start)
     assert refused.exit_code == 1 and seg.name in refused.output
     result = cli("--data-dir", copy, "--start", start, "--skip-corrupt")
     assert result.exit_code == 3, result.output
-    assert "replayed from the start of the log instead" in result.output
+    assert "is in a part of the ticks stream that was left out: started from" in result.output
     assert f"{seg.name}: missing" in result.output
+    # every tick and book after the start is what a replay of the whole damaged log gives
+    seeking = KiteReplay(copy, on_corrupt="skip")
+    got = list(seeking.ticks(start_ns=at, books=True))
+    assert seeking.result.notes
+    whole = [b for b in KiteReplay(copy, on_corrupt="skip").ticks(books=True)]
+    rows = np.concatenate([b.rows for b in whole])
+    books = np.concatenate([b.books for b in whole])
+    after = np.concatenate([b.wall_ns for b in whole]) >= at
+    assert np.concatenate([b.rows for b in got]).tobytes() == rows[after].tobytes()
+    assert np.concatenate([b.books for b in got]).tobytes() == books[after].tobytes()
     ds = shrivenq.open(copy, on_corrupt="skip")
     with pytest.warns(shrivenq.replay.dataset.ShrivenqDataWarning):
-        rows = ds.ticks(start=inside[-1] + 1)
-    assert len(rows) > 0
+        assert len(ds.ticks(start=at)) == int(after.sum())
+    assert ds.notes
 
 
 @pytest.mark.parametrize("args", [["--tokens", "99999999999"], ["--tokens=-5"],
@@ -981,3 +1019,130 @@ def test_sampled_books_taken_during_an_outage_are_marked_feed_down(day):
     assert 0 < sum(expected) < len(expected)
     # per-tick book rows are never marked: a tick was received
     assert not ds.books()["feed_down"].any()
+
+
+def test_a_mark_long_after_the_snapshots_stream_ended_is_lost_not_a_crash(tmp_path):
+    """Snapshots 1 and 2 of a session that never stopped are missing: 1 lies 4 s after the
+    stream's last snapshot (a crash can leave that), 2 lies 7.6 s after it (more than a
+    crash loses: the snapshots stream lost it)."""
+    _marked_session(tmp_path, written={0}, stop=False, spacing=4 * 10**8)
+    result = cli("--data-dir", tmp_path, "--verify")
+    assert result.exit_code == 4, result.output
+    assert "snapshot 1 of session S" in result.output.split("VERIFY FAILED")[0]
+    assert "never written" in result.output
+    assert "VERIFY FAILED: 1 snapshot(s) marked" in result.output
+    assert "snapshot 2 of session S" in result.output.split("VERIFY FAILED")[1]
+
+
+def test_a_damaged_snapshots_stream_never_passes_for_a_crash(tmp_path):
+    _marked_session(tmp_path, written={0, 1, 2}, stop=False)
+    seg = next((tmp_path / "kite").glob("*/snapshots/*.wal"))
+    block = open_segment(seg).blocks[-1]
+    data = bytearray(seg.read_bytes())
+    data[block.offset + block.frame.size - 8] ^= 0x20
+    seg.write_bytes(bytes(data))
+    result = cli("--data-dir", tmp_path, "--verify", "--skip-corrupt")
+    assert result.exit_code == 4, result.output
+    assert "never written" not in result.output and "snapshots only" in result.output
+
+
+@pytest.mark.parametrize("marked,stop,lost", [({0, 2}, False, True), ({0, 1}, True, True),
+                                              ({0, 1}, False, False)])
+def test_a_snapshot_whose_mark_the_ticks_stream_lacks(tmp_path, marked, stop, lost):
+    """The mark is written before its snapshot, so a snapshot without one means the ticks
+    stream lost it: in the middle of a session, or before a clean stop. Only right at the
+    end of a session that never stopped is it a crash (the mark's block never written)."""
+    _marked_session(tmp_path, written={0, 1, 2}, stop=stop, marked=marked)
+    result = cli("--data-dir", tmp_path, "--verify")
+    missing = ({0, 1, 2} - marked).pop()
+    if lost:
+        assert result.exit_code == 4, result.output
+        assert "lacks the marks of 1 snapshot(s)" in result.output
+        assert f"snapshot {missing} of session S" in result.output
+    else:
+        assert result.exit_code == 0, result.output
+        assert f"note: snapshot {missing} of session S" in result.output
+        assert "has no mark" in result.output and "verified: all 2 snapshots" in result.output
+
+
+def test_a_seek_from_a_snapshot_whose_mark_never_reached_disk(tmp_path):
+    """kill -9 can leave a session's last snapshot on disk and not its mark. A seek into the
+    next session, before its first snapshot, starts from an earlier snapshot, not an error,
+    and gives what a replay from the start gives."""
+    log = _Log(tmp_path)
+    end_a = log.session("A", T0, {10: 0, 20: 1, 29: 2}, {0, 1, 2}, marked={0, 1}, stop=False)
+    t_b = end_a + 10**9
+    log.session("B", t_b, {25: 0}, {0})
+    log.close()
+    at = t_b + 5 * 10**8                     # in B, before its first snapshot
+    seeking = KiteReplay(tmp_path)
+    got = list(seeking.ticks(start_ns=at, books=True))
+    assert seeking.result.seeded_from is not None and seeking.result.seeded_from.snapshot == 1
+    assert "never reached the disk" in seeking.result.notes[0]
+    whole = list(KiteReplay(tmp_path).ticks(books=True))
+    after = np.concatenate([b.wall_ns for b in whole]) >= at
+    assert np.concatenate([b.books for b in got]).tobytes() == \
+        np.concatenate([b.books for b in whole])[after].tobytes()
+    result = cli("--data-dir", tmp_path, "--start", format_ns(at).replace(" ", "T"), "--verify")
+    assert result.exit_code == 0, result.output
+    assert "started from an earlier snapshot" in result.output
+
+
+def test_deciding_a_missing_snapshot_past_the_range_reads_only_what_decides_it(
+        tmp_path, monkeypatch):
+    """A mark missing its snapshot near the end of the range: replay looks past the end for
+    the session's next snapshot, and stops at it, not at the end of the log."""
+    import shrivenq.replay.kite as kite_replay
+
+    log = _Log(tmp_path)
+    end_a = log.session("A", T0, {10: 0, 20: 1, 29: 2}, {0, 2}, stop=True)
+    t = end_a + 10**9
+    for name in "BCDE":                       # later sessions, 10 snapshots each
+        t = log.session(name, t, {k: k // 3 for k in range(0, 30, 3)},
+                        set(range(10))) + 10**9
+    log.close()
+    peeked = []
+    real = kite_replay._peek
+    monkeypatch.setattr(kite_replay, "_peek", lambda b, i: peeked.append(1) or real(b, i))
+    end = format_ns(T0 + 22 * 10**8).replace(" ", "T")
+    result = cli("--data-dir", tmp_path, "--verify", "--end", end)
+    assert result.exit_code == 4 and "snapshot 1 of session A" in result.output, result.output
+    assert len(peeked) <= 4, f"{len(peeked)} snapshots read to decide one"
+
+
+def test_a_stop_counts_for_the_session_it_names(tmp_path):
+    """Session A dies right after a mark (its snapshot never written); session B's start
+    record is in a damaged block. B's stop must not be taken for A's: A's missing snapshot
+    is a crash's, noted, not a loss."""
+    log = _Log(tmp_path)
+    end_a = log.session("A", T0, {10: 0, 20: 1, 29: 2}, {0, 1}, stop=False)
+    log.ticks.flush()
+    t_b = end_a + 10**9
+    log.ticks.append(*R.session_start("B", "kite", "test", []), t_b, 0)
+    log.ticks.flush()                          # B's start alone in its block
+    for k in range(5):
+        frame = encode_frame(log.market.ticks(1, KIND_FULL, instruments=[0, 1]))
+        log.ticks.append(Kind.BINARY, frame, t_b + (k + 1) * 10**8, 0,
+                         instruments=frame_keys(frame))
+    log.ticks.append(*R.session_stop("B"), t_b + 10**9, 0)
+    log.close()
+    seg = next((tmp_path / "kite").glob("*/ticks/*.wal"))
+    blocks = open_segment(seg).blocks
+    start_block = next(b for b in blocks if b.frame.min_wall_ns == t_b)
+    data = bytearray(seg.read_bytes())
+    data[start_block.offset + start_block.frame.size - 8] ^= 0x20
+    seg.write_bytes(bytes(data))
+    result = cli("--data-dir", tmp_path, "--verify", "--skip-corrupt")
+    assert result.exit_code == 3, result.output
+    assert "note: snapshot 2 of session A" in result.output
+    assert "VERIFY FAILED" not in result.output
+
+
+def test_tokens_as_a_numpy_array_or_a_comma_separated_string(day):
+    ds = shrivenq.open(day)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = len(ds.ticks(tokens=[NIFTY, BANKNIFTY]))
+        assert want > 0
+        assert len(ds.ticks(tokens=np.array([NIFTY, BANKNIFTY]))) == want
+        assert len(ds.ticks(tokens=f"{NIFTY}, {BANKNIFTY}")) == want

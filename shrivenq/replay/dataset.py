@@ -111,6 +111,7 @@ class Dataset:
         #: Feed gaps the capture recorded within the last read's range: dicts with conn,
         #: from_ns, to_ns, reason and session, as ``replay`` reports them.
         self.gaps: list[dict] = []
+        self.notes: list[str] = []      # what the last read did differently, and why
         self._master = None
         # Names the capture recorded (token -> tradingsymbol on the recording day): filled
         # by every read that passes a session start, and by one scan of them all when a
@@ -143,9 +144,10 @@ class Dataset:
                  **kw):
         """replay.ticks(...), then what it skipped into ``skipped`` and the feed gaps of the
         range into ``gaps`` (each public read then calls _warn_holes)."""
-        self.skipped, self.gaps = [], []
+        self.skipped, self.gaps, self.notes = [], [], []
         yield from replay.ticks(start_ns, end_ns, *args, **kw)
         self.skipped = list(replay.result.skipped)
+        self.notes = list(replay.result.notes)   # e.g. a seek started from an earlier snapshot
         self.gaps = [g for g in replay.result.gaps if gap_overlaps(g, start_ns, end_ns)]
 
     def _warn_holes(self) -> None:
@@ -183,6 +185,10 @@ class Dataset:
             symbols = [s.strip() for s in symbols.split(",") if s.strip()]
         if isinstance(tokens, (int, np.integer)):
             tokens = [tokens]
+        elif isinstance(tokens, str):           # "256265,260105", as on the command line
+            tokens = [t.strip() for t in tokens.split(",") if t.strip()]
+        elif isinstance(tokens, np.ndarray):
+            tokens = tokens.ravel().tolist()
         if symbols is not None and not len(symbols):
             raise ConfigError("symbols is empty: name at least one, or leave it out for all")
         try:

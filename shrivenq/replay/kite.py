@@ -80,13 +80,26 @@ class Mismatch:
     details: list[str]
 
 
-class _SeedMarkLost(Exception):
-    """A pass seeded from a snapshot never found the snapshot's mark, and the read skipped
-    damaged or missing parts of the ticks stream (where the mark was)."""
+#: How much of a stream's tail a crash can lose: capture seals a block every second and the
+#: writer thread writes it within about another, so a record more than this older than the
+#: end of its stream was on disk (a mark without its snapshot, or a snapshot without its
+#: mark, further from the end than this was lost, not left unwritten).
+CRASH_WINDOW_NS = 5 * 10**9
 
-    def __init__(self, session: str, snapshot: int, skipped: list[str]):
+#: Seeds tried, each earlier than the last, when a seed snapshot's mark is not found, before
+#: reading from the start of the log.
+SEED_TRIES = 3
+
+
+class _SeedMarkLost(Exception):
+    """A pass seeded from a snapshot found the end of the snapshot's session (or of the
+    log) without its mark: capture died before the mark's block reached disk, or the part
+    of the ticks stream holding it was skipped as damaged or missing."""
+
+    def __init__(self, session: str, snapshot: int, wall_ns: int, skipped: list[str]):
         super().__init__(session, snapshot)
-        self.session, self.snapshot, self.skipped = session, snapshot, skipped
+        self.session, self.snapshot, self.wall_ns = session, snapshot, wall_ns
+        self.skipped = skipped
 
 
 @dataclass
@@ -112,6 +125,12 @@ class ReplayResult:
     verify: bool = False
     snapshots_lost: list[tuple[str, int, int]] = field(default_factory=list)
     snapshots_unwritten: list[tuple[str, int, int]] = field(default_factory=list)
+    #: verify=True: snapshots in range whose mark is not in the ticks stream, likewise:
+    #: ``marks_lost`` where the ticks stream went on past them (ticks were lost, or
+    #: the session stopped cleanly), ``marks_unwritten`` within CRASH_WINDOW_NS after the
+    #: last record of a session that never stopped (a crash before the mark reached disk).
+    marks_lost: list[tuple[str, int, int]] = field(default_factory=list)
+    marks_unwritten: list[tuple[str, int, int]] = field(default_factory=list)
     #: What the pass did differently from what was asked, and why (one line each).
     notes: list[str] = field(default_factory=list)
     #: As the pass goes: connections lost and not yet back (conn -> (since, reason)), for a
@@ -286,33 +305,44 @@ class KiteReplay:
         """Ticks with start_ns <= receive time < end_ns (of ``tokens`` if given), in order,
         batch by batch. ``books=True`` adds each tick's book right after it. Summary,
         gaps and verification land in ``self.result`` as the pass goes."""
-        try:
-            yield from self._pass(start_ns, end_ns, tokens, verify, books, seeded=True)
-        except _SeedMarkLost as lost:
-            # on_corrupt="skip" and the part of the ticks stream holding the seed snapshot's
-            # mark is lost, so the ticks after the snapshot cannot be told apart: read from
-            # the start instead. Nothing was yielded (the pass waits for the mark first).
-            yield from self._pass(start_ns, end_ns, tokens, verify, books, seeded=False,
-                                  carried=lost.skipped, note=(
-                                      f"the mark of snapshot {lost.snapshot} of session "
-                                      f"{lost.session[:8]} (the one to start from) is in a "
-                                      "lost part of the ticks stream: replayed from the "
-                                      "start of the log instead"))
+        # A seed whose mark is never found (see _SeedMarkLost) is replaced by the snapshot
+        # before it. Nothing was yielded by then: a pass waits for its seed's mark first.
+        carried: list[str] = []
+        notes: list[str] = []
+        before = None
+        for _ in range(SEED_TRIES):
+            try:
+                yield from self._pass(start_ns, end_ns, tokens, verify, books, True, before,
+                                      carried, notes)
+                return
+            except _SeedMarkLost as lost:
+                carried, before = lost.skipped, lost.wall_ns
+                where = ("is in a part of the ticks stream that was left out" if lost.skipped
+                         else "never reached the disk (capture died first)")
+                notes.append(f"the mark of snapshot {lost.snapshot} of session "
+                             f"{lost.session[:8]}, the one to start from, {where}: started "
+                             "from an earlier snapshot")
+        notes[-1] = notes[-1].replace("an earlier snapshot", "the start of the log")
+        yield from self._pass(start_ns, end_ns, tokens, verify, books, False, None, carried,
+                              notes)
 
     def _pass(self, start_ns: int | None, end_ns: int | None, tokens, verify: bool,
-              books: bool, seeded: bool, carried: list[str] | None = None,
-              note: str | None = None) -> Iterator[TickBatch]:
+              books: bool, seeded: bool, before: int | None, carried: list[str],
+              notes: list[str]) -> Iterator[TickBatch]:
         res = self.result = ReplayResult(verify=verify)
-        snap_skipped: list[str] = list(carried or [])
-        if note:
-            res.notes.append(note)
+        snap_skipped: list[str] = list(carried)
+        res.notes.extend(notes)
         token_filter = None if tokens is None else np.unique(np.asarray(tokens, dtype=np.uint32))
-        seed, read_from = self._seed(start_ns, snap_skipped) if seeded else (None, None)
+        seed_at = start_ns if before is None or start_ns is None else min(start_ns, before - 1)
+        seed, read_from = self._seed(seed_at, snap_skipped) if seeded else (None, None)
         book_state = KiteBooks()
         expect: dict[tuple[str, int], SnapshotInfo] = {}
         if verify:
             expect = snapshot_index(self.vdir, read_from, end_ns, self.on_corrupt, snap_skipped)
         missing: list[tuple[str, int, int]] = []   # marks read without their snapshot
+        marks_seen: set[tuple[str, int]] = set()
+        first_of: dict[str, int] = {}     # per session: its start record's time
+        last_of: dict[str, int] = {}      # per session: the time of its last record read
         waiting_for_mark = None
         if seed is not None:
             book_state.load(seed.rows)
@@ -339,6 +369,8 @@ class KiteReplay:
                 cuts = np.flatnonzero(_IS_CONTROL[kind])
                 start = 0
                 for cut in [*cuts.tolist(), len(batch)]:
+                    if cut > start and session is not None:
+                        last_of[session] = int(batch.wall_ns[cut - 1])
                     if waiting_for_mark is None and cut > start:
                         out = self._run(batch, start, cut, book_state, start_ns, token_filter,
                                         books, session)
@@ -349,6 +381,16 @@ class KiteReplay:
                     k = int(kind[cut])
                     wall = int(batch.wall_ns[cut])
                     doc = self._control(batch, cut)
+                    own = doc.get("session")
+                    own = str(own) if isinstance(own, (str, int)) else session
+                    if own is not None:
+                        last_of[own] = wall
+                    if waiting_for_mark is not None and (
+                            (k == Kind.SESSION_START and own != waiting_for_mark[0])
+                            or (k == Kind.SESSION_STOP and own == waiting_for_mark[0])):
+                        # the seed's session is over and its mark never came
+                        raise _SeedMarkLost(seed.session, seed.snapshot, seed.wall_ns,
+                                            snap_skipped + [str(p) for p in reader.skipped])
                     if (waiting_for_mark is None and start_ns is not None
                             and res.start_books is None and wall >= start_ns):
                         # the start falls before this record (a stop, the next session's
@@ -357,6 +399,7 @@ class KiteReplay:
                                          start_ns)
                     if k == Kind.SNAPSHOT_MARK:
                         mark = (str(doc["session"]), int(doc["snapshot"]))
+                        marks_seen.add(mark)
                         if waiting_for_mark is not None:
                             if mark == waiting_for_mark:
                                 waiting_for_mark = None
@@ -367,14 +410,15 @@ class KiteReplay:
                             self._harvest(book_state, token_filter)
                             book_state.clear()
                             session = str(doc["session"])
+                            first_of.setdefault(session, wall)
                             stopped_at = None
                             down.clear()
                             self.names.update(session_names(doc))
                         elif k == Kind.SESSION_STOP:
                             stopped_at = wall
                             down.clear()
-                            if session is not None:
-                                res.stops[session] = wall
+                            if own is not None:     # the record's own session
+                                res.stops[own] = wall
                         elif k == Kind.GAP:
                             res.gaps.append(_gap_entry(doc, session))
                             down.pop(doc.get("conn"), None)
@@ -400,34 +444,85 @@ class KiteReplay:
         if start_ns is not None and res.start_books is None:
             self._note_start(book_state, token_filter, session, stopped_at, start_ns)
         if waiting_for_mark is not None:
-            if self.on_corrupt == "skip" and res.skipped:
-                raise _SeedMarkLost(waiting_for_mark[0], waiting_for_mark[1], res.skipped)
-            raise ReplayError(f"the ticks stream has no mark for snapshot {waiting_for_mark[1]} "
-                              f"of session {waiting_for_mark[0]}; the WAL is incomplete")
+            raise _SeedMarkLost(seed.session, seed.snapshot, seed.wall_ns, res.skipped)
         self._harvest(book_state, token_filter)
-        if missing:
-            self._sort_missing(missing, expect, end_ns)
+        if verify:
+            self._sort_missing(missing, expect, end_ns, first_of)
+            self._sort_unmarked(expect, marks_seen, start_ns, end_ns, last_of)
 
     def _sort_missing(self, missing: list[tuple[str, int, int]],
-                      expect: dict[tuple[str, int], SnapshotInfo], end_ns: int | None) -> None:
-        """Marks read whose snapshot is not in the snapshots stream: lost if their session
-        stopped cleanly (its last snapshot is written before the stop) or has a later
-        snapshot; else the tail of a session that died between a mark and its snapshot."""
+                      expect: dict[tuple[str, int], SnapshotInfo], end_ns: int | None,
+                      first_of: dict[str, int]) -> None:
+        """Marks read whose snapshot is not in the snapshots stream. Left unwritten only by a
+        crash right after the mark: the session never stopped (a clean stop writes a last
+        snapshot), has no later snapshot, and its snapshots stream ends less than
+        CRASH_WINDOW_NS before the mark, with no damage skipped there. Else lost."""
         res = self.result
-        later = {}
-        for session, number in expect:
+        if not missing:
+            return
+        damaged = any("/snapshots/" in p for p in res.skipped)
+        later: dict[str, int] = {}            # per session: its highest snapshot number known
+        last_at: dict[str, list[tuple[int, int]]] = {}
+        for (session, number), info in expect.items():
             later[session] = max(later.get(session, -1), number)
-        if end_ns is not None and any(m[0] not in res.stops and later.get(m[0], -1) < m[1]
-                                      for m in missing):
-            # the range read ends before the session did: look past it
-            for session, number in snapshot_index(self.vdir, min(m[2] for m in missing), None,
-                                                  self.on_corrupt, res.skipped):
-                later[session] = max(later.get(session, -1), number)
+            last_at.setdefault(session, []).append((number, info.wall_ns))
+        undecided = {m for m in missing if m[0] not in res.stops and later.get(m[0], -1) < m[1]}
+        if undecided and end_ns is not None and not damaged:
+            self._look_past_end(undecided, later)
         for session, number, wall in missing:
-            if session in res.stops or later.get(session, -1) > number:
-                res.snapshots_lost.append((session, number, wall))
-            else:
-                res.snapshots_unwritten.append((session, number, wall))
+            earlier = [w for n, w in last_at.get(session, []) if n < number]
+            ends = max(earlier) if earlier else first_of.get(session)
+            unwritten = (not damaged and session not in res.stops
+                         and later.get(session, -1) < number
+                         and ends is not None and wall - ends <= CRASH_WINDOW_NS)
+            (res.snapshots_unwritten if unwritten else res.snapshots_lost).append(
+                (session, number, wall))
+
+    def _look_past_end(self, undecided: set[tuple[str, int, int]],
+                       later: dict[str, int]) -> None:
+        """Snapshots after the range read, for marks whose fate they decide: read until
+        each undecided session has a later snapshot, or a snapshot of a session that started
+        after its marks shows it is over (a venue's sessions follow each other), never to
+        the end of the log."""
+        need = {}                  # session -> (its highest missing number, its last mark)
+        for session, number, wall in undecided:
+            n, w = need.get(session, (-1, 0))
+            need[session] = (max(n, number), max(w, wall))
+        for batch in _snapshot_batches(self.vdir, min(m[2] for m in undecided), None,
+                                       self.on_corrupt, self.result.skipped):
+            for i in range(len(batch)):
+                info = _peek(batch, i)
+                if info.session in need:
+                    later[info.session] = max(later.get(info.session, -1), info.snapshot)
+                    if info.snapshot > need[info.session][0]:
+                        del need[info.session]
+                else:
+                    for session in [s for s, (_, w) in need.items() if w < info.wall_ns]:
+                        del need[session]       # over: a later session is snapshotting
+                if not need:
+                    return
+
+    def _sort_unmarked(self, expect: dict[tuple[str, int], SnapshotInfo],
+                       marks_seen: set[tuple[str, int]], start_ns: int | None,
+                       end_ns: int | None, last_of: dict[str, int]) -> None:
+        """Snapshots in range whose mark the ticks stream does not hold (the mark is written
+        first): the tail of a session that died before the mark's block reached disk when
+        the session never stopped and its last record read is less than CRASH_WINDOW_NS
+        before the snapshot; else the ticks stream lost the mark, and ticks with it."""
+        res = self.result
+        for (session, number), info in sorted(expect.items(), key=lambda kv: kv[1].wall_ns):
+            if (session, number) in marks_seen:
+                continue
+            if start_ns is not None and info.wall_ns < start_ns:
+                continue
+            if end_ns is not None and info.wall_ns >= end_ns:
+                continue        # its mark, at the same time, lies past the end read
+            ends = last_of.get(session)
+            unwritten = (session not in res.stops and ends is not None
+                         and ends <= info.wall_ns <= ends + CRASH_WINDOW_NS
+                         and not any("/ticks/" in p for p in res.skipped))
+            (res.marks_unwritten if unwritten else res.marks_lost).append(
+                (session, number, info.wall_ns))
 
     def _gaps_past_end(self, res: ReplayResult, down: dict, start_ns: int | None, end_ns: int,
                        session: str | None) -> None:

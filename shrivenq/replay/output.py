@@ -245,8 +245,9 @@ class BookWriter:
             raise self._failed(exc) from None
 
     def _failed(self, exc: OSError) -> ReplayError:
-        return ReplayError(f"--out {self.path}: writing failed: {exc.strerror or exc}; "
-                           f"{self.path} was left as it was")
+        kept = (f"{self.path} was left as it was" if self.path.exists()
+                else f"nothing was written to {self.path}")
+        return ReplayError(f"--out {self.path}: writing failed: {exc.strerror or exc}; {kept}")
 
     def _write(self, rows: np.ndarray) -> None:
         cols = _columns(rows, self.names)

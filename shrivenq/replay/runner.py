@@ -128,7 +128,7 @@ def run_replay(req: ReplayRequest, out: TextIO | None = None,
 def verify_failed(res: ReplayResult) -> bool:
     """A verifying pass failed: a book differs, a marked snapshot is lost, or there was
     nothing to check (a verify that checked nothing must not read as a pass)."""
-    return res.verify and bool(res.mismatches or res.snapshots_lost
+    return res.verify and bool(res.mismatches or res.snapshots_lost or res.marks_lost
                                or not res.snapshots_checked)
 
 
@@ -136,8 +136,10 @@ def damage_lines(skipped: list[str], torn: list[str]) -> list[str]:
     """What the read left out, for a replay summary."""
     lines = []
     if skipped:
+        ticks = [p for p in skipped if "/snapshots/" not in p]
         lines.append(f"SKIPPED (--skip-corrupt): {len(skipped)} damaged or missing part(s) of "
-                     "the WAL; the books lack what they held:")
+                     "the WAL" + ("; the books lack what they held:" if ticks else
+                                  " (snapshots only: seeks and --verify could not use them):"))
         lines += [f"  {p}" for p in skipped[:20]]
         if len(skipped) > 20:
             lines.append(f"  ... and {len(skipped) - 20} more (`shrivenq wal verify` lists all)")
@@ -209,23 +211,37 @@ def _verify_lines(res: ReplayResult) -> list[str]:
             lines.append(f"  snapshot {m.snapshot} of session {m.session[:8]} at "
                          f"{format_ns(m.wall_ns)}:")
             lines += [f"    {d}" for d in m.details[:10]]
-    if res.snapshots_lost:
-        lost = res.snapshots_lost
-        lines.append(f"VERIFY FAILED: {len(lost)} snapshot(s) marked in the ticks stream are "
-                     "not in the snapshots stream (lost or damaged), so the books could not "
-                     "be checked there:")
-        lines += [f"  snapshot {n} of session {s[:8]} at {format_ns(w)}" for s, n, w in lost[:10]]
-        if len(lost) > 10:
-            lines.append(f"  ... and {len(lost) - 10} more")
-    if not res.snapshots_checked and not res.mismatches and not res.snapshots_lost:
+    for session, number, wall in res.marks_unwritten:
+        lines.append(f"note: snapshot {number} of session {session[:8]} at {format_ns(wall)} "
+                     "has no mark: the session ended without a stop record (a crash) before "
+                     "the mark reached the disk")
+    lines += _listed(res.marks_lost, f"VERIFY FAILED: the ticks stream lacks the marks of "
+                     f"{len(res.marks_lost)} snapshot(s) in range, so ticks were lost around "
+                     "them (or the session's end was):")
+    lines += _listed(res.snapshots_lost, f"VERIFY FAILED: {len(res.snapshots_lost)} "
+                     "snapshot(s) marked in the ticks stream are not in the snapshots stream "
+                     "(lost or damaged), so the books could not be checked there:")
+    failed = res.mismatches or res.snapshots_lost or res.marks_lost
+    if not res.snapshots_checked and not failed:
         lines.append("VERIFY FAILED: no snapshot in range to check the replayed books "
                      "against; nothing was verified")
-    elif not res.mismatches and not res.snapshots_lost:
+    elif not failed:
         lines.append(f"verified: all {res.snapshots_checked} snapshots in range equal the "
                      "replayed books")
     elif not res.mismatches and res.snapshots_checked:
         lines.append(f"the other {res.snapshots_checked} snapshots in range equal the "
                      "replayed books")
+    return lines
+
+
+def _listed(snapshots: list[tuple[str, int, int]], heading: str) -> list[str]:
+    """``heading`` and the first ten (session, number, time) of ``snapshots``, if any."""
+    if not snapshots:
+        return []
+    lines = [heading] + [f"  snapshot {n} of session {s[:8]} at {format_ns(w)}"
+                         for s, n, w in snapshots[:10]]
+    if len(snapshots) > 10:
+        lines.append(f"  ... and {len(snapshots) - 10} more")
     return lines
 
 
