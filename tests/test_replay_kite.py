@@ -813,7 +813,7 @@ class _Log:
 
     def session(self, name: str, t0: int, marks: dict[int, int], written: set[int],
                 marked: set[int] | None = None, stop: bool = True, count: int = 30,
-                spacing: int = 10**8) -> int:
+                spacing: int = 10**8, flush_each: bool = False) -> int:
         """``count`` ticks from t0 ``spacing`` apart; after tick k of ``marks`` snapshot
         marks[k]: its mark if in ``marked`` (default all), its snapshot if in ``written``.
         Returns the time of the session's last record."""
@@ -826,6 +826,8 @@ class _Log:
             frame = encode_frame(self.market.ticks(1, KIND_FULL, instruments=[0, 1]))
             wall = t0 + (k + 1) * spacing
             self.ticks.append(Kind.BINARY, frame, wall, 0, instruments=frame_keys(frame))
+            if flush_each:
+                self.ticks.flush()              # a block a tick
             rows, _, _ = parse_many(np.frombuffer(frame, np.uint8), np.array([0], np.uint64),
                                     np.array([len(frame)], np.uint32))
             self.books.apply(rows)
@@ -1146,3 +1148,31 @@ def test_tokens_as_a_numpy_array_or_a_comma_separated_string(day):
         assert want > 0
         assert len(ds.ticks(tokens=np.array([NIFTY, BANKNIFTY]))) == want
         assert len(ds.ticks(tokens=f"{NIFTY}, {BANKNIFTY}")) == want
+
+
+def test_a_seed_mark_lost_mid_session_is_given_up_within_a_minute(tmp_path, monkeypatch):
+    """Snapshot 2's mark is lost in the middle of a 10-minute session (a tick every 10 s, a
+    block each, a snapshot a minute): a seek from it gives up on it a minute past its time,
+    not at the session's end, and starts from snapshot 1."""
+    import shrivenq.replay.kite as kite_replay
+
+    log = _Log(tmp_path)
+    log.session("S", T0, {k: k // 6 for k in range(5, 60, 6)}, set(range(10)),
+                marked=set(range(10)) - {2}, count=60, spacing=10 * 10**9, flush_each=True)
+    log.close()
+    snap2 = T0 + 18 * 10 * 10**9 + 1
+    read = []
+
+    class Counting(kite_replay.WalReader):
+        def __iter__(self):
+            for batch in super().__iter__():
+                read.append(len(batch))
+                yield batch
+
+    monkeypatch.setattr(kite_replay, "WalReader", Counting)
+    seeking = KiteReplay(tmp_path)
+    got = sum(len(b.rows) for b in seeking.ticks(start_ns=snap2 + 1))
+    assert got == 60 - 18 and seeking.result.seeded_from.snapshot == 1
+    ticks_read = len(read)
+    # the give-up pass read about a minute (7 blocks), the second from snapshot 1 onwards
+    assert ticks_read <= 10 + (60 - 11), ticks_read

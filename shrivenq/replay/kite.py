@@ -86,6 +86,10 @@ class Mismatch:
 #: mark, further from the end than this was lost, not left unwritten).
 CRASH_WINDOW_NS = 5 * 10**9
 
+#: A seed's mark is written at the snapshot's own time, so a pass that has read this far
+#: past it without the mark gives up on it (a margin for the wall clock stepping back).
+SEED_MARK_WAIT_NS = 60 * 10**9
+
 #: Seeds tried, each earlier than the last, when a seed snapshot's mark is not found, before
 #: reading from the start of the log.
 SEED_TRIES = 3
@@ -361,6 +365,12 @@ class KiteReplay:
         try:
             for batch in reader:
                 kind = batch.kind
+                if (waiting_for_mark is not None and len(batch)
+                        and int(batch.wall_ns[0]) > seed.wall_ns + SEED_MARK_WAIT_NS):
+                    # long past the seed's time: its mark is not coming (a lost segment in
+                    # the middle of a session that goes on for hours)
+                    raise _SeedMarkLost(seed.session, seed.snapshot, seed.wall_ns,
+                                        snap_skipped + [str(p) for p in reader.skipped])
                 if not got_messages:
                     got = _IS_MESSAGE[kind]
                     if start_ns is not None:
