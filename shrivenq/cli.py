@@ -429,7 +429,8 @@ def replay(
     out: Optional[Path] = typer.Option(None, help="Write book states: .csv, .jsonl or .parquet."),
     verify: bool = typer.Option(False, "--verify", help="Check the replayed books against "
                                 "every snapshot in range; exit 4 if one differs, a marked "
-                                "snapshot is lost, or none lies in range."),
+                                "snapshot or a snapshot's mark is lost, or none lies in "
+                                "range."),
     skip_corrupt: bool = typer.Option(False, "--skip-corrupt", help="Skip (and report) "
                                       "damaged or missing parts of the WAL instead of "
                                       "stopping; exit 3 if anything was left out."),

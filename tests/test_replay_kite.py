@@ -848,13 +848,29 @@ class _Log:
         self.snaps.close()
 
 
+def _newest_segments(root: Path) -> list[Path]:
+    return [sorted((root / "kite").glob(f"*/{stream}/*.wal"))[-1]
+            for stream in ("ticks", "snapshots")
+            if list((root / "kite").glob(f"*/{stream}/*.wal"))]
+
+
+def _crash(root: Path) -> None:
+    """Cut each stream's newest segment after its last block, as kill -9 leaves it."""
+    for seg in _newest_segments(root):
+        end = open_segment(seg).blocks[-1].end
+        seg.write_bytes(seg.read_bytes()[:end])
+
+
 def _marked_session(root: Path, written: set[int], stop: bool, marked: set[int] | None = None,
-                    spacing: int = 10**8) -> None:
+                    spacing: int = 10**8, crash: bool | None = None) -> None:
     """One session "S" of 30 ticks (100 ms apart by default), snapshot marks after ticks
-    10, 20 and 29 (numbers 0, 1, 2)."""
+    10, 20 and 29 (numbers 0, 1, 2). ``crash`` (default: when it does not stop): the log
+    as kill -9 leaves it."""
     log = _Log(root)
     log.session("S", T0, {10: 0, 20: 1, 29: 2}, written, marked, stop, spacing=spacing)
     log.close()
+    if crash if crash is not None else not stop:
+        _crash(root)
 
 
 def test_a_crash_between_a_mark_and_its_snapshot_is_noted_not_failed(tmp_path):
@@ -928,6 +944,7 @@ def test_a_lost_seek_mark_falls_back_to_an_earlier_snapshot(day, tmp_path):
     assert result.exit_code == 3, result.output
     assert "is in a part of the ticks stream that was left out: started from" in result.output
     assert f"{seg.name}: missing" in result.output
+    assert "SKIPPED (--skip-corrupt): 1 damaged or missing part(s)" in result.output  # once
     # every tick and book after the start is what a replay of the whole damaged log gives
     seeking = KiteReplay(copy, on_corrupt="skip")
     got = list(seeking.ticks(start_ns=at, books=True))
@@ -1023,21 +1040,45 @@ def test_sampled_books_taken_during_an_outage_are_marked_feed_down(day):
     assert not ds.books()["feed_down"].any()
 
 
-def test_a_mark_long_after_the_snapshots_stream_ended_is_lost_not_a_crash(tmp_path):
-    """Snapshots 1 and 2 of a session that never stopped are missing: 1 lies 4 s after the
-    stream's last snapshot (a crash can leave that), 2 lies 7.6 s after it (more than a
-    crash loses: the snapshots stream lost it)."""
-    _marked_session(tmp_path, written={0}, stop=False, spacing=4 * 10**8)
+def test_a_mark_long_before_a_crash_is_lost_not_left_unwritten(tmp_path):
+    """A session killed at 30 s, ticks a second apart, snapshots 1 (at 21 s) and 2 (at
+    30 s) missing: 2 lies in the crash's last seconds (left unwritten), 1 lies 9 s before
+    the end (it was on disk: lost). The default interval (60 s) makes every crash look
+    like 1 against the previous snapshot; the window counts from the session's end."""
+    _marked_session(tmp_path, written={0}, stop=False, spacing=10**9)
     result = cli("--data-dir", tmp_path, "--verify")
     assert result.exit_code == 4, result.output
-    assert "snapshot 1 of session S" in result.output.split("VERIFY FAILED")[0]
-    assert "never written" in result.output
-    assert "VERIFY FAILED: 1 snapshot(s) marked" in result.output
-    assert "snapshot 2 of session S" in result.output.split("VERIFY FAILED")[1]
+    noted, failed = result.output.split("VERIFY FAILED")[:2]
+    assert "snapshot 2 of session S" in noted and "never written" in noted
+    assert "1 snapshot(s) marked" in failed and "snapshot 1 of session S" in failed
+
+
+def test_a_crash_right_after_a_mark_is_a_note_whatever_the_snapshot_interval(tmp_path):
+    """Snapshots a minute apart (the default), the process killed right after a mark."""
+    log = _Log(tmp_path)
+    log.session("S", T0, {59: 0, 119: 1}, {0}, stop=False, count=120, spacing=10**9)
+    log.close()
+    _crash(tmp_path)
+    result = cli("--data-dir", tmp_path, "--verify")
+    assert result.exit_code == 0, result.output
+    assert "snapshot 1 of session S" in result.output and "never written" in result.output
+
+
+def test_a_session_end_lost_with_a_closed_segment_is_not_a_crash(tmp_path):
+    """The newest ticks segment deleted (its session's end with it): what is left closed
+    cleanly, so nothing shows a crash, and the snapshots past the end fail verify."""
+    _marked_session(tmp_path, written={0, 1, 2}, stop=False, marked={0, 1}, crash=False)
+    result = cli("--data-dir", tmp_path, "--verify")
+    assert result.exit_code == 4, result.output
+    assert "lacks the marks of 1 snapshot(s)" in result.output
 
 
 def test_a_damaged_snapshots_stream_never_passes_for_a_crash(tmp_path):
-    _marked_session(tmp_path, written={0, 1, 2}, stop=False)
+    """A crashed session (its ticks segment left open) whose closed snapshots segment has a
+    damaged block: the snapshots it held were lost, not left unwritten by the crash."""
+    _marked_session(tmp_path, written={0, 1, 2}, stop=False, crash=False)
+    ticks = _newest_segments(tmp_path)[0]
+    ticks.write_bytes(ticks.read_bytes()[:open_segment(ticks).blocks[-1].end])
     seg = next((tmp_path / "kite").glob("*/snapshots/*.wal"))
     block = open_segment(seg).blocks[-1]
     data = bytearray(seg.read_bytes())
@@ -1046,6 +1087,7 @@ def test_a_damaged_snapshots_stream_never_passes_for_a_crash(tmp_path):
     result = cli("--data-dir", tmp_path, "--verify", "--skip-corrupt")
     assert result.exit_code == 4, result.output
     assert "never written" not in result.output and "snapshots only" in result.output
+    assert "not in the snapshots stream" in result.output
 
 
 @pytest.mark.parametrize("marked,stop,lost", [({0, 2}, False, True), ({0, 1}, True, True),
@@ -1080,7 +1122,7 @@ def test_a_seek_from_a_snapshot_whose_mark_never_reached_disk(tmp_path):
     seeking = KiteReplay(tmp_path)
     got = list(seeking.ticks(start_ns=at, books=True))
     assert seeking.result.seeded_from is not None and seeking.result.seeded_from.snapshot == 1
-    assert "never reached the disk" in seeking.result.notes[0]
+    assert "capture died before it reached the disk" in seeking.result.notes[0]
     whole = list(KiteReplay(tmp_path).ticks(books=True))
     after = np.concatenate([b.wall_ns for b in whole]) >= at
     assert np.concatenate([b.books for b in got]).tobytes() == \
@@ -1118,7 +1160,9 @@ def test_a_stop_counts_for_the_session_it_names(tmp_path):
     is a crash's, noted, not a loss."""
     log = _Log(tmp_path)
     end_a = log.session("A", T0, {10: 0, 20: 1, 29: 2}, {0, 1}, stop=False)
-    log.ticks.flush()
+    log.close()
+    _crash(tmp_path)
+    log = _Log(tmp_path)                       # the next capture: recovery closes A's
     t_b = end_a + 10**9
     log.ticks.append(*R.session_start("B", "kite", "test", []), t_b, 0)
     log.ticks.flush()                          # B's start alone in its block
@@ -1128,7 +1172,7 @@ def test_a_stop_counts_for_the_session_it_names(tmp_path):
                          instruments=frame_keys(frame))
     log.ticks.append(*R.session_stop("B"), t_b + 10**9, 0)
     log.close()
-    seg = next((tmp_path / "kite").glob("*/ticks/*.wal"))
+    seg = sorted((tmp_path / "kite").glob("*/ticks/*.wal"))[-1]
     blocks = open_segment(seg).blocks
     start_block = next(b for b in blocks if b.frame.min_wall_ns == t_b)
     data = bytearray(seg.read_bytes())
@@ -1176,3 +1220,12 @@ def test_a_seed_mark_lost_mid_session_is_given_up_within_a_minute(tmp_path, monk
     ticks_read = len(read)
     # the give-up pass read about a minute (7 blocks), the second from snapshot 1 onwards
     assert ticks_read <= 10 + (60 - 11), ticks_read
+
+
+def test_damage_is_told_apart_by_the_wal_layout_not_by_directory_names():
+    from shrivenq.replay.kite import stream_of
+
+    assert stream_of("/data/snapshots/kite/2026-12-02/ticks/000002.wal: block 0 at byte 96: "
+                     "body checksum mismatch") == "ticks"
+    assert stream_of("/ticks/kite/2026-12-02/snapshots/000001.wal: missing") == "snapshots"
+    assert stream_of("something else") is None

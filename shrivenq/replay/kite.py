@@ -15,6 +15,7 @@ first minute costs.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -33,6 +34,7 @@ from shrivenq.errors import ReplayError, ShrivenqError, WalError, WalFormatError
 from shrivenq.kite import TICK_DTYPE
 from shrivenq.wal import Kind, WalReader
 from shrivenq.wal.records import MESSAGE_KINDS, session_names
+from shrivenq.wal.segment import open_segment
 
 log = logging.getLogger("shrivenq.replay.kite")
 
@@ -92,7 +94,36 @@ SEED_MARK_WAIT_NS = 60 * 10**9
 
 #: Seeds tried, each earlier than the last, when a seed snapshot's mark is not found, before
 #: reading from the start of the log.
-SEED_TRIES = 3
+SEED_TRIES = 8
+
+_STREAM_OF_SEGMENT = re.compile(r"/\d{4}-\d{2}-\d{2}/(ticks|snapshots)/[^/]*\.wal")
+
+
+def stream_of(problem: str) -> str | None:
+    """The stream ("ticks" or "snapshots") of the segment a skipped-part message names,
+    from the WAL's layout (VENUE/DAY/STREAM/NNNNNN.wal), not from any directory name."""
+    found = _STREAM_OF_SEGMENT.findall(problem)
+    return found[-1] if found else None
+
+
+def _merged(first: list[str], more) -> list[str]:
+    """``first`` then what of ``more`` it lacks, in order: a part is listed once."""
+    out = list(first)
+    out += [m for m in map(str, more) if m not in out]
+    return out
+
+
+def _ends_in_a_crash(segment: Path | None) -> bool:
+    """Whether the segment holding a session's last record shows a crash: left open (no
+    footer), or closed by a later writer's recovery. A segment closed cleanly does not: if
+    its session's end is missing, later segments were lost."""
+    if segment is None:
+        return False
+    try:
+        footer = open_segment(segment).footer
+    except ShrivenqError:
+        return False
+    return footer is None or bool(footer.recovered)
 
 
 class _SeedMarkLost(Exception):
@@ -322,7 +353,8 @@ class KiteReplay:
             except _SeedMarkLost as lost:
                 carried, before = lost.skipped, lost.wall_ns
                 where = ("is in a part of the ticks stream that was left out" if lost.skipped
-                         else "never reached the disk (capture died first)")
+                         else "is not in the ticks stream (capture died before it reached "
+                              "the disk, or ticks were lost)")
                 notes.append(f"the mark of snapshot {lost.snapshot} of session "
                              f"{lost.session[:8]}, the one to start from, {where}: started "
                              "from an earlier snapshot")
@@ -347,6 +379,9 @@ class KiteReplay:
         marks_seen: set[tuple[str, int]] = set()
         first_of: dict[str, int] = {}     # per session: its start record's time
         last_of: dict[str, int] = {}      # per session: the time of its last record read
+        last_seg: dict[str, Path] = {}    # per session: the segment of that record
+        skips_seen = 0      # after a part left out, whose records follow is not known
+        owner_known = True  # until the next session start (its own start may be lost)
         waiting_for_mark = None
         if seed is not None:
             book_state.load(seed.rows)
@@ -365,12 +400,14 @@ class KiteReplay:
         try:
             for batch in reader:
                 kind = batch.kind
+                if len(reader.skipped) != skips_seen:
+                    skips_seen, owner_known = len(reader.skipped), False
                 if (waiting_for_mark is not None and len(batch)
                         and int(batch.wall_ns[0]) > seed.wall_ns + SEED_MARK_WAIT_NS):
                     # long past the seed's time: its mark is not coming (a lost segment in
                     # the middle of a session that goes on for hours)
                     raise _SeedMarkLost(seed.session, seed.snapshot, seed.wall_ns,
-                                        snap_skipped + [str(p) for p in reader.skipped])
+                                        _merged(snap_skipped, reader.skipped))
                 if not got_messages:
                     got = _IS_MESSAGE[kind]
                     if start_ns is not None:
@@ -379,8 +416,9 @@ class KiteReplay:
                 cuts = np.flatnonzero(_IS_CONTROL[kind])
                 start = 0
                 for cut in [*cuts.tolist(), len(batch)]:
-                    if cut > start and session is not None:
+                    if cut > start and session is not None and owner_known:
                         last_of[session] = int(batch.wall_ns[cut - 1])
+                        last_seg[session] = batch.segment
                     if waiting_for_mark is None and cut > start:
                         out = self._run(batch, start, cut, book_state, start_ns, token_filter,
                                         books, session)
@@ -395,12 +433,13 @@ class KiteReplay:
                     own = str(own) if isinstance(own, (str, int)) else session
                     if own is not None:
                         last_of[own] = wall
+                        last_seg[own] = batch.segment
                     if waiting_for_mark is not None and (
                             (k == Kind.SESSION_START and own != waiting_for_mark[0])
                             or (k == Kind.SESSION_STOP and own == waiting_for_mark[0])):
                         # the seed's session is over and its mark never came
                         raise _SeedMarkLost(seed.session, seed.snapshot, seed.wall_ns,
-                                            snap_skipped + [str(p) for p in reader.skipped])
+                                            _merged(snap_skipped, reader.skipped))
                     if (waiting_for_mark is None and start_ns is not None
                             and res.start_books is None and wall >= start_ns):
                         # the start falls before this record (a stop, the next session's
@@ -420,6 +459,7 @@ class KiteReplay:
                             self._harvest(book_state, token_filter)
                             book_state.clear()
                             session = str(doc["session"])
+                            owner_known = True
                             first_of.setdefault(session, wall)
                             stopped_at = None
                             down.clear()
@@ -439,8 +479,7 @@ class KiteReplay:
         except ShrivenqError:
             raise
         finally:
-            res.skipped = snap_skipped + [str(p) for p in reader.skipped
-                                          if str(p) not in snap_skipped]
+            res.skipped = _merged(snap_skipped, reader.skipped)
             res.torn = [str(t) for t in reader.torn]
         if end_ns is not None and (down or not got_messages):
             # an outage the range ends in (a DISCONNECT without its GAP) or lies wholly in
@@ -457,34 +496,33 @@ class KiteReplay:
             raise _SeedMarkLost(seed.session, seed.snapshot, seed.wall_ns, res.skipped)
         self._harvest(book_state, token_filter)
         if verify:
-            self._sort_missing(missing, expect, end_ns, first_of)
-            self._sort_unmarked(expect, marks_seen, start_ns, end_ns, last_of)
+            crashed = {s: _ends_in_a_crash(last_seg.get(s)) for s in last_of}
+            self._sort_missing(missing, expect, end_ns, last_of, crashed)
+            self._sort_unmarked(expect, marks_seen, start_ns, end_ns, last_of, crashed)
 
     def _sort_missing(self, missing: list[tuple[str, int, int]],
                       expect: dict[tuple[str, int], SnapshotInfo], end_ns: int | None,
-                      first_of: dict[str, int]) -> None:
+                      last_of: dict[str, int], crashed: dict[str, bool]) -> None:
         """Marks read whose snapshot is not in the snapshots stream. Left unwritten only by a
         crash right after the mark: the session never stopped (a clean stop writes a last
-        snapshot), has no later snapshot, and its snapshots stream ends less than
-        CRASH_WINDOW_NS before the mark, with no damage skipped there. Else lost."""
+        snapshot), has no later snapshot, ends in a crashed segment less than
+        CRASH_WINDOW_NS after the mark, and no damage to the snapshots stream was skipped.
+        Else lost."""
         res = self.result
         if not missing:
             return
-        damaged = any("/snapshots/" in p for p in res.skipped)
+        damaged = any(stream_of(p) == "snapshots" for p in res.skipped)
         later: dict[str, int] = {}            # per session: its highest snapshot number known
-        last_at: dict[str, list[tuple[int, int]]] = {}
-        for (session, number), info in expect.items():
+        for session, number in expect:
             later[session] = max(later.get(session, -1), number)
-            last_at.setdefault(session, []).append((number, info.wall_ns))
         undecided = {m for m in missing if m[0] not in res.stops and later.get(m[0], -1) < m[1]}
         if undecided and end_ns is not None and not damaged:
             self._look_past_end(undecided, later)
         for session, number, wall in missing:
-            earlier = [w for n, w in last_at.get(session, []) if n < number]
-            ends = max(earlier) if earlier else first_of.get(session)
-            unwritten = (not damaged and session not in res.stops
+            ends = last_of.get(session)
+            unwritten = (not damaged and session not in res.stops and crashed.get(session)
                          and later.get(session, -1) < number
-                         and ends is not None and wall - ends <= CRASH_WINDOW_NS)
+                         and ends is not None and ends - wall <= CRASH_WINDOW_NS)
             (res.snapshots_unwritten if unwritten else res.snapshots_lost).append(
                 (session, number, wall))
 
@@ -498,8 +536,9 @@ class KiteReplay:
         for session, number, wall in undecided:
             n, w = need.get(session, (-1, 0))
             need[session] = (max(n, number), max(w, wall))
+        # past the range: damage there is not this read's (skipped, never reported)
         for batch in _snapshot_batches(self.vdir, min(m[2] for m in undecided), None,
-                                       self.on_corrupt, self.result.skipped):
+                                       "skip", []):
             for i in range(len(batch)):
                 info = _peek(batch, i)
                 if info.session in need:
@@ -514,11 +553,13 @@ class KiteReplay:
 
     def _sort_unmarked(self, expect: dict[tuple[str, int], SnapshotInfo],
                        marks_seen: set[tuple[str, int]], start_ns: int | None,
-                       end_ns: int | None, last_of: dict[str, int]) -> None:
+                       end_ns: int | None, last_of: dict[str, int],
+                       crashed: dict[str, bool]) -> None:
         """Snapshots in range whose mark the ticks stream does not hold (the mark is written
         first): the tail of a session that died before the mark's block reached disk when
-        the session never stopped and its last record read is less than CRASH_WINDOW_NS
-        before the snapshot; else the ticks stream lost the mark, and ticks with it."""
+        the session never stopped, ends in a crashed segment, and its last record read is
+        less than CRASH_WINDOW_NS before the snapshot; else the ticks stream lost the mark,
+        and ticks with it."""
         res = self.result
         for (session, number), info in sorted(expect.items(), key=lambda kv: kv[1].wall_ns):
             if (session, number) in marks_seen:
@@ -528,9 +569,9 @@ class KiteReplay:
             if end_ns is not None and info.wall_ns >= end_ns:
                 continue        # its mark, at the same time, lies past the end read
             ends = last_of.get(session)
-            unwritten = (session not in res.stops and ends is not None
+            unwritten = (session not in res.stops and crashed.get(session) and ends is not None
                          and ends <= info.wall_ns <= ends + CRASH_WINDOW_NS
-                         and not any("/ticks/" in p for p in res.skipped))
+                         and not any(stream_of(p) == "ticks" for p in res.skipped))
             (res.marks_unwritten if unwritten else res.marks_lost).append(
                 (session, number, info.wall_ns))
 

@@ -3,8 +3,9 @@
 Exit codes: 0 done (and, with --verify, every snapshot in range matched); 1 an error (bad
 argument, no data, a damaged segment); 3 replayed with --skip-corrupt, but damaged or
 missing parts of the WAL were left out (listed); 4 --verify failed: a replayed book differs
-from the snapshot the live engine stored, a snapshot the ticks stream marks is lost, or no
-snapshot lies in the range, so nothing was checked.
+from the snapshot the live engine stored, a snapshot the ticks stream marks is lost, a
+snapshot's mark is missing from the ticks stream (ticks lost with it), or no snapshot lies
+in the range, so nothing was checked.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Callable, Iterable, Iterator, TextIO
 
 from shrivenq.errors import ConfigError, ReplayError
 from shrivenq.replay.dataset import Dataset
-from shrivenq.replay.kite import KiteReplay, ReplayResult
+from shrivenq.replay.kite import KiteReplay, ReplayResult, stream_of
 from shrivenq.replay.output import BookWriter, book_rows, sample
 from shrivenq.timeutil import format_ns, parse_datetime, parse_duration_ns, to_ns
 
@@ -136,7 +137,7 @@ def damage_lines(skipped: list[str], torn: list[str]) -> list[str]:
     """What the read left out, for a replay summary."""
     lines = []
     if skipped:
-        ticks = [p for p in skipped if "/snapshots/" not in p]
+        ticks = [p for p in skipped if stream_of(p) != "snapshots"]
         lines.append(f"SKIPPED (--skip-corrupt): {len(skipped)} damaged or missing part(s) of "
                      "the WAL" + ("; the books lack what they held:" if ticks else
                                   " (snapshots only: seeks and --verify could not use them):"))
