@@ -228,7 +228,7 @@ def _snapshot_batches(vdir: Path, start_ns: int | None = None, end_ns: int | Non
         yield from reader
     finally:
         if skipped is not None:
-            skipped.extend(str(p) for p in reader.skipped if str(p) not in skipped)
+            skipped[:] = _merged(skipped, reader.skipped)
 
 
 def snapshot_index(vdir: Path, start_ns: int | None = None, end_ns: int | None = None,
@@ -377,7 +377,6 @@ class KiteReplay:
             expect = snapshot_index(self.vdir, read_from, end_ns, self.on_corrupt, snap_skipped)
         missing: list[tuple[str, int, int]] = []   # marks read without their snapshot
         marks_seen: set[tuple[str, int]] = set()
-        first_of: dict[str, int] = {}     # per session: its start record's time
         last_of: dict[str, int] = {}      # per session: the time of its last record read
         last_seg: dict[str, Path] = {}    # per session: the segment of that record
         skips_seen = 0      # after a part left out, whose records follow is not known
@@ -460,7 +459,6 @@ class KiteReplay:
                             book_state.clear()
                             session = str(doc["session"])
                             owner_known = True
-                            first_of.setdefault(session, wall)
                             stopped_at = None
                             down.clear()
                             self.names.update(session_names(doc))
@@ -496,13 +494,19 @@ class KiteReplay:
             raise _SeedMarkLost(seed.session, seed.snapshot, seed.wall_ns, res.skipped)
         self._harvest(book_state, token_filter)
         if verify:
-            crashed = {s: _ends_in_a_crash(last_seg.get(s)) for s in last_of}
+            judged: dict[str, bool] = {}
+
+            def crashed(session: str) -> bool:     # asked only of a candidate: opens a file
+                if session not in judged:
+                    judged[session] = _ends_in_a_crash(last_seg.get(session))
+                return judged[session]
+
             self._sort_missing(missing, expect, end_ns, last_of, crashed)
             self._sort_unmarked(expect, marks_seen, start_ns, end_ns, last_of, crashed)
 
     def _sort_missing(self, missing: list[tuple[str, int, int]],
                       expect: dict[tuple[str, int], SnapshotInfo], end_ns: int | None,
-                      last_of: dict[str, int], crashed: dict[str, bool]) -> None:
+                      last_of: dict[str, int], crashed) -> None:
         """Marks read whose snapshot is not in the snapshots stream. Left unwritten only by a
         crash right after the mark: the session never stopped (a clean stop writes a last
         snapshot), has no later snapshot, ends in a crashed segment less than
@@ -520,9 +524,10 @@ class KiteReplay:
             self._look_past_end(undecided, later)
         for session, number, wall in missing:
             ends = last_of.get(session)
-            unwritten = (not damaged and session not in res.stops and crashed.get(session)
+            unwritten = (not damaged and session not in res.stops
                          and later.get(session, -1) < number
-                         and ends is not None and ends - wall <= CRASH_WINDOW_NS)
+                         and ends is not None and ends - wall <= CRASH_WINDOW_NS
+                         and crashed(session))
             (res.snapshots_unwritten if unwritten else res.snapshots_lost).append(
                 (session, number, wall))
 
@@ -554,7 +559,7 @@ class KiteReplay:
     def _sort_unmarked(self, expect: dict[tuple[str, int], SnapshotInfo],
                        marks_seen: set[tuple[str, int]], start_ns: int | None,
                        end_ns: int | None, last_of: dict[str, int],
-                       crashed: dict[str, bool]) -> None:
+                       crashed) -> None:
         """Snapshots in range whose mark the ticks stream does not hold (the mark is written
         first): the tail of a session that died before the mark's block reached disk when
         the session never stopped, ends in a crashed segment, and its last record read is
@@ -569,9 +574,10 @@ class KiteReplay:
             if end_ns is not None and info.wall_ns >= end_ns:
                 continue        # its mark, at the same time, lies past the end read
             ends = last_of.get(session)
-            unwritten = (session not in res.stops and crashed.get(session) and ends is not None
+            unwritten = (session not in res.stops and ends is not None
                          and ends <= info.wall_ns <= ends + CRASH_WINDOW_NS
-                         and not any(stream_of(p) == "ticks" for p in res.skipped))
+                         and not any(stream_of(p) == "ticks" for p in res.skipped)
+                         and crashed(session))
             (res.marks_unwritten if unwritten else res.marks_lost).append(
                 (session, number, info.wall_ns))
 
