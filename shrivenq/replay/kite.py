@@ -131,9 +131,9 @@ class _SeedMarkLost(Exception):
     log) without its mark: capture died before the mark's block reached disk, or the part
     of the ticks stream holding it was skipped as damaged or missing."""
 
-    def __init__(self, session: str, snapshot: int, wall_ns: int, skipped: list[str]):
-        super().__init__(session, snapshot)
-        self.session, self.snapshot, self.wall_ns = session, snapshot, wall_ns
+    def __init__(self, seed: KiteSnapshot, skipped: list[str]):
+        super().__init__(seed.session, seed.snapshot)
+        self.session, self.snapshot, self.wall_ns = seed.session, seed.snapshot, seed.wall_ns
         self.skipped = skipped
 
 
@@ -405,8 +405,7 @@ class KiteReplay:
                         and int(batch.wall_ns[0]) > seed.wall_ns + SEED_MARK_WAIT_NS):
                     # long past the seed's time: its mark is not coming (a lost segment in
                     # the middle of a session that goes on for hours)
-                    raise _SeedMarkLost(seed.session, seed.snapshot, seed.wall_ns,
-                                        _merged(snap_skipped, reader.skipped))
+                    raise _SeedMarkLost(seed, _merged(snap_skipped, reader.skipped))
                 if not got_messages:
                     got = _IS_MESSAGE[kind]
                     if start_ns is not None:
@@ -437,8 +436,7 @@ class KiteReplay:
                             (k == Kind.SESSION_START and own != waiting_for_mark[0])
                             or (k == Kind.SESSION_STOP and own == waiting_for_mark[0])):
                         # the seed's session is over and its mark never came
-                        raise _SeedMarkLost(seed.session, seed.snapshot, seed.wall_ns,
-                                            _merged(snap_skipped, reader.skipped))
+                        raise _SeedMarkLost(seed, _merged(snap_skipped, reader.skipped))
                     if (waiting_for_mark is None and start_ns is not None
                             and res.start_books is None and wall >= start_ns):
                         # the start falls before this record (a stop, the next session's
@@ -491,7 +489,7 @@ class KiteReplay:
         if start_ns is not None and res.start_books is None:
             self._note_start(book_state, token_filter, session, stopped_at, start_ns)
         if waiting_for_mark is not None:
-            raise _SeedMarkLost(seed.session, seed.snapshot, seed.wall_ns, res.skipped)
+            raise _SeedMarkLost(seed, res.skipped)
         self._harvest(book_state, token_filter)
         if verify:
             judged: dict[str, bool] = {}

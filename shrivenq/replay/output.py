@@ -135,21 +135,23 @@ def sample(batches: Iterable[TickBatch], start_ns: int | None, end_ns: int | Non
             session = batch.session
         rows = book_rows(batch.books, batch.wall_ns)
         conns, tokens = batch.conn.tolist(), rows["token"].tolist()
+
+        def take(lo: int, hi: int) -> None:     # rows[lo:hi] are each one's latest book
+            for k in range(lo, hi):
+                latest[tokens[k]] = rows[k]
+                conn_of[tokens[k]] = conns[k]
+
         last_tick = max(last_tick, int(rows["wall_ns"][-1]))
         i = 0
         while boundary < end and i < len(rows):
             j = int(np.searchsorted(rows["wall_ns"], boundary, side="right"))
-            for k in range(i, j):
-                latest[tokens[k]] = rows[k]
-                conn_of[tokens[k]] = conns[k]
+            take(i, j)
             i = j
             if i < len(rows):  # the next tick is past the boundary: the boundary is complete
                 if latest:
                     yield emit(boundary)
                 boundary += every_ns
-        for k in range(i, len(rows)):
-            latest[tokens[k]] = rows[k]
-            conn_of[tokens[k]] = conns[k]
+        take(i, len(rows))
     if not seeded:
         if start_ns is None:
             return
